@@ -1,0 +1,164 @@
+"""All configuration, read once from the environment (or a `.env` file).
+
+Secrets are held as `SecretStr` so that a settings object printed, logged or put
+into an exception never shows them; validation errors never echo the input.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_DATABASE_URL = "sqlite:///./invoiceflow.db"
+
+# Key prefixes Stripe issues. Anything else is a typo or a publishable key (pk_…),
+# which cannot create invoices.
+_TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
+_LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+
+_SUPPORTED_DB_BACKENDS = ("sqlite", "postgresql")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed. The message names the variable and the fix."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,  # never echo a key back in an error
+    )
+
+    stripe_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("STRIPE_API_KEY")
+    )
+    stripe_api_base: str | None = Field(
+        default=None, validation_alias=AliasChoices("STRIPE_API_BASE")
+    )
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET")
+    )
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL, validation_alias=AliasChoices("INVOICEFLOW_DATABASE_URL")
+    )
+    allow_live: bool = Field(default=False, validation_alias=AliasChoices("INVOICEFLOW_ALLOW_LIVE"))
+    # How long a run holds a request before another run may take it over. Long
+    # enough for the slowest step plus retries; a crashed run blocks its request
+    # for at most this long.
+    lease_seconds: float = Field(
+        default=300.0, gt=0, validation_alias=AliasChoices("INVOICEFLOW_LEASE_SECONDS")
+    )
+    # Per-request HTTP timeout towards Stripe. Stripe's SDK default is 80 s; a
+    # write that times out is retried under the same idempotency key, so a shorter
+    # timeout costs nothing in correctness and frees the worker sooner.
+    stripe_timeout_seconds: float = Field(
+        default=30.0, gt=0, validation_alias=AliasChoices("INVOICEFLOW_STRIPE_TIMEOUT_SECONDS")
+    )
+    # How long `await_paid` polls before leaving the request in `sent`.
+    await_paid_seconds: float = Field(
+        default=60.0, ge=0, validation_alias=AliasChoices("INVOICEFLOW_AWAIT_PAID_SECONDS")
+    )
+
+    @field_validator("stripe_api_key")
+    @classmethod
+    def _known_key_prefix(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = value.get_secret_value()
+        if not key.startswith(_TEST_KEY_PREFIXES + _LIVE_KEY_PREFIXES):
+            raise ValueError(
+                "STRIPE_API_KEY must be a secret or restricted key (sk_test_…, rk_test_…, "
+                "sk_live_…, rk_live_…); publishable keys (pk_…) cannot create invoices"
+            )
+        return value
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not value.startswith(("http://", "https://")) or "://" == value[-3:]:
+            raise ValueError(
+                "STRIPE_API_BASE must be an http(s) URL such as http://127.0.0.1:12111 "
+                "(leave it unset to talk to Stripe itself)"
+            )
+        return value.rstrip("/")
+
+    @field_validator("stripe_webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("whsec_"):
+            raise ValueError(
+                "STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret (whsec_…)"
+            )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "INVOICEFLOW_DATABASE_URL is not a database URL; use e.g. "
+                "sqlite:///./invoiceflow.db or postgresql+psycopg://user@host/db"
+            ) from None
+        if url.get_backend_name() not in _SUPPORTED_DB_BACKENDS:
+            raise ValueError(
+                f"INVOICEFLOW_DATABASE_URL backend {url.get_backend_name()!r} is not supported; "
+                "use sqlite:///… or postgresql+psycopg://…"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_live_key_by_default(self) -> Settings:
+        if (
+            self.stripe_api_key is not None
+            and self.stripe_api_key.get_secret_value().startswith(_LIVE_KEY_PREFIXES)
+            and not self.allow_live
+        ):
+            raise ValueError(
+                "STRIPE_API_KEY is a live key; set INVOICEFLOW_ALLOW_LIVE=1 to bill real customers"
+            )
+        return self
+
+    def require_stripe_key(self) -> str:
+        if self.stripe_api_key is None:
+            raise SettingsError(
+                "STRIPE_API_KEY is not set; export a test key (sk_test_…), or run "
+                "`invoiceflow demo` which needs no configuration"
+            )
+        return self.stripe_api_key.get_secret_value()
+
+    def require_webhook_secret(self) -> str:
+        if self.stripe_webhook_secret is None:
+            raise SettingsError("STRIPE_WEBHOOK_SECRET is not set; use the endpoint's whsec_… secret")
+        return self.stripe_webhook_secret.get_secret_value()
+
+
+def load_settings() -> Settings:
+    """Read settings, turning pydantic's report into one line per bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            variable = ".".join(str(part) for part in err.get("loc", ())).upper()
+            if variable and variable not in message:
+                message = f"{variable}: {message}"
+            problems.append(message)
+        raise SettingsError("; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings. Tests that change the environment call `get_settings.cache_clear()`."""
+    return load_settings()
