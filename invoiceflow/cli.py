@@ -1,10 +1,157 @@
-"""The `invoiceflow` command line (Typer)."""
+"""The `invoiceflow` command line.
+
+Exit codes (stable, for scripts and schedulers):
+  0  the invoice is sent (or paid)
+  1  unexpected error
+  2  bad input or configuration
+  3  request_id already used for other content
+  4  Stripe refused it for good (card, validation, an invoice that doesn't match)
+  5  temporary failure: retries ran out, run it again later
+  6  another run is processing this request right now
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+app.add_typer(db_app, name="db")
+
+
+class Exit(IntEnum):
+    OK = 0
+    UNEXPECTED = 1
+    BAD_INPUT = 2
+    CONFLICT = 3
+    REFUSED = 4
+    TEMPORARY = 5
+    BUSY = 6
+
+
+def fail(code: Exit, message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(int(code))
+
+
+def classify(exc: BaseException) -> Exit:
+    """Map a failure to the exit code that tells the caller what to do next."""
+    from invoiceflow import invoicing, ledger
+    from invoiceflow.request import RequestError
+    from invoiceflow.retry import is_transient
+    from invoiceflow.settings import SettingsError
+
+    if isinstance(exc, RequestError | SettingsError):
+        return Exit.BAD_INPUT
+    if isinstance(exc, ledger.RequestConflict):
+        return Exit.CONFLICT
+    if isinstance(exc, ledger.RequestBusy | ledger.LeaseLost):
+        return Exit.BUSY
+    if is_transient(exc):
+        return Exit.TEMPORARY
+    import stripe
+
+    if isinstance(exc, stripe.StripeError | invoicing.InvoiceMismatch):
+        return Exit.REFUSED
+    return Exit.UNEXPECTED
+
+
+@app.command()
+def invoice(
+    request_file: Annotated[Path, typer.Argument(help="Billing request, JSON or YAML.")],
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Stop once sent.")] = False,
+    await_seconds: Annotated[
+        float | None, typer.Option(help="How long to await payment (default from settings).")
+    ] = None,
+) -> None:
+    """Run one billing request through the invoice flow."""
+    from invoiceflow.request import RequestError, load_request
+    from invoiceflow.settings import SettingsError, get_settings
+
+    try:
+        request = load_request(request_file)
+        settings = get_settings()
+        settings.require_stripe_key()
+    except (RequestError, SettingsError) as exc:
+        raise fail(Exit.BAD_INPUT, str(exc)) from None
+
+    from invoiceflow.prefect_env import configure_prefect
+
+    configure_prefect()
+    from flows.invoice import invoice_flow
+
+    try:
+        status = invoice_flow(
+            request, wait_for_payment=not no_wait, await_paid_seconds=await_seconds
+        )
+    except Exception as exc:
+        from invoiceflow.retry import describe
+
+        raise fail(classify(exc), f"{request.request_id}: {describe(exc)}") from None
+    typer.echo(status.one_line())
+    raise typer.Exit(int(Exit.OK if status.delivered else Exit.UNEXPECTED))
+
+
+@app.command()
+def status(
+    request_id: Annotated[str | None, typer.Argument(help="One request; all when omitted.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show each request's recovery point, Stripe invoice, amount and hosted URL."""
+    from invoiceflow import ledger
+    from invoiceflow.db.engine import get_engine
+    from invoiceflow.settings import SettingsError, get_settings
+    from invoiceflow.status import RequestStatus
+
+    try:
+        engine = get_engine(get_settings().database_url)
+    except SettingsError as exc:
+        raise fail(Exit.BAD_INPUT, str(exc)) from None
+    if request_id is not None:
+        row = ledger.load(engine, request_id)
+        if row is None:
+            raise fail(Exit.BAD_INPUT, f"no request {request_id!r}")
+        rows = [row]
+    else:
+        rows = list(ledger.list_requests(engine))
+    statuses = [RequestStatus.from_row(row) for row in rows]
+    if as_json:
+        payload = [s.model_dump(mode="json") for s in statuses]
+        typer.echo(json.dumps(payload[0] if request_id else payload, indent=2))
+    elif not statuses:
+        typer.echo("no requests yet")
+    else:
+        for one in statuses:
+            typer.echo(one.one_line())
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema (also done automatically on first use)."""
+    from invoiceflow.db.engine import make_engine
+    from invoiceflow.db.migrate import current_revision, upgrade
+    from invoiceflow.settings import SettingsError, get_settings
+
+    try:
+        engine = make_engine(get_settings().database_url)
+    except SettingsError as exc:
+        raise fail(Exit.BAD_INPUT, str(exc)) from None
+    upgrade(engine)
+    typer.echo(f"schema at revision {current_revision(engine)}")
+
+
+@app.command()
+def demo() -> None:
+    """Run realistic requests end to end against an in-process Stripe sandbox. Needs no setup."""
+    from invoiceflow.demo import run_demo
+
+    raise typer.Exit(run_demo())
 
 
 def _register_subcommands() -> None:
@@ -17,4 +164,7 @@ _register_subcommands()
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

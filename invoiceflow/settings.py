@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -84,7 +91,7 @@ class Settings(BaseSettings):
         if value in (None, ""):
             return None
         assert value is not None
-        if not value.startswith(("http://", "https://")) or "://" == value[-3:]:
+        if not value.startswith(("http://", "https://")) or value[-3:] == "://":
             raise ValueError(
                 "STRIPE_API_BASE must be an http(s) URL such as http://127.0.0.1:12111 "
                 "(leave it unset to talk to Stripe itself)"
@@ -139,7 +146,9 @@ class Settings(BaseSettings):
 
     def require_webhook_secret(self) -> str:
         if self.stripe_webhook_secret is None:
-            raise SettingsError("STRIPE_WEBHOOK_SECRET is not set; use the endpoint's whsec_… secret")
+            raise SettingsError(
+                "STRIPE_WEBHOOK_SECRET is not set; use the endpoint's whsec_… secret"
+            )
         return self.stripe_webhook_secret.get_secret_value()
 
 
@@ -160,5 +169,5 @@ def load_settings() -> Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Process-wide settings. Tests that change the environment call `get_settings.cache_clear()`."""
+    """Process-wide settings; after changing the environment, `get_settings.cache_clear()`."""
     return load_settings()

@@ -1,0 +1,1 @@
+"""Prefect flows. Each reads like the DAG it runs; the steps are in `tasks/`."""

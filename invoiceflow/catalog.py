@@ -1,0 +1,143 @@
+"""Ensure the Stripe product and price behind each request line exist, once.
+
+Products and prices are shared by every request that bills the same sku, so
+they are keyed by our sku (custom product id) and by a price `lookup_key`
+(sku + currency + amount), looked up before anything is created, and created
+under an idempotency key derived from those ids.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import stripe
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from invoiceflow import ledger
+from invoiceflow.db.engine import transaction
+from invoiceflow.db.models import PriceMap, ProductMap
+from invoiceflow.retry import call_with_retries
+from invoiceflow.runtime import Runtime
+from invoiceflow.stripe_keys import (
+    META_SKU,
+    price_lookup_key,
+    product_id,
+    shared_object_key,
+)
+
+log = logging.getLogger(__name__)
+
+
+def ensure_product(rt: Runtime, sku: str, name: str, request_id: str | None = None) -> str:
+    """The Stripe product id for `sku`: from our map, else Stripe, else created."""
+    with Session(rt.engine) as session:
+        known = session.get(ProductMap, sku)
+        if known is not None:
+            return known.stripe_product_id
+
+    pid = product_id(sku)
+    product = _retrieve_product(rt, pid)
+    params: stripe.params.ProductCreateParams = {
+        "id": pid,
+        "name": name,
+        "metadata": {META_SKU: sku},
+    }
+    key = shared_object_key("product", sku, dict(params))
+    if product is None:
+        ledger.intend(rt.engine, key, "product.create", request_id)
+        try:
+            product = call_with_retries(
+                lambda: rt.stripe.v1.products.create(params, {"idempotency_key": key}),
+                f"create product {pid}",
+            )
+            log.info("Created Stripe product %s for sku %s", product.id, sku)
+        except stripe.InvalidRequestError as exc:
+            if exc.code != "resource_already_exists":
+                raise
+            # Another run created it first (perhaps describing it differently): adopt it.
+            product = call_with_retries(lambda: rt.stripe.v1.products.retrieve(pid), "get product")
+
+    _remember(
+        rt, ProductMap(sku=sku, stripe_product_id=product.id, name=product.name), key, product.id
+    )
+    return product.id
+
+
+def _retrieve_product(rt: Runtime, pid: str) -> stripe.Product | None:
+    try:
+        return call_with_retries(lambda: rt.stripe.v1.products.retrieve(pid), f"get product {pid}")
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            return None
+        raise
+
+
+def ensure_price(
+    rt: Runtime,
+    sku: str,
+    currency: str,
+    unit_amount: int,
+    stripe_product_id: str,
+    request_id: str | None = None,
+) -> str:
+    """The Stripe price id for (sku, currency, amount): our map, else lookup key, else created."""
+    lookup_key = price_lookup_key(sku, currency, unit_amount)
+    with Session(rt.engine) as session:
+        known = session.get(PriceMap, lookup_key)
+        if known is not None:
+            return known.stripe_price_id
+
+    params: stripe.params.PriceCreateParams = {
+        "product": stripe_product_id,
+        "currency": currency,
+        "unit_amount": unit_amount,
+        "lookup_key": lookup_key,
+        "metadata": {META_SKU: sku},
+    }
+    key = shared_object_key("price", lookup_key, dict(params))
+    price = _find_price(rt, lookup_key)
+    if price is None:
+        ledger.intend(rt.engine, key, "price.create", request_id)
+        try:
+            price = call_with_retries(
+                lambda: rt.stripe.v1.prices.create(params, {"idempotency_key": key}),
+                f"create price {lookup_key}",
+            )
+            log.info(
+                "Created Stripe price %s (%s %s) for sku %s", price.id, unit_amount, currency, sku
+            )
+        except stripe.InvalidRequestError:
+            # A concurrent run may have taken the lookup key between our list and create.
+            price = _find_price(rt, lookup_key)
+            if price is None:
+                raise
+
+    row = PriceMap(
+        lookup_key=lookup_key,
+        stripe_price_id=price.id,
+        sku=sku,
+        currency=currency,
+        unit_amount=unit_amount,
+    )
+    _remember(rt, row, key, price.id)
+    return price.id
+
+
+def _find_price(rt: Runtime, lookup_key: str) -> stripe.Price | None:
+    found = call_with_retries(
+        lambda: rt.stripe.v1.prices.list({"lookup_keys": [lookup_key], "active": True, "limit": 1}),
+        f"find price {lookup_key}",
+    )
+    return found.data[0] if found.data else None
+
+
+def _remember(rt: Runtime, row: ProductMap | PriceMap, key: str, stripe_id: str) -> None:
+    """Store the map row and close the write intent together; a concurrent run
+    that stored the same mapping first wins harmlessly (same Stripe object)."""
+    try:
+        with transaction(rt.engine) as session:
+            session.add(row)
+            ledger.fulfil(session, key, stripe_id)
+    except IntegrityError:
+        pass

@@ -1,0 +1,348 @@
+"""The request ledger: what we asked for, how far it got, and who is working on it.
+
+Every change of a request's recovery point happens here, in one transaction
+that also stores the Stripe id the step produced, closes the step's recorded
+write intent and appends to the audit log. A run may only change a request
+while it holds the request's lease; the lease check happens under the row lock
+in that same transaction, so a run whose lease was taken over cannot write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from invoiceflow.db.engine import transaction
+from invoiceflow.db.models import (
+    AuditEvent,
+    BillingRequestRow,
+    RecoveryPoint,
+    RequestLine,
+    StripeWrite,
+    utcnow,
+)
+from invoiceflow.request import BillingRequest
+from invoiceflow.stripe_keys import price_lookup_key
+
+
+class RequestConflict(Exception):
+    """The request id exists with different content. A new invoice needs a new id."""
+
+
+class LeaseLost(Exception):
+    """Another run took this request over; this run must stop writing."""
+
+
+class RequestBusy(Exception):
+    """Another run held the request for longer than we were willing to wait."""
+
+
+class RequestNotFound(LookupError):
+    pass
+
+
+# How often a run waiting for another run's lease checks again.
+LEASE_POLL_SECONDS = 0.2
+
+
+def submit(engine: Engine, request: BillingRequest) -> BillingRequestRow:
+    """Store a request as received, or return the stored one if it is the same request.
+
+    The UNIQUE primary key on request_id decides between two concurrent submits.
+    """
+    fingerprint = request.fingerprint()
+    existing = load(engine, request.request_id)
+    if existing is None:
+        try:
+            with transaction(engine) as session:
+                row = _new_row(request, fingerprint)
+                session.add(row)
+                session.flush()  # the request row first: lines reference it
+                session.add_all(_new_lines(request))
+                _audit(
+                    session,
+                    row.request_id,
+                    None,
+                    RecoveryPoint.PLANNED,
+                    "request received",
+                    {"fingerprint": fingerprint, "total_amount": row.total_amount},
+                )
+            return row
+        except IntegrityError:
+            existing = load(engine, request.request_id)  # lost the race: compare with the winner
+    assert existing is not None
+    if existing.fingerprint != fingerprint:
+        raise RequestConflict(
+            f"request_id {request.request_id!r} was already submitted with different content; "
+            "resubmit the original content, or use a new request_id for a new invoice"
+        )
+    return existing
+
+
+def _new_row(request: BillingRequest, fingerprint: str) -> BillingRequestRow:
+    return BillingRequestRow(
+        request_id=request.request_id,
+        fingerprint=fingerprint,
+        payload=request.model_dump(mode="json"),
+        customer_key=request.customer.id,
+        currency=request.currency,
+        total_amount=request.total_amount(),
+    )
+
+
+def _new_lines(request: BillingRequest) -> list[RequestLine]:
+    return [
+        RequestLine(
+            request_id=request.request_id,
+            position=position,
+            sku=item.sku,
+            name=item.name,
+            unit_amount=item.unit_amount,
+            quantity=item.quantity,
+            description=item.description,
+            price_lookup_key=price_lookup_key(item.sku, request.currency, item.unit_amount),
+        )
+        for position, item in enumerate(request.items)
+    ]
+
+
+def load(engine: Engine, request_id: str) -> BillingRequestRow | None:
+    with Session(engine, expire_on_commit=False) as session:
+        return session.get(BillingRequestRow, request_id)
+
+
+def require(engine: Engine, request_id: str) -> BillingRequestRow:
+    row = load(engine, request_id)
+    if row is None:
+        raise RequestNotFound(f"no request {request_id!r}; submit it first")
+    return row
+
+
+def list_requests(engine: Engine) -> Sequence[BillingRequestRow]:
+    with Session(engine, expire_on_commit=False) as session:
+        return session.exec(
+            select(BillingRequestRow).order_by(col(BillingRequestRow.created_at))
+        ).all()
+
+
+def lines(engine: Engine, request_id: str) -> list[RequestLine]:
+    with Session(engine, expire_on_commit=False) as session:
+        return lines_in(session, request_id)
+
+
+def lines_in(session: Session, request_id: str) -> list[RequestLine]:
+    """The request's lines within the caller's transaction, in order."""
+    statement = (
+        select(RequestLine)
+        .where(RequestLine.request_id == request_id)
+        .order_by(col(RequestLine.position))
+    )
+    return list(session.exec(statement).all())
+
+
+def audit_trail(engine: Engine, request_id: str) -> list[AuditEvent]:
+    with Session(engine, expire_on_commit=False) as session:
+        statement = (
+            select(AuditEvent)
+            .where(AuditEvent.request_id == request_id)
+            .order_by(col(AuditEvent.id))
+        )
+        return list(session.exec(statement).all())
+
+
+# --- the lease -------------------------------------------------------------
+
+
+def acquire_lease(engine: Engine, request_id: str, owner: str, ttl_seconds: float) -> bool:
+    """Take (or renew) the request's lease if it is free, expired or already ours.
+
+    A single conditional UPDATE: atomic on PostgreSQL and SQLite alike, so of two
+    runs racing for a request exactly one sees rowcount 1.
+    """
+    now = time.time()
+    with transaction(engine) as session:
+        result = session.execute(
+            update(BillingRequestRow)
+            .where(col(BillingRequestRow.request_id) == request_id)
+            .where(
+                or_(
+                    col(BillingRequestRow.lease_owner).is_(None),
+                    col(BillingRequestRow.lease_owner) == owner,
+                    col(BillingRequestRow.lease_expires_at) < now,
+                )
+            )
+            .values(lease_owner=owner, lease_expires_at=now + ttl_seconds)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def wait_for_lease(
+    engine: Engine, request_id: str, owner: str, ttl_seconds: float, patience_seconds: float
+) -> None:
+    """Take the lease, waiting while another run holds it.
+
+    A second run of the same request (a retry racing a schedule, a double click)
+    waits for the first to finish and then finds the work done.
+    """
+    deadline = time.monotonic() + patience_seconds
+    while not acquire_lease(engine, request_id, owner, ttl_seconds):
+        if time.monotonic() >= deadline:
+            holder = load(engine, request_id)
+            raise RequestBusy(
+                f"request {request_id!r} is being processed by another run "
+                f"({holder.lease_owner if holder else 'unknown'}); try again later"
+            )
+        time.sleep(LEASE_POLL_SECONDS)
+
+
+def release_lease(engine: Engine, request_id: str, owner: str) -> None:
+    with transaction(engine) as session:
+        session.execute(
+            update(BillingRequestRow)
+            .where(col(BillingRequestRow.request_id) == request_id)
+            .where(col(BillingRequestRow.lease_owner) == owner)
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+
+
+def start_attempt(engine: Engine, request_id: str, owner: str) -> BillingRequestRow:
+    """Count a run against the request (under the lease) and return its state.
+
+    A failed request resumes from the last point it really reached.
+    """
+    with locked(engine, request_id, owner) as (session, row):
+        row.attempts += 1
+        row.updated_at = utcnow()
+        if row.point is RecoveryPoint.FAILED:
+            row.recovery_point = row.progress_point
+            _audit(session, request_id, RecoveryPoint.FAILED, row.progress, "retrying", {})
+        session.add(row)
+        return row
+
+
+@contextmanager
+def locked(
+    engine: Engine, request_id: str, owner: str
+) -> Iterator[tuple[Session, BillingRequestRow]]:
+    """The request row, locked for this transaction, provided `owner` still holds the lease."""
+    with transaction(engine) as session:
+        row = session.exec(
+            select(BillingRequestRow)
+            .where(BillingRequestRow.request_id == request_id)
+            .with_for_update()
+        ).one_or_none()
+        if row is None:
+            raise RequestNotFound(f"no request {request_id!r}")
+        if row.lease_owner != owner or (row.lease_expires_at or 0) < time.time():
+            raise LeaseLost(f"request {request_id!r} is no longer leased to this run")
+        yield session, row
+
+
+def advance(
+    session: Session,
+    row: BillingRequestRow,
+    to: RecoveryPoint,
+    message: str,
+    **detail: Any,
+) -> None:
+    """Move the recovery point forward (never back) and audit it, in the caller's transaction."""
+    if row.progress.reached(to):
+        return
+    previous = row.point
+    row.progress_point = row.recovery_point = to.value
+    row.last_error = None
+    row.updated_at = utcnow()
+    session.add(row)
+    _audit(session, row.request_id, previous, to, message, detail)
+
+
+def record_failure(engine: Engine, request_id: str, owner: str, error: str) -> None:
+    """Mark the request failed with the reason; its progress point is kept for a rerun."""
+    with locked(engine, request_id, owner) as (session, row):
+        previous = row.point
+        row.recovery_point = RecoveryPoint.FAILED.value
+        row.last_error = error[:2000]
+        row.updated_at = utcnow()
+        session.add(row)
+        _audit(
+            session, request_id, previous, RecoveryPoint.FAILED, "failed", {"error": error[:2000]}
+        )
+
+
+def note(session: Session, request_id: str, message: str, **detail: Any) -> None:
+    """An audit entry that does not move the recovery point."""
+    _audit(session, request_id, None, None, message, detail)
+
+
+def _audit(
+    session: Session,
+    request_id: str,
+    from_point: RecoveryPoint | None,
+    to_point: RecoveryPoint | None,
+    message: str,
+    detail: dict[str, Any],
+) -> None:
+    session.add(
+        AuditEvent(
+            request_id=request_id,
+            from_point=from_point.value if from_point else None,
+            to_point=to_point.value if to_point else None,
+            message=message,
+            detail=detail,
+        )
+    )
+
+
+# --- write intents -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A Stripe write we are about to make. `seen_before` means an earlier
+    attempt recorded the same intent and may have reached Stripe."""
+
+    key: str
+    seen_before: bool
+    intended_at: datetime
+
+
+def intend(engine: Engine, key: str, step: str, request_id: str | None) -> Intent:
+    """Record, before calling Stripe, that we are about to write under `key`."""
+    with transaction(engine) as session:
+        write = session.get(StripeWrite, key, with_for_update=True)
+        if write is None:
+            write = StripeWrite(idempotency_key=key, step=step, request_id=request_id, calls=1)
+            session.add(write)
+            return Intent(key, seen_before=False, intended_at=write.intended_at)
+        write.calls += 1
+        session.add(write)
+        return Intent(key, seen_before=True, intended_at=write.intended_at)
+
+
+def fulfil(session: Session, key: str, stripe_object_id: str) -> None:
+    """Close a write intent with the object Stripe returned, in the caller's transaction."""
+    write = session.get(StripeWrite, key)
+    if write is None:  # found in Stripe without a write of ours: nothing to close
+        return
+    write.stripe_object_id = stripe_object_id
+    write.completed_at = write.completed_at or utcnow()
+    session.add(write)
+
+
+def writes_for(engine: Engine, request_id: str) -> list[StripeWrite]:
+    with Session(engine, expire_on_commit=False) as session:
+        statement = (
+            select(StripeWrite)
+            .where(StripeWrite.request_id == request_id)
+            .order_by(col(StripeWrite.intended_at))
+        )
+        return list(session.exec(statement).all())

@@ -1,0 +1,106 @@
+"""Which Stripe failures are worth retrying, and how long to wait before the next try.
+
+Transient: connection errors and timeouts, 5xx, 409 (a concurrent request holds
+our idempotency key or the object's lock), 429. Permanent: card errors and every
+other 4xx — retrying them only repeats the same answer. Stripe's own
+`Stripe-Should-Retry` header overrides the status code when present.
+
+A retry always resends the exact same call under the exact same idempotency
+key; nothing here builds a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import stripe
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped, within a deadline."""
+
+    attempts: int = 6
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    # Longest we honour a server's Retry-After before giving the retry back to
+    # the orchestrator (which retries the whole task later).
+    max_retry_after: float = 30.0
+
+    def delay(self, attempt: int, exc: BaseException) -> float:
+        hinted = retry_after_seconds(exc)
+        if hinted is not None:
+            return min(hinted, self.max_retry_after)
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+def _headers(exc: stripe.StripeError) -> dict[str, str]:
+    return {k.lower(): v for k, v in (exc.headers or {}).items()}
+
+
+def retry_after_seconds(exc: BaseException) -> float | None:
+    if not isinstance(exc, stripe.StripeError):
+        return None
+    value = _headers(exc).get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the same call may succeed if simply made again."""
+    if isinstance(exc, stripe.APIConnectionError):
+        return True
+    if not isinstance(exc, stripe.StripeError):
+        return False
+    should_retry = _headers(exc).get("stripe-should-retry")
+    if should_retry is not None:
+        return should_retry == "true"
+    if isinstance(exc, stripe.CardError | stripe.AuthenticationError | stripe.PermissionError):
+        return False
+    status = exc.http_status or 0
+    return status >= 500 or status in (409, 429) or isinstance(exc, stripe.RateLimitError)
+
+
+def call_with_retries(
+    call: Callable[[], T],
+    what: str,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run `call`, retrying transient Stripe failures; permanent ones raise at once."""
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc) or attempt >= policy.attempts:
+                raise
+            wait = policy.delay(attempt, exc)
+            log.warning("%s: transient %s, retry %d in %.2fs", what, describe(exc), attempt, wait)
+            sleep(wait)
+            attempt += 1
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line, secret-free description of a Stripe failure for logs and the ledger."""
+    if isinstance(exc, stripe.StripeError):
+        status = f"HTTP {exc.http_status} " if exc.http_status else ""
+        code = f"{exc.code}: " if exc.code else ""
+        return (
+            f"{type(exc).__name__} {status}{code}{exc.user_message or exc._message or ''}".strip()
+        )
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,69 @@
+"""Every identifier we hand Stripe, derived from our own ids — never from an attempt.
+
+Deterministic keys are what make a retry, a rerun after a crash, or a second
+concurrent run land on the same Stripe object instead of a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+# Stripe rejects idempotency keys longer than 255 characters.
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+KEY_PREFIX = "invoiceflow"
+# Metadata keys we stamp on Stripe objects so they can be found again without
+# our database (and so a human in the Dashboard sees where they came from).
+META_REQUEST_ID = "invoiceflow_request_id"
+META_CUSTOMER_ID = "invoiceflow_customer_id"
+META_SKU = "invoiceflow_sku"
+META_LINE = "invoiceflow_line"
+
+_PRODUCT_ID_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def metadata_of(obj: object) -> dict[str, str]:
+    """A Stripe object's metadata as a plain dict (the SDK types it loosely)."""
+    return dict(getattr(obj, "metadata", None) or {})
+
+
+def _digest(*parts: object, length: int = 16) -> str:
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+
+def idempotency_key(*parts: str) -> str:
+    key = ":".join((KEY_PREFIX, *parts))
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        # Only reachable with ids far past our validated lengths; stay deterministic.
+        key = f"{KEY_PREFIX}:sha256:{_digest(*parts, length=64)}"
+    return key
+
+
+def request_step_key(request_id: str, step: str) -> str:
+    """The key for a write that belongs to one request (invoice create, finalize, send…)."""
+    return idempotency_key("request", request_id, step)
+
+
+def shared_object_key(kind: str, our_id: str, params: dict[str, object]) -> str:
+    """The key for a product, price or customer shared by many requests.
+
+    The params' digest is part of the key: Stripe refuses a key reused with other
+    params, and two requests may legitimately describe one sku slightly
+    differently; they then get "already exists" and adopt the first object.
+    """
+    return idempotency_key(kind, our_id, _digest(params))
+
+
+def product_id(sku: str) -> str:
+    """Our custom Stripe product id for a sku (Stripe accepts caller-chosen product ids)."""
+    safe = _PRODUCT_ID_SAFE.sub("_", sku)
+    if safe != sku:  # keep "a.b" and "a_b" apart
+        safe = f"{safe}_{_digest(sku, length=8)}"
+    return f"{KEY_PREFIX}_{safe}"
+
+
+def price_lookup_key(sku: str, currency: str, unit_amount: int) -> str:
+    """Prices are immutable in Stripe: a new amount is a new price with a new lookup key."""
+    return f"{KEY_PREFIX}:{sku}:{currency}:{unit_amount}"

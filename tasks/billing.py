@@ -1,0 +1,131 @@
+"""One Prefect task per step of the invoice DAG.
+
+Retry layers: inside a task, `invoiceflow.retry` retries transient Stripe
+failures within seconds (honouring Retry-After). These task retries are the
+outer layer for a longer outage: they rerun the whole step later, which is safe
+because every step re-reads its recovery point and reuses its idempotency key.
+Permanent failures (card, validation, a mismatched invoice, a lost lease) are
+never retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import State, Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+
+from invoiceflow import catalog, customers, invoicing
+from invoiceflow.db.models import RecoveryPoint
+from invoiceflow.retry import is_transient
+from invoiceflow.runtime import get_runtime
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Outer retries: after the in-task retries gave up, wait this long and try the
+# step again. Spread out to ride over a Stripe incident of a minute or two.
+TASK_RETRY_DELAYS_SECONDS: list[float] = [5.0, 30.0, 90.0]
+TASK_RETRY_JITTER = 0.3
+# A Stripe step makes a handful of calls, each with a 30 s HTTP timeout and a
+# few in-task retries; anything running past this is stuck, not slow.
+STEP_TIMEOUT_SECONDS = 300
+
+
+def retry_if_transient(_task: Task[Any, Any], _run: TaskRun, state: State[Any]) -> bool:
+    error = state.data
+    return isinstance(error, BaseException) and is_transient(error)
+
+
+def _step(name: str, run_name: str | None = None) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """A Stripe step as a Prefect task, with the retry policy above."""
+
+    def decorate(fn: Callable[P, R]) -> Task[P, R]:
+        return task(
+            name=name,
+            task_run_name=run_name,
+            retries=len(TASK_RETRY_DELAYS_SECONDS),
+            retry_delay_seconds=TASK_RETRY_DELAYS_SECONDS,
+            retry_jitter_factor=TASK_RETRY_JITTER,
+            retry_condition_fn=retry_if_transient,
+            timeout_seconds=STEP_TIMEOUT_SECONDS,
+            # Our ledger decides what is done; Prefect's result cache must not.
+            cache_policy=NO_CACHE,
+            persist_result=False,
+        )(fn)
+
+    return decorate
+
+
+@_step("ensure-product", "ensure-product-{sku}")
+def ensure_product(sku: str, name: str, request_id: str) -> str:
+    return catalog.ensure_product(get_runtime(), sku, name, request_id)
+
+
+@_step("ensure-price", "ensure-price-{sku}-{unit_amount}{currency}")
+def ensure_price(
+    sku: str, currency: str, unit_amount: int, stripe_product_id: str, request_id: str
+) -> str:
+    return catalog.ensure_price(
+        get_runtime(), sku, currency, unit_amount, stripe_product_id, request_id
+    )
+
+
+@_step("ensure-customer")
+def ensure_customer(request_id: str, owner: str) -> str:
+    return customers.ensure_customer(get_runtime(), request_id, owner)
+
+
+@_step("catalog-ready")
+def mark_catalog_ready(request_id: str, owner: str) -> None:
+    invoicing.mark_catalog_ready(get_runtime(), request_id, owner)
+
+
+@_step("create-invoice")
+def create_invoice(request_id: str, owner: str) -> str:
+    return invoicing.create_invoice(get_runtime(), request_id, owner)
+
+
+@_step("add-items")
+def add_items(request_id: str, owner: str) -> None:
+    invoicing.add_items(get_runtime(), request_id, owner)
+
+
+@_step("finalize")
+def finalize(request_id: str, owner: str) -> None:
+    invoicing.finalize(get_runtime(), request_id, owner)
+
+
+@_step("send")
+def send(request_id: str, owner: str) -> None:
+    invoicing.send(get_runtime(), request_id, owner)
+
+
+# Reads only; its own loop already backs off, so no task retries beyond the
+# transient ones, and the timeout covers the longest wait we allow.
+@task(
+    name="await-paid",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def await_paid(request_id: str, owner: str, timeout_seconds: float) -> str:
+    point: RecoveryPoint = invoicing.await_paid(get_runtime(), request_id, owner, timeout_seconds)
+    return point.value
+
+
+__all__ = [
+    "add_items",
+    "await_paid",
+    "create_invoice",
+    "ensure_customer",
+    "ensure_price",
+    "ensure_product",
+    "finalize",
+    "mark_catalog_ready",
+    "send",
+]
