@@ -25,6 +25,7 @@ from invoiceflow.stripe_keys import (
     product_id,
     shared_object_key,
 )
+from invoiceflow.stripe_write import write_once
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +38,39 @@ def ensure_product(rt: Runtime, sku: str, name: str, request_id: str | None = No
             return known.stripe_product_id
 
     pid = product_id(sku)
-    product = _retrieve_product(rt, pid)
     params: stripe.params.ProductCreateParams = {
         "id": pid,
         "name": name,
         "metadata": {META_SKU: sku},
     }
     key = shared_object_key("product", sku, dict(params))
+    product = _retrieve_product(rt, pid)
     if product is None:
-        ledger.intend(rt.engine, key, "product.create", request_id)
-        try:
-            product = call_with_retries(
-                lambda: rt.stripe.v1.products.create(params, {"idempotency_key": key}),
-                f"create product {pid}",
-            )
-            log.info("Created Stripe product %s for sku %s", product.id, sku)
-        except stripe.InvalidRequestError as exc:
-            if exc.code != "resource_already_exists":
-                raise
-            # Another run created it first (perhaps describing it differently): adopt it.
-            product = call_with_retries(lambda: rt.stripe.v1.products.retrieve(pid), "get product")
+
+        def create(idempotency_key: str) -> stripe.Product:
+            try:
+                created = rt.stripe.v1.products.create(params, {"idempotency_key": idempotency_key})
+                log.info("Created Stripe product %s for sku %s", created.id, sku)
+                return created
+            except stripe.InvalidRequestError as exc:
+                found = (
+                    _retrieve_product(rt, pid) if exc.code == "resource_already_exists" else None
+                )
+                if found is None:
+                    raise
+                return found  # another run created it first, perhaps worded differently
+
+        # (unpacked into a new name: mypy does not narrow through tuple unpacking)
+        written, key = write_once(
+            rt,
+            key=key,
+            step="product.create",
+            request_id=request_id,
+            write=create,
+            find=lambda _intent: _retrieve_product(rt, pid),
+            what=f"create product {pid}",
+        )
+        product = written
 
     _remember(
         rt, ProductMap(sku=sku, stripe_product_id=product.id, name=product.name), key, product.id
@@ -98,20 +112,30 @@ def ensure_price(
     key = shared_object_key("price", lookup_key, dict(params))
     price = _find_price(rt, lookup_key)
     if price is None:
-        ledger.intend(rt.engine, key, "price.create", request_id)
-        try:
-            price = call_with_retries(
-                lambda: rt.stripe.v1.prices.create(params, {"idempotency_key": key}),
-                f"create price {lookup_key}",
-            )
-            log.info(
-                "Created Stripe price %s (%s %s) for sku %s", price.id, unit_amount, currency, sku
-            )
-        except stripe.InvalidRequestError:
-            # A concurrent run may have taken the lookup key between our list and create.
-            price = _find_price(rt, lookup_key)
-            if price is None:
-                raise
+
+        def create(idempotency_key: str) -> stripe.Price:
+            try:
+                created = rt.stripe.v1.prices.create(params, {"idempotency_key": idempotency_key})
+                log.info("Created Stripe price %s for %s", created.id, lookup_key)
+                return created
+            except stripe.InvalidRequestError:
+                # A concurrent run may have taken the lookup key between our list and create.
+                found = _find_price(rt, lookup_key)
+                if found is None:
+                    raise
+                return found
+
+        # (unpacked into a new name: mypy does not narrow through tuple unpacking)
+        written, key = write_once(
+            rt,
+            key=key,
+            step="price.create",
+            request_id=request_id,
+            write=create,
+            find=lambda _intent: _find_price(rt, lookup_key),
+            what=f"create price {lookup_key}",
+        )
+        price = written
 
     row = PriceMap(
         lookup_key=lookup_key,

@@ -20,6 +20,7 @@ from invoiceflow.request import Customer
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
 from invoiceflow.stripe_keys import META_CUSTOMER_ID, metadata_of, shared_object_key
+from invoiceflow.stripe_write import write_once
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +37,28 @@ def ensure_customer(rt: Runtime, request_id: str, owner: str) -> str:
     )
     stripe_id = _mapped(rt, customer.id) or _find(rt, customer)
     if stripe_id is None:
-        ledger.intend(rt.engine, key, "customer.create", request_id)
         params: stripe.params.CustomerCreateParams = {
             "email": customer.email,
             "name": customer.name,
             "metadata": {META_CUSTOMER_ID: customer.id},
         }
-        created = call_with_retries(
-            lambda: rt.stripe.v1.customers.create(params, {"idempotency_key": key}),
-            f"create customer {customer.id}",
+
+        def create(idempotency_key: str) -> str:
+            created = rt.stripe.v1.customers.create(params, {"idempotency_key": idempotency_key})
+            log.info("Created Stripe customer %s for %s", created.id, customer.id)
+            return created.id
+
+        # (unpacked into a new name: mypy does not narrow through tuple unpacking)
+        written, key = write_once(
+            rt,
+            key=key,
+            step="customer.create",
+            request_id=request_id,
+            write=create,
+            find=lambda _intent: _find(rt, customer),
+            what=f"create customer {customer.id}",
         )
-        stripe_id = created.id
-        log.info("Created Stripe customer %s for %s", stripe_id, customer.id)
+        stripe_id = written
 
     try:
         _commit(rt, request_id, owner, customer, stripe_id, key)

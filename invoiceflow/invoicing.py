@@ -28,6 +28,7 @@ from invoiceflow.request import BillingRequest
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
 from invoiceflow.stripe_keys import META_LINE, META_REQUEST_ID, metadata_of, request_step_key
+from invoiceflow.stripe_write import write_once
 
 log = logging.getLogger(__name__)
 
@@ -90,31 +91,30 @@ def create_invoice(rt: Runtime, request_id: str, owner: str) -> str:
     request = _request(row)
     customer_id = row.stripe_customer_id
 
-    key = request_step_key(request_id, "invoice.create")
-    intent = ledger.intend(rt.engine, key, "invoice.create", request_id)
-    invoice = _find_invoice(rt, customer_id, request_id) if intent.seen_before else None
-    if invoice is None:
-        params: stripe.params.InvoiceCreateParams = {
-            "customer": customer_id,
-            "currency": request.currency,
-            "collection_method": "send_invoice",
-            "days_until_due": request.days_until_due,
-            # We drive every transition ourselves; Stripe must not finalize or
-            # email on its own schedule behind our recovery points.
-            "auto_advance": False,
-            # Only the request's lines, never stray pending items of the customer.
-            "pending_invoice_items_behavior": "exclude",
-            "metadata": {**request.metadata, META_REQUEST_ID: request_id},
-        }
-        if request.description:
-            params["description"] = request.description
-        invoice = call_with_retries(
-            lambda: rt.stripe.v1.invoices.create(params, {"idempotency_key": key}),
-            f"create invoice for {request_id}",
-        )
-        log.info("Created draft invoice %s for request %s", invoice.id, request_id)
-    else:
-        log.info("Adopted existing invoice %s for request %s", invoice.id, request_id)
+    params: stripe.params.InvoiceCreateParams = {
+        "customer": customer_id,
+        "currency": request.currency,
+        "collection_method": "send_invoice",
+        "days_until_due": request.days_until_due,
+        # We drive every transition ourselves; Stripe must not finalize or
+        # email on its own schedule behind our recovery points.
+        "auto_advance": False,
+        # Only the request's lines, never stray pending items of the customer.
+        "pending_invoice_items_behavior": "exclude",
+        "metadata": {**request.metadata, META_REQUEST_ID: request_id},
+    }
+    if request.description:
+        params["description"] = request.description
+    invoice, key = write_once(
+        rt,
+        key=request_step_key(request_id, "invoice.create"),
+        step="invoice.create",
+        request_id=request_id,
+        write=lambda k: rt.stripe.v1.invoices.create(params, {"idempotency_key": k}),
+        find=lambda _intent: _find_invoice(rt, customer_id, request_id),
+        what=f"create invoice for {request_id}",
+    )
+    log.info("Draft invoice %s for request %s", invoice.id, request_id)
 
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
         row.stripe_invoice_id = invoice.id
@@ -174,31 +174,45 @@ def add_items(rt: Runtime, request_id: str, owner: str) -> None:
 
     for batch_no, start in enumerate(range(0, len(request_lines), LINES_PER_ADD_CALL)):
         batch = request_lines[start : start + LINES_PER_ADD_CALL]
-        key = request_step_key(request_id, f"lines.add.{batch_no}")
-        intent = ledger.intend(rt.engine, key, "lines.add", request_id)
-        if intent.seen_before:
-            present = _lines_on_invoice(rt, invoice_id)
-            missing = [line for line in batch if line.position not in present]
-            if not missing:
-                continue
-            if len(missing) != len(batch):
-                # Never resend a different body under the same key (Stripe
-                # refuses it); the remainder gets its own deterministic key.
-                positions = ".".join(str(line.position) for line in missing)
-                key = request_step_key(request_id, f"lines.add.{batch_no}.rest.{positions}")
-                ledger.intend(rt.engine, key, "lines.add", request_id)
-            batch = missing
         params: stripe.params.InvoiceAddLinesParams = {
             "lines": [_line_params(request_id, line) for line in batch]
         }
-        call_with_retries(
-            partial(rt.stripe.v1.invoices.add_lines, invoice_id, params, {"idempotency_key": key}),
-            f"add lines to {invoice_id}",
+        _invoice, key = write_once(
+            rt,
+            key=request_step_key(request_id, f"lines.add.{batch_no}"),
+            step="lines.add",
+            request_id=request_id,
+            write=partial(_add_lines, rt, invoice_id, params),
+            find=partial(_batch_on_invoice, rt, invoice_id, batch),
+            what=f"add lines {start}-{start + len(batch) - 1} to {invoice_id}",
         )
         with ledger.locked(rt.engine, request_id, owner) as (session, _row):
             ledger.fulfil(session, key, invoice_id)
 
     _verify_and_record_lines(rt, request_id, owner, invoice_id, request_lines)
+
+
+def _add_lines(
+    rt: Runtime, invoice_id: str, params: stripe.params.InvoiceAddLinesParams, key: str
+) -> stripe.Invoice:
+    return rt.stripe.v1.invoices.add_lines(invoice_id, params, {"idempotency_key": key})
+
+
+def _batch_on_invoice(
+    rt: Runtime, invoice_id: str, batch: list[RequestLine], _intent: ledger.Intent
+) -> stripe.Invoice | None:
+    """The invoice if an earlier attempt already added this batch (Stripe adds a
+    batch atomically: all of its lines or none)."""
+    present = _lines_on_invoice(rt, invoice_id)
+    missing = [line.position for line in batch if line.position not in present]
+    if not missing:
+        return _retrieve(rt, invoice_id)
+    if len(missing) != len(batch):
+        raise InvoiceMismatch(
+            f"invoice {invoice_id} holds only part of a batch (missing lines {missing}); "
+            "someone edited the draft — remove those lines in Stripe before resuming"
+        )
+    return None
 
 
 def _line_params(request_id: str, line: RequestLine) -> stripe.params.InvoiceAddLinesParamsLine:
@@ -243,9 +257,8 @@ def finalize(rt: Runtime, request_id: str, owner: str) -> None:
         return
     invoice_id = _invoice_id(row)
     key = request_step_key(request_id, "invoice.finalize")
-    ledger.intend(rt.engine, key, "invoice.finalize", request_id)
-    # Always read first: an earlier attempt may have finalized it already, and
-    # the total must match the request before the invoice becomes immutable.
+    # Read first: an earlier attempt may have finalized it already, and the
+    # total must match the request before the invoice becomes immutable.
     invoice = _retrieve(rt, invoice_id)
     if invoice.status == "draft":
         if invoice.total != row.total_amount:
@@ -253,11 +266,16 @@ def finalize(rt: Runtime, request_id: str, owner: str) -> None:
                 f"invoice {invoice_id} totals {invoice.total}, the request {row.total_amount}; "
                 "not finalizing"
             )
-        invoice = call_with_retries(
-            lambda: rt.stripe.v1.invoices.finalize_invoice(
-                invoice_id, {"auto_advance": False}, {"idempotency_key": key}
+        invoice, key = write_once(
+            rt,
+            key=key,
+            step="invoice.finalize",
+            request_id=request_id,
+            write=lambda k: rt.stripe.v1.invoices.finalize_invoice(
+                invoice_id, {"auto_advance": False}, {"idempotency_key": k}
             ),
-            f"finalize {invoice_id}",
+            find=lambda _intent: _unless_status(_retrieve(rt, invoice_id), "draft"),
+            what=f"finalize {invoice_id}",
         )
         log.info("Finalized invoice %s (%s)", invoice.id, invoice.number)
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
@@ -265,6 +283,10 @@ def finalize(rt: Runtime, request_id: str, owner: str) -> None:
         row.finalized_at = row.finalized_at or utcnow()
         ledger.fulfil(session, key, invoice.id)
         ledger.advance(session, row, RecoveryPoint.FINALIZED, "finalized", number=invoice.number)
+
+
+def _unless_status(invoice: stripe.Invoice, status: str) -> stripe.Invoice | None:
+    return None if invoice.status == status else invoice
 
 
 def _retrieve(rt: Runtime, invoice_id: str) -> stripe.Invoice:
@@ -279,20 +301,20 @@ def send(rt: Runtime, request_id: str, owner: str) -> None:
     if row.progress.reached(RecoveryPoint.SENT):
         return
     invoice_id = _invoice_id(row)
-    key = request_step_key(request_id, "invoice.send")
-    intent = ledger.intend(rt.engine, key, "invoice.send", request_id)
-    already_sent = intent.seen_before and _was_sent(rt, invoice_id, intent.intended_at)
-    if already_sent:
-        invoice = _retrieve(rt, invoice_id)
-        log.info("Invoice %s was already sent by an earlier attempt", invoice_id)
-    else:
-        invoice = call_with_retries(
-            lambda: rt.stripe.v1.invoices.send_invoice(
-                invoice_id, options={"idempotency_key": key}
-            ),
-            f"send {invoice_id}",
-        )
-        log.info("Sent invoice %s to the customer", invoice_id)
+    invoice, key = write_once(
+        rt,
+        key=request_step_key(request_id, "invoice.send"),
+        step="invoice.send",
+        request_id=request_id,
+        write=lambda k: rt.stripe.v1.invoices.send_invoice(
+            invoice_id, options={"idempotency_key": k}
+        ),
+        find=lambda intent: (
+            _retrieve(rt, invoice_id) if _was_sent(rt, invoice_id, intent.intended_at) else None
+        ),
+        what=f"send {invoice_id}",
+    )
+    log.info("Invoice %s is sent to the customer", invoice_id)
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
         _cache_invoice(row, invoice)
         row.sent_at = row.sent_at or utcnow()
@@ -317,7 +339,7 @@ def _was_sent(rt: Runtime, invoice_id: str, since: datetime) -> bool:
         ),
         "list invoice.sent events",
     )
-    return any(event.data.object.get("id") == invoice_id for event in events.auto_paging_iter())
+    return any(event.data.object["id"] == invoice_id for event in events.auto_paging_iter())
 
 
 # Stripe statuses that end the wait, and the recovery point each one means.

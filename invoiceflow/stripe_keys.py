@@ -25,7 +25,8 @@ _PRODUCT_ID_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 def metadata_of(obj: object) -> dict[str, str]:
     """A Stripe object's metadata as a plain dict (the SDK types it loosely)."""
-    return dict(getattr(obj, "metadata", None) or {})
+    metadata = getattr(obj, "metadata", None)
+    return {str(k): str(v) for k, v in metadata.to_dict().items()} if metadata else {}
 
 
 def _digest(*parts: object, length: int = 16) -> str:

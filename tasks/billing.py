@@ -29,9 +29,9 @@ R = TypeVar("R")
 # step again. Spread out to ride over a Stripe incident of a minute or two.
 TASK_RETRY_DELAYS_SECONDS: list[float] = [5.0, 30.0, 90.0]
 TASK_RETRY_JITTER = 0.3
-# A Stripe step makes a handful of calls, each with a 30 s HTTP timeout and a
-# few in-task retries; anything running past this is stuck, not slow.
-STEP_TIMEOUT_SECONDS = 300
+# No Prefect `timeout_seconds`: in a worker thread it cannot interrupt a blocking
+# call. A step is bounded instead by the Stripe HTTP timeout
+# (INVOICEFLOW_STRIPE_TIMEOUT_SECONDS) times the bounded in-task retries.
 
 
 def retry_if_transient(_task: Task[Any, Any], _run: TaskRun, state: State[Any]) -> bool:
@@ -50,7 +50,6 @@ def _step(name: str, run_name: str | None = None) -> Callable[[Callable[P, R]], 
             retry_delay_seconds=TASK_RETRY_DELAYS_SECONDS,
             retry_jitter_factor=TASK_RETRY_JITTER,
             retry_condition_fn=retry_if_transient,
-            timeout_seconds=STEP_TIMEOUT_SECONDS,
             # Our ledger decides what is done; Prefect's result cache must not.
             cache_policy=NO_CACHE,
             persist_result=False,
