@@ -1,0 +1,382 @@
+"""The ASGI application: Stripe's wire protocol around the resource handlers.
+
+Per API request, in Stripe's order: authenticate, rate-limit, route, decode the form, take
+the idempotency key (or replay), wait the configured latency while holding it, apply any
+fault, run the handler, save the response under the key. `/_sandbox/*` is the control
+plane for tests and is never subject to faults, limits or authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import re
+import time
+import traceback
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from invoiceflow.sandbox import errors, forms, listing, shapes
+from invoiceflow.sandbox.config import ConfigError, SandboxConfig
+from invoiceflow.sandbox.context import Call
+from invoiceflow.sandbox.faults import FaultPlan, RateLimiter
+from invoiceflow.sandbox.idempotency import IdempotencyStore, Saved
+from invoiceflow.sandbox.resources import ROUTES, Route
+from invoiceflow.sandbox.store import Store
+from invoiceflow.sandbox.webhooks import Dispatcher
+
+log = logging.getLogger("invoiceflow.sandbox")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# Test-mode secret and restricted keys; the sandbox refuses live keys like a test account
+# would refuse them, so a live key can never be exercised here by mistake.
+_API_KEY = re.compile(r"^(sk|rk)_test_[A-Za-z0-9_]+$")
+_ID_SEGMENT = r"(?P<{name}>[^/]+)"
+# Methods whose requests Stripe treats as writes (idempotency keys apply).
+_WRITE_METHODS = frozenset({"POST", "DELETE"})
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    drop: bool = False  # close the connection instead of answering
+
+    @classmethod
+    def json(cls, status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+        return cls(status, json.dumps(data, indent=2).encode(), list(headers or []))
+
+
+@dataclass(frozen=True)
+class _CompiledRoute:
+    method: str
+    regex: re.Pattern[str]
+    route: Route
+
+
+class SandboxApp:
+    def __init__(self, config: SandboxConfig) -> None:
+        self.initial_config = config.as_json()
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.store = Store(self.rng)
+        self.idempotency = IdempotencyStore()
+        self.faults = FaultPlan(config, self.rng)
+        self.limiter = RateLimiter(config)
+        self.webhooks = Dispatcher(config, self.store, self.rng)
+        self.store.listeners.append(self.webhooks.on_event)
+        self.request_log: list[dict[str, Any]] = []
+        self.routes = [
+            _CompiledRoute(
+                route.method,
+                re.compile(
+                    "^"
+                    + re.sub(r"\{(\w+)\}", lambda m: _ID_SEGMENT.format(name=m[1]), route.pattern)
+                    + "$"
+                ),
+                route,
+            )
+            for route in ROUTES
+        ]
+
+    # --- ASGI -----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        body = await _read_body(receive)
+        started = time.perf_counter()
+        method: str = scope["method"]
+        path: str = scope["path"]
+        query = scope.get("query_string", b"").decode("latin-1")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if path.startswith("/_sandbox/"):
+            response = self._control(method, path, query, body)
+        else:
+            response = await self._api(method, path, query, headers, body)
+        elapsed = (time.perf_counter() - started) * 1000
+        log.info(
+            "%s %s -> %s %.1fms",
+            method,
+            path,
+            "dropped" if response.drop else response.status,
+            elapsed,
+        )
+        if response.drop:
+            await _drop_connection(send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [(k.encode(), v.encode()) for k, v in response.headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.webhooks.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # --- Stripe API -----------------------------------------------------------------------
+
+    async def _api(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> Response:
+        request_id = "req_" + self.store.token(14)
+        key = headers.get("idempotency-key") if method in _WRITE_METHODS else None
+        entry: dict[str, Any] = {
+            "method": method,
+            "path": path,
+            "idempotency_key": key,
+            "status": None,
+            "replayed": False,
+            "fault": None,
+            "time": time.time(),
+        }
+        base_headers = [
+            ("Content-Type", "application/json"),
+            ("Request-Id", request_id),
+            ("Stripe-Version", headers.get("stripe-version", shapes.API_VERSION)),
+        ]
+        if key is not None:
+            base_headers.append(("Idempotency-Key", key))
+        try:
+            response = await self._run(
+                method, path, query, headers, body, request_id, key, entry, base_headers
+            )
+        except errors.StripeError as error:
+            response = _error_response(error, base_headers)
+        entry["status"] = None if response.drop else response.status
+        self.request_log.append(entry)
+        return response
+
+    async def _run(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+        request_id: str,
+        key: str | None,
+        entry: dict[str, Any],
+        base_headers: list[tuple[str, str]],
+    ) -> Response:
+        account = _authenticate(headers.get("authorization"))
+        if not self.limiter.allow(account):
+            entry["fault"] = "rate_limit"
+            raise errors.rate_limited()
+        route, path_ids = self._route(method, path)
+        raw = forms.decode(query) if method == "GET" else forms.decode(body)
+        if method != "GET" and query:
+            raw = {**forms.decode(query), **raw}
+
+        if key is not None:
+            replay = self.idempotency.begin(account, key, method, path, raw)
+            if replay is not None:
+                entry["replayed"] = True
+                return Response(
+                    replay.status,
+                    replay.body,
+                    [
+                        *(h for h in replay.headers if h[0] != "Request-Id"),
+                        ("Request-Id", request_id),
+                        ("Idempotent-Replayed", "true"),
+                        ("Original-Request", replay.request_id),
+                    ],
+                )
+        try:
+            fault = self.faults.pick(method, path)
+            entry["fault"] = fault
+            if fault == "status_429":
+                raise errors.rate_limited()
+            if fault == "status_409":
+                raise errors.idempotency_in_flight()
+            await self._latency()
+            if fault == "before_write":
+                error = errors.api_error()
+                error.headers["Stripe-Should-Retry"] = "true"
+                raise error
+            call = Call(self.store, raw, request_id, key)
+            response = self._execute(route, call, path_ids, base_headers)
+        except errors.StripeError as error:
+            if key is not None and not error.executed:
+                self.idempotency.release(account, key)
+            raise
+        except Exception:
+            if key is not None:
+                self.idempotency.release(account, key)
+            log.error("sandbox handler crashed on %s %s:\n%s", method, path, traceback.format_exc())
+            raise errors.api_error() from None
+
+        if fault == "after_write":
+            error = errors.api_error()
+            error.headers["Stripe-Should-Retry"] = "false"
+            response = _error_response(error, base_headers)
+        if key is not None:
+            self.idempotency.save(
+                account,
+                key,
+                Saved(response.status, tuple(response.headers), response.body, request_id),
+            )
+        if fault == "drop_after_write":
+            response.drop = True
+        return response
+
+    def _execute(
+        self,
+        route: Route,
+        call: Call,
+        path_ids: dict[str, str],
+        base_headers: list[tuple[str, str]],
+    ) -> Response:
+        try:
+            result = route.handler(call, **path_ids)
+        except errors.StripeError as error:
+            if error.executed:
+                return _error_response(error, base_headers)
+            raise
+        expand = call.params.get("expand")
+        if isinstance(expand, list):
+            paths = [p for p in expand if isinstance(p, str) and p != "total_count"]
+            try:
+                result = listing.expand(self.store, result, paths)
+            except errors.StripeError as error:
+                # The handler already ran: answer the error but keep it under the key.
+                error.executed = True
+                return _error_response(error, base_headers)
+        return Response.json(200, result, base_headers)
+
+    def _route(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        for compiled in self.routes:
+            if compiled.method != method:
+                continue
+            match = compiled.regex.match(path)
+            if match:
+                return compiled.route, match.groupdict()
+        raise errors.unrecognized_url(method, path)
+
+    async def _latency(self) -> None:
+        delay = self.config.latency_ms
+        if self.config.jitter_ms:
+            delay += self.rng.uniform(0, self.config.jitter_ms)
+        if delay > 0:
+            await asyncio.sleep(delay / 1000)
+
+    # --- control plane --------------------------------------------------------------------
+
+    def _control(self, method: str, path: str, query: str, body: bytes) -> Response:
+        if (method, path) == ("GET", "/_sandbox/config"):
+            return Response.json(200, self.config.as_json())
+        if (method, path) == ("POST", "/_sandbox/config"):
+            try:
+                changes = json.loads(body or b"{}")
+                if not isinstance(changes, dict):
+                    raise ConfigError("the body must be a JSON object")
+                self.config.update(changes)
+            except (ConfigError, json.JSONDecodeError) as exc:
+                return Response.json(400, {"error": {"message": str(exc)}})
+            if "seed" in changes:
+                self.rng.seed(self.config.seed)
+            return Response.json(200, self.config.as_json())
+        if (method, path) == ("GET", "/_sandbox/requests"):
+            return Response.json(200, self.request_log)
+        if (method, path) == ("GET", "/_sandbox/webhooks"):
+            return Response.json(200, self.webhooks.deliveries)
+        if (method, path) == ("POST", "/_sandbox/idempotency/expire"):
+            return Response.json(200, {"expired": self.idempotency.expire()})
+        if (method, path) == ("DELETE", "/_sandbox/data"):
+            reset_config = parse_qs(query).get("config", ["0"])[0] in ("1", "true")
+            self.reset(reset_config)
+            return Response.json(200, {"reset": True, "config": self.config.as_json()})
+        return Response.json(404, {"error": {"message": f"no sandbox route {method} {path}"}})
+
+    def reset(self, reset_config: bool = False) -> None:
+        """Forget all objects, events, keys, endpoints and the request log."""
+        self.webhooks.cancel_all()
+        self.store.clear()
+        self.idempotency.clear()
+        self.limiter.clear()
+        self.request_log.clear()
+        if reset_config:
+            fresh = SandboxConfig()
+            fresh.update(self.initial_config)
+            self.config.update(fresh.as_json())
+        self.rng.seed(self.config.seed)
+
+
+def _authenticate(authorization: str | None) -> str:
+    """The API key, from `Bearer <key>` or HTTP basic with the key as user, like Stripe."""
+    if not authorization:
+        raise errors.authentication(
+            "You did not provide an API key. You need to provide your API key in the "
+            "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
+            "YOUR_SECRET_KEY'). See https://stripe.com/docs/api#authentication for details."
+        )
+    scheme, _, credentials = authorization.partition(" ")
+    key = credentials.strip()
+    if scheme.lower() == "basic":
+        try:
+            key = base64.b64decode(key).decode().partition(":")[0]
+        except (ValueError, UnicodeDecodeError):
+            key = ""
+    elif scheme.lower() != "bearer":
+        key = ""
+    if not _API_KEY.match(key):
+        raise errors.authentication(f"Invalid API Key provided: {_redact(key)}")
+    return key
+
+
+def _redact(key: str) -> str:
+    """Stripe's way of naming a bad key without echoing it: prefix and last four."""
+    if len(key) <= 12:
+        return "*" * len(key)
+    return f"{key[:8]}{'*' * (len(key) - 12)}{key[-4:]}"
+
+
+def _error_response(error: errors.StripeError, base_headers: list[tuple[str, str]]) -> Response:
+    return Response.json(error.status, error.body(), [*base_headers, *error.headers.items()])
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _drop_connection(send: Send) -> None:
+    """Close the socket without a byte of response, as a network failure would.
+
+    ASGI has no verb for this, so reach the transport behind uvicorn's `send` (a bound
+    method of its per-request cycle object). Yielding once lets uvicorn see the
+    disconnect, so it does not answer with its own 500 afterwards.
+    """
+    cycle = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        raise RuntimeError("cannot drop the connection: not running under uvicorn")
+    transport.abort()
+    await asyncio.sleep(0)

@@ -1,0 +1,67 @@
+"""`invoiceflow sandbox`: serve the Stripe sandbox in the foreground."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+# The port stripe-mock made familiar; tests use port 0 (any free port) instead.
+DEFAULT_PORT = 12111
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sandbox")(sandbox)
+
+
+def sandbox(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 = any free port).")] = (
+        DEFAULT_PORT
+    ),
+    latency_ms: Annotated[float, typer.Option(help="Added latency per request.")] = 0.0,
+    jitter_ms: Annotated[float, typer.Option(help="Random extra latency, up to this.")] = 0.0,
+    rate_limit: Annotated[
+        str, typer.Option(help="Requests/s per API key, or 'test' (25) / 'live' (100).")
+    ] = "off",
+    fail_before_write: Annotated[
+        float, typer.Option(help="Fraction of requests failing with 500 before the write.")
+    ] = 0.0,
+    fail_after_write: Annotated[
+        float, typer.Option(help="Fraction of requests failing with 500 after the write.")
+    ] = 0.0,
+    drop_after_write: Annotated[
+        float, typer.Option(help="Fraction of connections dropped after the write.")
+    ] = 0.0,
+    webhook_duplicate: Annotated[
+        float, typer.Option(help="Fraction of webhook deliveries sent twice.")
+    ] = 0.0,
+    webhook_reorder: Annotated[
+        bool, typer.Option(help="Deliver webhooks out of order (random delays).")
+    ] = False,
+    webhook_delay_ms: Annotated[float, typer.Option(help="Delay before each delivery.")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for ids and random faults.")] = None,
+) -> None:
+    """Serve a stateful Stripe API sandbox (test keys only), one log line per request."""
+    from invoiceflow.sandbox.config import ConfigError
+    from invoiceflow.sandbox.server import serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        serve_forever(
+            host,
+            port,
+            latency_ms=latency_ms,
+            jitter_ms=jitter_ms,
+            rate_limit=rate_limit,
+            fail_before_write=fail_before_write,
+            fail_after_write=fail_after_write,
+            drop_after_write=drop_after_write,
+            webhook_duplicate=webhook_duplicate,
+            webhook_reorder=webhook_reorder,
+            webhook_delay_ms=webhook_delay_ms,
+            seed=seed,
+        )
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc

@@ -1,0 +1,146 @@
+"""The sandbox's knobs: latency, rate limit, random and scripted faults, webhook behaviour.
+
+Set at start (`start_sandbox(**config)`, CLI flags) and changed at run time through
+`POST /_sandbox/config` with a JSON object of the same names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# Stripe's documented default rate limits (requests per second) in test and live mode.
+RATE_LIMIT_PRESETS = {"test": 25.0, "live": 100.0}
+FAULT_KINDS = ("before_write", "after_write", "drop_after_write", "status_429", "status_409")
+
+
+class ConfigError(ValueError):
+    """A knob with an unknown name or an impossible value."""
+
+
+@dataclass
+class ScriptedFault:
+    """One deterministic fault: the next `times` requests matching method and path get it."""
+
+    when: str
+    path: str = ".*"  # regex searched in the request path
+    method: str | None = None  # None matches every method
+    times: int = 1
+
+    def __post_init__(self) -> None:
+        if self.when not in FAULT_KINDS:
+            raise ConfigError(f"fault `when` must be one of {', '.join(FAULT_KINDS)}")
+        if self.times < 1:
+            raise ConfigError("fault `times` must be at least 1")
+        try:
+            self.pattern = re.compile(self.path)
+        except re.error as exc:
+            raise ConfigError(f"fault path is not a regex: {exc}") from None
+        if self.method is not None:
+            self.method = self.method.upper()
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and bool(self.pattern.search(path))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"method": self.method, "path": self.path, "when": self.when, "times": self.times}
+
+
+@dataclass
+class SandboxConfig:
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    rate_limit: float | None = None  # requests per second per API key; None = unlimited
+    fail_before_write: float = 0.0
+    fail_after_write: float = 0.0
+    drop_after_write: float = 0.0
+    webhook_duplicate: float = 0.0
+    webhook_reorder: bool = False
+    # Reordering delays each delivery by a random amount up to this window.
+    webhook_reorder_window_ms: float = 300.0
+    webhook_delay_ms: float = 0.0
+    # Stripe retries failed deliveries with exponential backoff for up to three days; the
+    # sandbox keeps the shape but makes the clock configurable so tests take seconds.
+    webhook_retry_base_ms: float = 1_000.0
+    webhook_retry_max_ms: float = 60_000.0
+    webhook_max_attempts: int = 8
+    webhook_timeout_s: float = 10.0
+    seed: int | None = None
+    faults: list[ScriptedFault] = field(default_factory=list)
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply `changes` atomically: validate everything first, then assign."""
+        candidate = dataclasses.replace(self, faults=list(self.faults))
+        names = {f.name for f in dataclasses.fields(self)}
+        for name, value in changes.items():
+            if name not in names:
+                raise ConfigError(f"unknown sandbox setting: {name}")
+            setattr(candidate, name, _coerce(name, value))
+        candidate.validate()
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(candidate, f.name))
+
+    def validate(self) -> None:
+        for name in (
+            "fail_before_write",
+            "fail_after_write",
+            "drop_after_write",
+            "webhook_duplicate",
+        ):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} is a fraction between 0 and 1")
+        if self.fail_before_write + self.fail_after_write + self.drop_after_write > 1.0:
+            raise ConfigError("the fault fractions add up to more than 1")
+        for name in (
+            "latency_ms",
+            "jitter_ms",
+            "webhook_delay_ms",
+            "webhook_retry_base_ms",
+            "webhook_retry_max_ms",
+            "webhook_reorder_window_ms",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} cannot be negative")
+        if self.rate_limit is not None and self.rate_limit <= 0:
+            raise ConfigError("rate_limit must be positive")
+        if self.webhook_max_attempts < 1:
+            raise ConfigError("webhook_max_attempts must be at least 1")
+
+    def as_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["faults"] = [fault.as_json() for fault in self.faults]
+        return data
+
+
+def _coerce(name: str, value: Any) -> Any:
+    try:
+        if name == "rate_limit":
+            return parse_rate_limit(value)
+        if name == "faults":
+            if not isinstance(value, list):
+                raise ConfigError("faults is a list of objects")
+            return [ScriptedFault(**fault) for fault in value]
+        if name == "seed":
+            return None if value is None else int(value)
+        if name == "webhook_reorder":
+            if not isinstance(value, bool):
+                raise ConfigError("webhook_reorder is a boolean")
+            return value
+        if name in ("webhook_max_attempts",):
+            return int(value)
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"invalid value for {name}: {value!r}") from None
+
+
+def parse_rate_limit(value: Any) -> float | None:
+    """A number of requests per second, or the preset names "test" / "live"."""
+    if value is None or value == "" or value == "off":
+        return None
+    if isinstance(value, str) and value in RATE_LIMIT_PRESETS:
+        return RATE_LIMIT_PRESETS[value]
+    return float(value)

@@ -1,0 +1,26 @@
+"""The Stripe resources the sandbox serves, one module per resource family."""
+
+from __future__ import annotations
+
+from invoiceflow.sandbox.resources import (
+    customers,
+    events,
+    invoiceitems,
+    invoices,
+    prices,
+    products,
+    webhook_endpoints,
+)
+from invoiceflow.sandbox.resources.common import Route
+
+ROUTES: list[Route] = [
+    *products.ROUTES,
+    *prices.ROUTES,
+    *customers.ROUTES,
+    *invoices.ROUTES,
+    *invoiceitems.ROUTES,
+    *events.ROUTES,
+    *webhook_endpoints.ROUTES,
+]
+
+__all__ = ["ROUTES", "Route"]

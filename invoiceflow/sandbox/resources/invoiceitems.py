@@ -1,0 +1,84 @@
+"""Invoice items: /v1/invoiceitems (pending on the customer, or on a draft invoice)."""
+
+from __future__ import annotations
+
+import copy
+
+from invoiceflow.sandbox.context import Call, changed
+from invoiceflow.sandbox.errors import not_in_state
+from invoiceflow.sandbox.listing import paginate
+from invoiceflow.sandbox.params import LIST_PAGING, Bool, IntOrRange, Str
+from invoiceflow.sandbox.resources import billing
+from invoiceflow.sandbox.resources.common import Route, created_matches, read
+from invoiceflow.sandbox.store import JSON
+
+_CREATE = {
+    **billing.CHARGE_FIELDS,
+    "customer": Str(required=True),
+    "invoice": Str(),
+    "currency": Str(),
+    "discountable": Bool(),
+}
+_LIST = {
+    **LIST_PAGING,
+    "customer": Str(),
+    "invoice": Str(),
+    "pending": Bool(),
+    "created": IntOrRange(),
+}
+
+
+def create(call: Call) -> JSON:
+    params = read(call, _CREATE)
+    store = call.store
+    customer = store.get("cus", params["customer"], param="customer")
+    invoice = None
+    if params.get("invoice"):
+        invoice = store.get("in", params["invoice"], param="invoice")
+        if invoice["status"] != "draft":
+            raise not_in_state(
+                "Invoice items can only be added to draft invoices; invoice "
+                f"{invoice['id']} is {invoice['status']}."
+            )
+        if invoice["customer"] != customer["id"]:
+            raise not_in_state(
+                f"The invoice {invoice['id']} belongs to another customer.",
+                code="invoice_not_editable",
+            )
+    item = billing.new_item(call, params, customer=customer, invoice=invoice)
+    if "discountable" in params:
+        item["discountable"] = params["discountable"]
+    if invoice is None:
+        store.invoiceitems[item["id"]] = item
+        call.emit("invoiceitem.created", item)
+        return item
+    before = copy.deepcopy(invoice)
+    billing.attach(call, invoice, [item])
+    call.emit("invoiceitem.created", item)
+    call.emit("invoice.updated", invoice, changed(before, invoice))
+    return item
+
+
+def retrieve(call: Call, id: str) -> JSON:
+    read(call, {})
+    return call.store.get("ii", id)
+
+
+def list_(call: Call) -> JSON:
+    params = read(call, _LIST)
+    selected = (
+        item
+        for item in call.store.newest_first("ii")
+        if ("customer" not in params or item["customer"] == params["customer"])
+        and ("invoice" not in params or item["invoice"] == params["invoice"])
+        and ("pending" not in params or (item["invoice"] is None) == params["pending"])
+        and created_matches(item, params.get("created"), "date")
+    )
+    return paginate(selected, params, "/v1/invoiceitems")
+
+
+ROUTES = [
+    Route("POST", "/v1/invoiceitems", create),
+    Route("GET", "/v1/invoiceitems", list_),
+    Route("GET", "/v1/invoiceitems/{id}", retrieve),
+]

@@ -1,0 +1,92 @@
+"""In-memory state of one sandbox: objects by id, in creation order, plus events.
+
+Everything runs on the server's event loop and handlers never await while mutating, so a
+handler's changes are atomic without locks.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from invoiceflow.sandbox.errors import no_such
+
+JSON = dict[str, Any]
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+# Stripe's id lengths after the prefix: customers and products are short, the rest long.
+_SHORT_ID = 14
+_LONG_ID = 24
+
+# prefix -> (collection attribute, Stripe's noun in "No such ..." messages, id length)
+COLLECTIONS: dict[str, tuple[str, str, int]] = {
+    "prod": ("products", "product", _SHORT_ID),
+    "price": ("prices", "price", _LONG_ID),
+    "cus": ("customers", "customer", _SHORT_ID),
+    "in": ("invoices", "invoice", _LONG_ID),
+    "ii": ("invoiceitems", "invoiceitem", _LONG_ID),
+    "il": ("lines", "line item", _LONG_ID),
+    "evt": ("events", "event", _LONG_ID),
+    "we": ("webhook_endpoints", "webhook endpoint", _LONG_ID),
+}
+
+
+@dataclass
+class Store:
+    rng: random.Random
+    products: dict[str, JSON] = field(default_factory=dict)
+    prices: dict[str, JSON] = field(default_factory=dict)
+    customers: dict[str, JSON] = field(default_factory=dict)
+    invoices: dict[str, JSON] = field(default_factory=dict)
+    invoiceitems: dict[str, JSON] = field(default_factory=dict)
+    lines: dict[str, JSON] = field(default_factory=dict)
+    # invoice id -> its line item ids in invoice order
+    invoice_lines: dict[str, list[str]] = field(default_factory=dict)
+    events: dict[str, JSON] = field(default_factory=dict)
+    webhook_endpoints: dict[str, JSON] = field(default_factory=dict)
+    # Kept beside the endpoint: Stripe returns the secret only from the create call.
+    webhook_secrets: dict[str, str] = field(default_factory=dict)
+    # Called with each new event (the webhook dispatcher subscribes here).
+    listeners: list[Callable[[JSON], None]] = field(default_factory=list)
+
+    def new_id(self, prefix: str) -> str:
+        length = COLLECTIONS[prefix][2] if prefix in COLLECTIONS else _LONG_ID
+        return f"{prefix}_" + "".join(self.rng.choices(_ID_ALPHABET, k=length))
+
+    def token(self, length: int) -> str:
+        return "".join(self.rng.choices(_ID_ALPHABET, k=length))
+
+    def collection(self, prefix: str) -> dict[str, JSON]:
+        collection: dict[str, JSON] = getattr(self, COLLECTIONS[prefix][0])
+        return collection
+
+    def get(self, prefix: str, object_id: str, *, param: str = "id") -> JSON:
+        """Fetch by id or answer Stripe's 404 `resource_missing`."""
+        found = self.collection(prefix).get(object_id)
+        if found is None:
+            raise no_such(COLLECTIONS[prefix][1], object_id, param=param)
+        return found
+
+    def find(self, object_id: str) -> JSON | None:
+        """Any object by id, for `expand[]` (which only knows the id)."""
+        prefix = object_id.partition("_")[0]
+        if prefix not in COLLECTIONS:
+            return None
+        return self.collection(prefix).get(object_id)
+
+    def newest_first(self, prefix: str) -> Iterator[JSON]:
+        return reversed(self.collection(prefix).values())
+
+    def clear(self) -> None:
+        for attribute, _, _ in COLLECTIONS.values():
+            getattr(self, attribute).clear()
+        self.invoice_lines.clear()
+        self.webhook_secrets.clear()
+
+
+def now() -> int:
+    return int(time.time())
