@@ -230,9 +230,9 @@ class SandboxApp:
             raise errors.api_error() from None
 
         if fault == "after_write":
-            error = errors.api_error()
-            error.headers["Stripe-Should-Retry"] = "false"
-            response = _error_response(error, base_headers)
+            failure = errors.api_error()
+            failure.headers["Stripe-Should-Retry"] = "false"
+            response = _error_response(failure, base_headers)
         if key is not None:
             self.idempotency.save(
                 account,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from invoiceflow.sandbox.errors import invalid, missing_parameter, unknown_parameter
@@ -81,12 +82,10 @@ class Int(Kind):
     maximum: int | None = None
 
     def parse(self, value: Any, name: str) -> int:
-        try:
-            number = int(value) if isinstance(value, str) and value.lstrip("-").isdigit() else None
-        except ValueError:  # pragma: no cover - isdigit guards it
-            number = None
-        if number is None:
+        digits = value.removeprefix("-") if isinstance(value, str) else ""
+        if not (digits.isascii() and digits.isdigit()):
             raise invalid(f"Invalid integer: {_show(value)}", param=name)
+        number = int(value)
         if self.minimum is not None and number < self.minimum:
             raise invalid(
                 f"This value must be greater than or equal to {self.minimum}.", param=name
@@ -97,10 +96,24 @@ class Int(Kind):
 
 
 @dataclass(frozen=True)
+class Dec(Kind):
+    """A decimal string such as `unit_amount_decimal=12.5`."""
+
+    def parse(self, value: Any, name: str) -> Decimal:
+        try:
+            number = Decimal(value) if isinstance(value, str) else None
+        except InvalidOperation:
+            number = None
+        if number is None or not number.is_finite():
+            raise invalid(f"Invalid decimal: {_show(value)}", param=name)
+        return number
+
+
+@dataclass(frozen=True)
 class Bool(Kind):
     def parse(self, value: Any, name: str) -> bool:
         if value in ("true", "false"):
-            return value == "true"
+            return bool(value == "true")
         raise invalid(f"Invalid boolean: {_show(value)}", param=name)
 
 

@@ -7,6 +7,7 @@ tests/sandbox/test_shapes.py compares the field sets with Stripe's own fixtures3
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 JSON = dict[str, Any]
@@ -194,6 +195,11 @@ def invoice(object_id: str, created: int, customer_obj: JSON, currency: str) -> 
         "total_taxes": [],
         "webhooks_delivered_at": None,
     }
+
+
+def decimal_string(number: Decimal) -> str:
+    """Stripe's decimal strings: "2000", "12.5" (no exponent, no trailing zeros)."""
+    return format(number.normalize(), "f")
 
 
 def pricing(price_obj: JSON | None, unit_amount_decimal: str) -> JSON:

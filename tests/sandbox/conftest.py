@@ -28,12 +28,10 @@ def _fresh_sandbox(sandbox: RunningSandbox) -> None:
 @pytest.fixture
 def client(sandbox: RunningSandbox) -> stripe.StripeClient:
     """An SDK client that does not retry, so each call is one request."""
-    return stripe.StripeClient(
-        API_KEY, base_addresses={"api": sandbox.url}, max_network_retries=0
-    )
+    return stripe.StripeClient(API_KEY, base_addresses={"api": sandbox.url}, max_network_retries=0)
 
 
 @pytest.fixture
 def retrying_client(sandbox: RunningSandbox) -> stripe.StripeClient:
     """An SDK client with the SDK's default retry behaviour."""
-    return stripe.StripeClient(API_KEY, base_addresses={"api": sandbox.url})
+    return stripe.StripeClient(API_KEY, base_addresses={"api": sandbox.url}, max_network_retries=2)

@@ -70,9 +70,17 @@ def test_finalize_send_pay_lifecycle(client: stripe.StripeClient) -> None:
     assert paid.attempt_count == 1 and paid.attempted
     assert paid.status_transitions.paid_at is not None
     types = [event.type for event in client.v1.events.list({"limit": 100}).data]
-    for expected in ("invoice.created", "invoice.finalized", "invoice.sent", "invoice.paid",
-                     "invoice.payment_succeeded", "invoiceitem.created", "customer.created",
-                     "product.created", "price.created"):
+    for expected in (
+        "invoice.created",
+        "invoice.finalized",
+        "invoice.sent",
+        "invoice.paid",
+        "invoice.payment_succeeded",
+        "invoiceitem.created",
+        "customer.created",
+        "product.created",
+        "price.created",
+    ):
         assert expected in types
 
 
@@ -86,8 +94,7 @@ def test_illegal_moves_answer_like_stripe(client: stripe.StripeClient) -> None:
     with pytest.raises(stripe.InvalidRequestError, match="only add lines to draft"):
         client.v1.invoices.add_lines(invoice.id, {"lines": [{"amount": 1}]})
     with pytest.raises(stripe.InvalidRequestError, match="draft"):
-        client.v1.invoice_items.create({"customer": customer, "invoice": invoice.id,
-                                        "amount": 5})
+        client.v1.invoice_items.create({"customer": customer, "invoice": invoice.id, "amount": 5})
     with pytest.raises(stripe.InvalidRequestError, match="can't be updated"):
         client.v1.invoices.update(invoice.id, {"collection_method": "charge_automatically"})
     updated = client.v1.invoices.update(invoice.id, {"metadata": {"ok": "yes"}})
@@ -181,8 +188,9 @@ def test_item_limits(client: stripe.StripeClient) -> None:
     with pytest.raises(stripe.InvalidRequestError, match="at most 250"):
         client.v1.invoices.add_lines(invoice.id, {"lines": batch[:1]})
     with pytest.raises(stripe.InvalidRequestError, match="at most 250"):
-        client.v1.invoice_items.create({"customer": customer, "invoice": invoice.id,
-                                        "pricing": {"price": price}})
+        client.v1.invoice_items.create(
+            {"customer": customer, "invoice": invoice.id, "pricing": {"price": price}}
+        )
     every = list(client.v1.invoices.line_items.list(invoice.id, {"limit": 100}).auto_paging_iter())
     assert len(every) == 250
 
@@ -203,8 +211,14 @@ def test_currency_rules_and_pending_items(client: stripe.StripeClient) -> None:
     assert invoice.currency == "eur" and invoice.total == 1400
     assert client.v1.invoice_items.retrieve(pending.id).invoice == invoice.id
     with pytest.raises(stripe.InvalidRequestError, match="currency"):
-        client.v1.invoices.add_lines(invoice.id, {"lines": [{"price_data": {
-            "currency": "usd", "product": product.id, "unit_amount": 5}}]})
+        client.v1.invoices.add_lines(
+            invoice.id,
+            {
+                "lines": [
+                    {"price_data": {"currency": "usd", "product": product.id, "unit_amount": 5}}
+                ]
+            },
+        )
     usd_invoice = client.v1.invoices.create({"customer": customer.id, "currency": "usd"})
     with pytest.raises(stripe.InvalidRequestError, match="currency"):
         client.v1.invoice_items.create(

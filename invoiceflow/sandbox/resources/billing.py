@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from invoiceflow.sandbox import shapes
 from invoiceflow.sandbox.context import Call
 from invoiceflow.sandbox.errors import invalid, missing_parameter
-from invoiceflow.sandbox.params import Int, Metadata, Obj, Str
+from invoiceflow.sandbox.params import Dec, Int, Metadata, Obj, Str
 from invoiceflow.sandbox.resources.common import merge_metadata
 from invoiceflow.sandbox.store import JSON, Store, now
 
@@ -24,7 +24,7 @@ PRICE_DATA = Obj(
         "currency": Str(required=True),
         "product": Str(required=True),
         "unit_amount": Int(minimum=0),
-        "unit_amount_decimal": Str(),
+        "unit_amount_decimal": Dec(),
     }
 )
 # The parameters describing what is charged, common to invoice items and add_lines.
@@ -33,7 +33,7 @@ CHARGE_FIELDS = {
     "price_data": PRICE_DATA,
     "quantity": Int(minimum=0),
     "amount": Int(),
-    "unit_amount_decimal": Str(),
+    "unit_amount_decimal": Dec(),
     "description": Str(),
     "metadata": Metadata(),
     "period": PERIOD,
@@ -55,7 +55,9 @@ def new_item(
     store = call.store
     where = (lambda name: f"{prefix}[{name}]") if prefix else (lambda name: name)
     price_id = params.get("pricing", {}).get("price")
-    given = [name for name in ("amount", "price_data", "unit_amount_decimal") if name in params]
+    given: list[str] = [
+        name for name in ("amount", "price_data", "unit_amount_decimal") if name in params
+    ]
     if price_id:
         given.insert(0, "pricing")
     if len(given) > 1:
@@ -73,10 +75,12 @@ def new_item(
         data = params["price_data"]
         store.get("prod", data["product"], param=where("price_data[product]"))
         currency = data["currency"].lower()
-        unit = _decimal(
-            data.get("unit_amount", data.get("unit_amount_decimal")),
-            where("price_data[unit_amount]"),
-        )
+        if "unit_amount" in data:
+            unit = Decimal(data["unit_amount"])
+        elif "unit_amount_decimal" in data:
+            unit = data["unit_amount_decimal"]
+        else:
+            raise missing_parameter(where("price_data[unit_amount]"))
     elif "amount" in params:
         if quantity != 1:
             raise invalid(
@@ -88,7 +92,7 @@ def new_item(
         unit = Decimal(params["amount"])
     elif "unit_amount_decimal" in params:
         currency = _item_currency(params, customer, invoice, where("currency"))
-        unit = _decimal(params["unit_amount_decimal"], where("unit_amount_decimal"))
+        unit = params["unit_amount_decimal"]
     else:
         raise missing_parameter(where("amount"))
     if invoice is not None and currency != invoice["currency"]:
@@ -105,7 +109,7 @@ def new_item(
         currency=currency,
         amount=int((unit * quantity).to_integral_value()),
         quantity=quantity,
-        pricing_obj=shapes.pricing(price, _plain(unit)),
+        pricing_obj=shapes.pricing(price, shapes.decimal_string(unit)),
     )
     if price is not None:
         item["description"] = store.products[price["product"]]["name"]
@@ -178,19 +182,3 @@ def _item_currency(params: dict[str, Any], customer: JSON, invoice: JSON | None,
     if customer["currency"]:
         return str(customer["currency"])
     raise missing_parameter(param)
-
-
-def _decimal(value: Any, param: str) -> Decimal:
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        raise invalid(f"Invalid decimal: {value}", param=param) from None
-    if not number.is_finite():
-        raise invalid(f"Invalid decimal: {value}", param=param)
-    return number
-
-
-def _plain(number: Decimal) -> str:
-    """Stripe's decimal strings: "2000", "12.5" (no exponent, no trailing zeros)."""
-    text = format(number.normalize(), "f")
-    return text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from invoiceflow.sandbox import search, shapes
@@ -14,6 +15,7 @@ from invoiceflow.sandbox.params import (
     UNSET,
     Arr,
     Bool,
+    Dec,
     Enum,
     Int,
     IntOrRange,
@@ -41,7 +43,7 @@ _CREATE = {
     "product": Str(),
     "product_data": Obj(fields={"name": Str(required=True), "metadata": Metadata()}),
     "unit_amount": Int(minimum=0),
-    "unit_amount_decimal": Str(),
+    "unit_amount_decimal": Dec(),
     "recurring": Obj(
         fields={
             "interval": Enum(required=True, values=("day", "week", "month", "year")),
@@ -101,10 +103,11 @@ def create(call: Call) -> JSON:
         call.emit("product.created", product)
         product_id = product["id"]
     price = shapes.price(store.new_id("price"), now(), product_id, currency)
-    amount = params.get("unit_amount")
-    decimal = params.get("unit_amount_decimal")
-    price["unit_amount"] = amount if amount is not None else round(float(decimal))
-    price["unit_amount_decimal"] = str(decimal if decimal is not None else amount)
+    unit: Decimal = (
+        Decimal(params["unit_amount"]) if "unit_amount" in params else params["unit_amount_decimal"]
+    )
+    price["unit_amount"] = int(unit) if unit == unit.to_integral_value() else None
+    price["unit_amount_decimal"] = shapes.decimal_string(unit)
     if "recurring" in params:
         price["type"] = "recurring"
         price["recurring"] = {
