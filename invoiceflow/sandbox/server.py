@@ -46,6 +46,9 @@ def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # uvicorn writes headers and body separately; with Nagle on, the body waits for the
+    # client's delayed ACK (~40 ms a request). Accepted sockets inherit this on Linux.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.listen(1024)
     sock.setblocking(False)
@@ -137,6 +140,7 @@ def start_sandbox(host: str = "127.0.0.1", port: int = 0, **config: Any) -> Runn
 def serve_forever(host: str, port: int, **config: Any) -> None:
     """Serve in the foreground until interrupted (the `invoiceflow sandbox` command)."""
     app = SandboxApp(build_config(**config))
-    uv_config = _uvicorn_config(app, log_level="info")
-    uv_config.host, uv_config.port = host, port
-    uvicorn.Server(uv_config).run()
+    sock = _bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    log.info("Stripe sandbox listening on http://%s:%s (test keys only)", bound_host, bound_port)
+    uvicorn.Server(_uvicorn_config(app, log_level="info")).run(sockets=[sock])

@@ -77,7 +77,6 @@ def customer(object_id: str, created: int, invoice_prefix: str) -> JSON:
         "balance": 0,
         "created": created,
         "currency": None,
-        "customer_account": None,
         "default_source": None,
         "delinquent": False,
         "description": None,
