@@ -122,7 +122,10 @@ class SandboxApp:
             {
                 "type": "http.response.start",
                 "status": response.status,
-                "headers": [(k.encode(), v.encode()) for k, v in response.headers],
+                "headers": [
+                    *((k.encode(), v.encode()) for k, v in response.headers),
+                    (b"content-length", str(len(response.body)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": response.body})
