@@ -16,6 +16,7 @@ import random
 import re
 import time
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,8 @@ Send = Callable[[Message], Awaitable[None]]
 # would refuse them, so a live key can never be exercised here by mistake.
 _API_KEY = re.compile(r"^(sk|rk)_test_[A-Za-z0-9_]+$")
 _ID_SEGMENT = r"(?P<{name}>[^/]+)"
+# The request log is for tests and debugging; a long-running CLI sandbox keeps only this many.
+REQUEST_LOG_LIMIT = 100_000
 # Methods whose requests Stripe treats as writes (idempotency keys apply).
 _WRITE_METHODS = frozenset({"POST", "DELETE"})
 
@@ -75,7 +78,7 @@ class SandboxApp:
         self.limiter = RateLimiter(config)
         self.webhooks = Dispatcher(config, self.store, self.rng)
         self.store.listeners.append(self.webhooks.on_event)
-        self.request_log: list[dict[str, Any]] = []
+        self.request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
         self.routes = [
             _CompiledRoute(
                 route.method,
@@ -303,9 +306,9 @@ class SandboxApp:
                 self.rng.seed(self.config.seed)
             return Response.json(200, self.config.as_json())
         if (method, path) == ("GET", "/_sandbox/requests"):
-            return Response.json(200, self.request_log)
+            return Response.json(200, list(self.request_log))
         if (method, path) == ("GET", "/_sandbox/webhooks"):
-            return Response.json(200, self.webhooks.deliveries)
+            return Response.json(200, list(self.webhooks.deliveries))
         if (method, path) == ("POST", "/_sandbox/idempotency/expire"):
             return Response.json(200, {"expired": self.idempotency.expire()})
         if (method, path) == ("DELETE", "/_sandbox/data"):

@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ from invoiceflow.sandbox.store import JSON, Store
 
 log = logging.getLogger("invoiceflow.sandbox")
 
+# Delivery attempts kept for `GET /_sandbox/webhooks`; older ones are forgotten.
+DELIVERY_LOG_LIMIT = 100_000
 # Stripe's webhook User-Agent, so receivers that check it behave the same.
 USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
 
@@ -40,7 +43,10 @@ class Dispatcher:
     config: SandboxConfig
     store: Store
     rng: random.Random
-    deliveries: list[dict[str, Any]] = field(default_factory=list)  # one entry per attempt
+    # One entry per attempt.
+    deliveries: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=DELIVERY_LOG_LIMIT)
+    )
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _client: httpx.AsyncClient | None = None
 
