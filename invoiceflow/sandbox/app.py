@@ -197,21 +197,11 @@ class SandboxApp:
         if method != "GET" and query:
             raw = {**forms.decode(query), **raw}
 
-        if key is not None:
-            replay = self.idempotency.begin(account, key, method, path, raw)
-            if replay is not None:
-                entry["replayed"] = True
-                return Response(
-                    replay.status,
-                    replay.body,
-                    [
-                        *(h for h in replay.headers if h[0] != "Request-Id"),
-                        ("Request-Id", request_id),
-                        ("Idempotent-Replayed", "true"),
-                        ("Original-Request", replay.request_id),
-                    ],
-                )
+        replay = self.idempotency.begin(account, key, method, path, raw) if key else None
+        held = key if key is not None and replay is None else None  # key this request holds
         try:
+            # Faults model the network and Stripe's front door, so a replay can meet one too:
+            # a scripted fault hits exactly the next `times` matching requests.
             fault = self.faults.pick(method, path)
             entry["fault"] = fault
             if fault == "status_429":
@@ -223,15 +213,20 @@ class SandboxApp:
                 error = errors.api_error()
                 error.headers["Stripe-Should-Retry"] = "true"
                 raise error
-            call = Call(self.store, raw, request_id, key)
-            response = self._execute(route, call, path_ids, base_headers)
+            if replay is not None:
+                entry["replayed"] = True
+                response = _replayed(replay, request_id)
+            else:
+                response = self._execute(
+                    route, Call(self.store, raw, request_id, key), path_ids, base_headers
+                )
         except errors.StripeError as error:
-            if key is not None and not error.executed:
-                self.idempotency.release(account, key)
+            if held is not None and not error.executed:
+                self.idempotency.release(account, held)
             raise
         except Exception:
-            if key is not None:
-                self.idempotency.release(account, key)
+            if held is not None:
+                self.idempotency.release(account, held)
             log.error("sandbox handler crashed on %s %s:\n%s", method, path, traceback.format_exc())
             raise errors.api_error() from None
 
@@ -239,12 +234,9 @@ class SandboxApp:
             failure = errors.api_error()
             failure.headers["Stripe-Should-Retry"] = "false"
             response = _error_response(failure, base_headers)
-        if key is not None:
-            self.idempotency.save(
-                account,
-                key,
-                Saved(response.status, tuple(response.headers), response.body, request_id),
-            )
+        if held is not None:
+            saved = Saved(response.status, tuple(response.headers), response.body, request_id)
+            self.idempotency.save(account, held, saved)
         if fault == "drop_after_write":
             response.drop = True
         return response
@@ -358,6 +350,20 @@ def _redact(key: str) -> str:
     if len(key) <= 12:
         return "*" * len(key)
     return f"{key[:8]}{'*' * (len(key) - 12)}{key[-4:]}"
+
+
+def _replayed(saved: Saved, request_id: str) -> Response:
+    """The saved response, byte for byte, marked the way Stripe marks replays."""
+    return Response(
+        saved.status,
+        saved.body,
+        [
+            *(header for header in saved.headers if header[0] != "Request-Id"),
+            ("Request-Id", request_id),
+            ("Idempotent-Replayed", "true"),
+            ("Original-Request", saved.request_id),
+        ],
+    )
 
 
 def _error_response(error: errors.StripeError, base_headers: list[tuple[str, str]]) -> Response:

@@ -11,6 +11,9 @@ Fault kinds and what Stripe-side reality each one imitates:
   connection is closed without a byte of response (a network failure). A retry with the
   same key replays the saved success.
 * ``status_429`` / ``status_409``: refused up front (rate limit / concurrent request).
+
+A request replaying a saved key can meet a fault too (the network does not know it is a
+replay): it then fails or is dropped, and the saved response stays as it was.
 """
 
 from __future__ import annotations

@@ -316,3 +316,19 @@ def test_reset(sandbox: RunningSandbox, client: stripe.StripeClient) -> None:
     assert len(sandbox.requests()) == 1
     sandbox.reset(config=True)
     assert sandbox.config()["latency_ms"] == 0
+
+
+def test_faults_also_hit_replays(sandbox: RunningSandbox, client: stripe.StripeClient) -> None:
+    sandbox.configure(faults=[{"path": "^/v1/customers$", "when": "drop_after_write", "times": 3}])
+    for _ in range(3):
+        with pytest.raises(stripe.APIConnectionError):
+            client.v1.customers.create({"name": "x"}, {"idempotency_key": "r-1"})
+    customer = client.v1.customers.create({"name": "x"}, {"idempotency_key": "r-1"})
+    log = sandbox.requests()
+    assert [(e["fault"], e["replayed"]) for e in log] == [
+        ("drop_after_write", False),
+        ("drop_after_write", True),
+        ("drop_after_write", True),
+        (None, True),
+    ]
+    assert [c.id for c in client.v1.customers.list().data] == [customer.id]
