@@ -3,6 +3,15 @@
 Tests drive it through the official `stripe` SDK
 (`stripe.StripeClient(key, base_addresses={"api": sandbox.url})`). Production code never
 imports this package.
+
+Control plane (no API key, never faulted or rate-limited), wrapped by `RunningSandbox`:
+
+    GET/POST /_sandbox/config          knobs (see config.py), scripted `faults`
+    GET      /_sandbox/requests        request log: method, path, idempotency_key, status,
+                                       replayed, fault, time (status null when dropped)
+    GET      /_sandbox/webhooks        webhook delivery attempts
+    POST     /_sandbox/idempotency/expire   forget saved keys (Stripe's 24 h passing)
+    DELETE   /_sandbox/data[?config=1] forget all state (and restore startup knobs)
 """
 
 from __future__ import annotations
