@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from invoiceflow.sandbox import errors, forms, listing, shapes
-from invoiceflow.sandbox.config import ConfigError, SandboxConfig
+from invoiceflow.sandbox.config import STALL_KINDS, ConfigError, SandboxConfig
 from invoiceflow.sandbox.context import Call
 from invoiceflow.sandbox.faults import FaultPlan, RateLimiter
 from invoiceflow.sandbox.idempotency import IdempotencyStore, Saved
@@ -173,7 +173,8 @@ class SandboxApp:
         except errors.StripeError as error:
             response = _error_response(error, base_headers)
         entry["status"] = None if response.drop else response.status
-        self.request_log.append(entry)
+        if entry["fault"] not in STALL_KINDS:  # stalls were logged when they began
+            self.request_log.append(entry)
         return response
 
     async def _run(
@@ -209,7 +210,9 @@ class SandboxApp:
             if fault == "status_409":
                 raise errors.idempotency_in_flight()
             await self._latency()
-            if fault == "before_write":
+            if fault == "stall_before_write":
+                await self._stall(entry)
+            if fault in ("before_write", "stall_before_write"):
                 error = errors.api_error()
                 error.headers["Stripe-Should-Retry"] = "true"
                 raise error
@@ -230,6 +233,8 @@ class SandboxApp:
             log.error("sandbox handler crashed on %s %s:\n%s", method, path, traceback.format_exc())
             raise errors.api_error() from None
 
+        if fault == "stall_after_write":
+            await self._stall(entry)
         if fault == "after_write":
             failure = errors.api_error()
             failure.headers["Stripe-Should-Retry"] = "false"
@@ -273,6 +278,10 @@ class SandboxApp:
             if match:
                 return compiled.route, match.groupdict()
         raise errors.unrecognized_url(method, path)
+
+    async def _stall(self, entry: dict[str, Any]) -> None:
+        self.request_log.append(entry)  # visible (status null) while the request hangs
+        await asyncio.sleep(self.config.stall_ms / 1000)
 
     async def _latency(self) -> None:
         delay = self.config.latency_ms

@@ -13,7 +13,20 @@ from typing import Any
 
 # Stripe's documented default rate limits (requests per second) in test and live mode.
 RATE_LIMIT_PRESETS = {"test": 25.0, "live": 100.0}
-FAULT_KINDS = ("before_write", "after_write", "drop_after_write", "status_429", "status_409")
+FAULT_KINDS = (
+    "before_write",
+    "after_write",
+    "drop_after_write",
+    "status_429",
+    "status_409",
+    "stall_before_write",
+    "stall_after_write",
+)
+# Stalls hold a request open so a test can kill its client at a precise moment:
+# `stall_before_write` before anything is written (then a retryable 500),
+# `stall_after_write` after the write is applied (then the real response). The
+# request appears in the request log as soon as the stall begins.
+STALL_KINDS = ("stall_before_write", "stall_after_write")
 
 
 class ConfigError(ValueError):
@@ -57,6 +70,8 @@ class SandboxConfig:
     fail_after_write: float = 0.0
     drop_after_write: float = 0.0
     webhook_duplicate: float = 0.0
+    # How long a scripted stall holds its request before answering.
+    stall_ms: float = 2_000.0
     webhook_reorder: bool = False
     # Reordering delays each delivery by a random amount up to this window.
     webhook_reorder_window_ms: float = 300.0

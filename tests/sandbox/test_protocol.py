@@ -231,6 +231,37 @@ def test_fault_drop_after_write(sandbox: RunningSandbox, client: stripe.StripeCl
     assert [i.id for i in client.v1.invoices.list().data] == [replayed.id]
 
 
+def test_stall_after_write_is_visible_while_the_request_hangs(
+    sandbox: RunningSandbox, client: stripe.StripeClient
+) -> None:
+    sandbox.configure(
+        stall_ms=400, faults=[{"path": "^/v1/products$", "when": "stall_after_write"}]
+    )
+    worker = threading.Thread(target=lambda: client.v1.products.create({"name": "slow"}))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not sandbox.requests() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [entry] = sandbox.requests()
+    assert (entry["fault"], entry["status"]) == ("stall_after_write", None)
+    assert [p.name for p in client.v1.products.list().data] == ["slow"]  # already written
+    worker.join()
+    assert sandbox.requests()[0]["status"] == 200
+
+
+def test_stall_before_write_writes_nothing(
+    sandbox: RunningSandbox, client: stripe.StripeClient
+) -> None:
+    sandbox.configure(
+        stall_ms=100, faults=[{"path": "^/v1/products$", "when": "stall_before_write"}]
+    )
+    with pytest.raises(stripe.APIError) as failed:
+        client.v1.products.create({"name": "x"}, {"idempotency_key": "s-1"})
+    assert failed.value.headers["Stripe-Should-Retry"] == "true"
+    assert client.v1.products.list().data == []
+    assert client.v1.products.create({"name": "x"}, {"idempotency_key": "s-1"}).name == "x"
+
+
 def test_scripted_429_and_409_then_sdk_retries(
     sandbox: RunningSandbox, retrying_client: stripe.StripeClient
 ) -> None:
