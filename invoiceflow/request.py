@@ -210,15 +210,21 @@ class Item(_Model):
             # Stripe requires the last digit of three-decimal amounts to be 0
             # (docs.stripe.com/currencies#three-decimal).
             problems.append(
-                (f".{field}", f"{currency.upper()} amounts must end in 0 at Stripe "
-                 f"({format_minor_units(item.unit_amount, currency)} does not)")
+                (
+                    f".{field}",
+                    f"{currency.upper()} amounts must end in 0 at Stripe "
+                    f"({format_minor_units(item.unit_amount, currency)} does not)",
+                )
             )
         if item.line_amount > MAX_AMOUNT:
             shown = (lambda a: format_minor_units(a, currency)) if currency else str
             problems.append(
-                (".quantity", f"line amount {shown(item.unit_amount)} x {item.quantity} = "
-                 f"{shown(item.line_amount)} exceeds Stripe's maximum of {shown(MAX_AMOUNT)}; "
-                 "split it over several lines or requests")
+                (
+                    ".quantity",
+                    f"line amount {shown(item.unit_amount)} x {item.quantity} = "
+                    f"{shown(item.line_amount)} exceeds Stripe's maximum of {shown(MAX_AMOUNT)}; "
+                    "split it over several lines or requests",
+                )
             )
         if problems:
             raise _Nested(problems)
@@ -266,30 +272,51 @@ class BillingRequest(_Model):
             return value  # pydantic reports the wrong type
         problems: list[tuple[str, str]] = []
         if len(value) > USER_METADATA_MAX_KEYS:
-            problems.append(("", f"has {len(value)} keys; at most {USER_METADATA_MAX_KEYS} "
-                             f"(Stripe allows {METADATA_MAX_KEYS}, {RESERVED_METADATA_KEYS} "
-                             "are reserved for invoiceflow)"))
+            problems.append(
+                (
+                    "",
+                    f"has {len(value)} keys; at most {USER_METADATA_MAX_KEYS} "
+                    f"(Stripe allows {METADATA_MAX_KEYS}, {RESERVED_METADATA_KEYS} "
+                    "are reserved for invoiceflow)",
+                )
+            )
         for key, val in value.items():
             where = _path_part(key)
             if not isinstance(key, str) or not key:
                 problems.append((where, "keys must be non-empty strings"))
                 continue
             if len(key) > METADATA_MAX_KEY_LENGTH:
-                problems.append((where, f"key is {len(key)} characters; Stripe allows "
-                                 f"at most {METADATA_MAX_KEY_LENGTH}"))
+                problems.append(
+                    (
+                        where,
+                        f"key is {len(key)} characters; Stripe allows "
+                        f"at most {METADATA_MAX_KEY_LENGTH}",
+                    )
+                )
             if "[" in key or "]" in key:
                 problems.append((where, "key must not contain '[' or ']' (Stripe refuses them)"))
             if key.startswith(RESERVED_METADATA_PREFIX):
-                problems.append((where, f"keys starting with {RESERVED_METADATA_PREFIX!r} are "
-                                 "reserved for invoiceflow; rename it"))
+                problems.append(
+                    (
+                        where,
+                        f"keys starting with {RESERVED_METADATA_PREFIX!r} are "
+                        "reserved for invoiceflow; rename it",
+                    )
+                )
             if not isinstance(val, str):
                 problems.append((where, f"value must be a string, got {_describe(val)}; quote it"))
             elif not val:
-                problems.append((where, "value is empty; Stripe drops empty values, so omit "
-                                 "the key instead"))
+                problems.append(
+                    (where, "value is empty; Stripe drops empty values, so omit the key instead")
+                )
             elif len(val) > METADATA_MAX_VALUE_LENGTH:
-                problems.append((where, f"value is {len(val)} characters; Stripe allows at "
-                                 f"most {METADATA_MAX_VALUE_LENGTH}"))
+                problems.append(
+                    (
+                        where,
+                        f"value is {len(val)} characters; Stripe allows at "
+                        f"most {METADATA_MAX_VALUE_LENGTH}",
+                    )
+                )
         if problems:
             raise _Nested(problems)
         return value
@@ -312,8 +339,13 @@ class BillingRequest(_Model):
         if total > MAX_AMOUNT:
             currency = info.data.get("currency")
             shown = (lambda a: format_minor_units(a, currency)) if currency else str
-            problems.append(("", f"invoice total {shown(total)} exceeds Stripe's maximum of "
-                             f"{shown(MAX_AMOUNT)}; split it into several requests"))
+            problems.append(
+                (
+                    "",
+                    f"invoice total {shown(total)} exceeds Stripe's maximum of "
+                    f"{shown(MAX_AMOUNT)}; split it into several requests",
+                )
+            )
         if problems:
             raise _Nested(problems)
         return items
@@ -341,8 +373,13 @@ def _sku_name_clashes(items: object) -> list[tuple[str, str]]:
         if sku and name and isinstance(sku, str) and isinstance(name, str):
             seen_at, seen_name = first.setdefault(sku, (index, name))
             if seen_name != name:
-                problems.append((f"[{index}].name", f"sku {sku!r} already named {seen_name!r} "
-                                 f"in items[{seen_at}]; one sku, one name"))
+                problems.append(
+                    (
+                        f"[{index}].name",
+                        f"sku {sku!r} already named {seen_name!r} "
+                        f"in items[{seen_at}]; one sku, one name",
+                    )
+                )
     return problems
 
 
@@ -362,9 +399,16 @@ def _currency_for_items(data: object) -> Iterator[None]:
 def parse_request(data: object) -> BillingRequest:
     """Validate raw data (e.g. parsed JSON) into a BillingRequest, or raise RequestError."""
     if not isinstance(data, Mapping):
-        raise RequestError([Problem("", "a billing request must be a mapping of fields "
-                                    f"(request_id, customer, currency, items, ...), "
-                                    f"got {_describe(data)}")])
+        raise RequestError(
+            [
+                Problem(
+                    "",
+                    "a billing request must be a mapping of fields "
+                    f"(request_id, customer, currency, items, ...), "
+                    f"got {_describe(data)}",
+                )
+            ]
+        )
     try:
         return BillingRequest.model_validate(data)
     except ValidationError as err:
@@ -376,8 +420,14 @@ def load_request(path: str | Path) -> BillingRequest:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".json", ".yaml", ".yml"):
-        raise RequestError([Problem("", f"{path}: unknown file type {suffix or '(none)'!r}; "
-                                    "use .json, .yaml or .yml")])
+        raise RequestError(
+            [
+                Problem(
+                    "",
+                    f"{path}: unknown file type {suffix or '(none)'!r}; use .json, .yaml or .yml",
+                )
+            ]
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -399,8 +449,15 @@ def load_request(path: str | Path) -> BillingRequest:
         kind = "JSON" if suffix == ".json" else "YAML"
         raise RequestError([Problem("", f"{where}: invalid {kind}: {detail}")]) from None
     if not isinstance(data, Mapping):
-        raise RequestError([Problem("", f"{path}: the top level must be a mapping of fields "
-                                    f"(request_id, customer, ...), got {_describe(data)}")])
+        raise RequestError(
+            [
+                Problem(
+                    "",
+                    f"{path}: the top level must be a mapping of fields "
+                    f"(request_id, customer, ...), got {_describe(data)}",
+                )
+            ]
+        )
     return parse_request(data)
 
 
@@ -504,8 +561,12 @@ def _message(error: ErrorDetails, loc: tuple[int | str, ...]) -> str:
     if kind == "too_long":
         limit = " (Stripe's per-invoice limit)" if loc == ("items",) else ""
         return f"has {ctx['actual_length']}; at most {ctx['max_length']} allowed{limit}"
-    bounds = {"greater_than": "greater than", "greater_than_equal": "at least",
-              "less_than": "less than", "less_than_equal": "at most"}
+    bounds = {
+        "greater_than": "greater than",
+        "greater_than_equal": "at least",
+        "less_than": "less than",
+        "less_than_equal": "at most",
+    }
     if kind in bounds:
         limit = next(iter(ctx.values()))
         return f"must be {bounds[kind]} {limit}, got {value}"

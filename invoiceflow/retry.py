@@ -43,7 +43,15 @@ class RetryPolicy:
         return random.uniform(ceiling / 2, ceiling)
 
 
-DEFAULT_POLICY = RetryPolicy()
+def configured_policy() -> RetryPolicy:
+    from invoiceflow.settings import get_settings
+
+    settings = get_settings()
+    return RetryPolicy(
+        attempts=settings.retry_attempts,
+        base_delay=settings.retry_base_delay_seconds,
+        max_delay=settings.retry_max_delay_seconds,
+    )
 
 
 def _headers(exc: stripe.StripeError) -> dict[str, str]:
@@ -60,12 +68,18 @@ def retry_after_seconds(exc: BaseException) -> float | None:
         return None
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True when the same call may succeed if simply made again."""
+def is_transient(exc: BaseException, *, read: bool = False) -> bool:
+    """True when the same call may succeed if simply made again.
+
+    `read`: the call only reads, so no idempotency key can have stored its
+    failure and any 5xx is worth another try whatever Stripe-Should-Retry says.
+    """
     if isinstance(exc, stripe.APIConnectionError):
         return True
     if not isinstance(exc, stripe.StripeError):
         return False
+    if read and (exc.http_status or 0) >= 500:
+        return True
     should_retry = _headers(exc).get("stripe-should-retry")
     if should_retry is not None:
         return should_retry == "true"
@@ -78,16 +92,23 @@ def is_transient(exc: BaseException) -> bool:
 def call_with_retries(
     call: Callable[[], T],
     what: str,
-    policy: RetryPolicy = DEFAULT_POLICY,
+    *,
+    read: bool = True,
+    policy: RetryPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Run `call`, retrying transient Stripe failures; permanent ones raise at once."""
+    """Run `call`, retrying transient Stripe failures; permanent ones raise at once.
+
+    Most calls are reads; writes go through `invoiceflow.stripe_write.write_once`,
+    which passes `read=False`.
+    """
+    policy = policy or configured_policy()
     attempt = 1
     while True:
         try:
             return call()
         except Exception as exc:
-            if not is_transient(exc) or attempt >= policy.attempts:
+            if not is_transient(exc, read=read) or attempt >= policy.attempts:
                 raise
             wait = policy.delay(attempt, exc)
             log.warning("%s: transient %s, retry %d in %.2fs", what, describe(exc), attempt, wait)

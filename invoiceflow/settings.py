@@ -67,6 +67,22 @@ class Settings(BaseSettings):
     stripe_timeout_seconds: float = Field(
         default=30.0, gt=0, validation_alias=AliasChoices("INVOICEFLOW_STRIPE_TIMEOUT_SECONDS")
     )
+    # In-task retries of one Stripe call (exponential backoff with jitter).
+    retry_attempts: int = Field(
+        default=6, ge=1, le=20, validation_alias=AliasChoices("INVOICEFLOW_RETRY_ATTEMPTS")
+    )
+    retry_base_delay_seconds: float = Field(
+        default=0.25, gt=0, validation_alias=AliasChoices("INVOICEFLOW_RETRY_BASE_DELAY_SECONDS")
+    )
+    retry_max_delay_seconds: float = Field(
+        default=8.0, gt=0, validation_alias=AliasChoices("INVOICEFLOW_RETRY_MAX_DELAY_SECONDS")
+    )
+    # Prefect task retries, after the in-task ones gave up: spread out to ride
+    # over a Stripe incident of a minute or two.
+    task_retry_delays_seconds: list[float] = Field(
+        default=[5.0, 30.0, 90.0],
+        validation_alias=AliasChoices("INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS"),
+    )
     # How long `await_paid` polls before leaving the request in `sent`.
     await_paid_seconds: float = Field(
         default=60.0, ge=0, validation_alias=AliasChoices("INVOICEFLOW_AWAIT_PAID_SECONDS")

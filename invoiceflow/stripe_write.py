@@ -58,7 +58,7 @@ def write_once(
             if found is not None:
                 return found, key
         try:
-            return call_with_retries(partial(write, key), what), key
+            return call_with_retries(partial(write, key), what, read=False), key
         except stripe.StripeError as exc:
             if not outcome_unknown(exc):
                 raise

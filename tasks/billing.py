@@ -21,13 +21,15 @@ from invoiceflow import catalog, customers, invoicing
 from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.retry import is_transient
 from invoiceflow.runtime import get_runtime
+from invoiceflow.settings import get_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 # Outer retries: after the in-task retries gave up, wait this long and try the
-# step again. Spread out to ride over a Stripe incident of a minute or two.
-TASK_RETRY_DELAYS_SECONDS: list[float] = [5.0, 30.0, 90.0]
+# step again (INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS; Prefect fixes them when the
+# task is defined, so they are read at import).
+TASK_RETRY_DELAYS_SECONDS: list[float] = get_settings().task_retry_delays_seconds
 TASK_RETRY_JITTER = 0.3
 # No Prefect `timeout_seconds`: in a worker thread it cannot interrupt a blocking
 # call. A step is bounded instead by the Stripe HTTP timeout
