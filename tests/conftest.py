@@ -1,0 +1,244 @@
+"""Shared fixtures: a real Stripe sandbox over HTTP, real SQLite and PostgreSQL
+databases, and a real Prefect server for everything that runs a flow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import stripe
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_KEY = "sk_test_invoiceflow_tests"
+POSTGRES_ADMIN_URL = os.environ.get(
+    "INVOICEFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
+)
+
+# Prefect reads its settings at import; these must be in place before any test
+# imports it, and they keep the test runs quiet and offline.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Production backs off for seconds to minutes; tests keep the same retry logic
+# on a millisecond clock. (Task retry delays are fixed when `tasks` is imported.)
+FAST_RETRIES = {
+    "INVOICEFLOW_RETRY_BASE_DELAY_SECONDS": "0.01",
+    "INVOICEFLOW_RETRY_MAX_DELAY_SECONDS": "0.05",
+    "INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS": "[0.05, 0.05, 0.05]",
+}
+for _name, _value in FAST_RETRIES.items():
+    os.environ.setdefault(_name, _value)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- Prefect ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real `prefect server start` for the session, shared by in-process flows
+    and CLI subprocesses (each would otherwise start its own temporary server)."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    home = Path(tempfile.mkdtemp(prefix="invoiceflow-prefect-"))
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    log = (home / "server.log").open("wb")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}")
+        time.sleep(0.25)
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# --- Stripe sandbox ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[Any]:
+    from invoiceflow.sandbox import start_sandbox
+
+    with start_sandbox() as running:
+        yield running
+
+
+@pytest.fixture
+def sandbox(sandbox_server: Any) -> Iterator[Any]:
+    """The session's sandbox, emptied and with default knobs for each test."""
+    sandbox_server.reset(config=True)
+    yield sandbox_server
+    sandbox_server.reset(config=True)
+
+
+@pytest.fixture
+def stripe_client(sandbox: Any) -> stripe.StripeClient:
+    return stripe.StripeClient(TEST_KEY, base_addresses={"api": sandbox.url}, max_network_retries=0)
+
+
+# --- databases ---------------------------------------------------------------
+
+
+def _postgres_reachable() -> str | None:
+    """None when PostgreSQL answers, else why not."""
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # any failure means: skip, saying why
+        return f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {type(exc).__name__}"
+
+
+@pytest.fixture(scope="session")
+def postgres_unavailable() -> str | None:
+    return _postgres_reachable()
+
+
+def _postgres_database(reason: str | None) -> Iterator[str]:
+    """A database of its own for one test, dropped afterwards."""
+    if reason:
+        pytest.skip(reason)
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"invoiceflow_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        from invoiceflow.db.engine import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test using it runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'invoiceflow.db'}"
+        from invoiceflow.db.engine import dispose_engines
+
+        dispose_engines()
+    else:
+        yield from _postgres_database(request.getfixturevalue("postgres_unavailable"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path / 'invoiceflow.db'}"
+    from invoiceflow.db.engine import dispose_engines
+
+    dispose_engines()
+
+
+# --- the environment a run sees ---------------------------------------------------
+
+
+def app_env(sandbox_url: str, database_url: str, **extra: str) -> dict[str, str]:
+    """Environment variables for invoiceflow talking to the sandbox."""
+    return {
+        "STRIPE_API_KEY": TEST_KEY,
+        "STRIPE_API_BASE": sandbox_url,
+        "INVOICEFLOW_DATABASE_URL": database_url,
+        # Short, so a rerun after a simulated crash may take over quickly.
+        "INVOICEFLOW_LEASE_SECONDS": "3",
+        "INVOICEFLOW_STRIPE_TIMEOUT_SECONDS": "5",
+        "INVOICEFLOW_AWAIT_PAID_SECONDS": "0",
+        **FAST_RETRIES,
+        **extra,
+    }
+
+
+@pytest.fixture
+def configured(
+    sandbox: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """This process configured for the sandbox and the test's database."""
+    from invoiceflow.runtime import reset_runtime
+
+    env = app_env(sandbox.url, database_url)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reset_runtime()
+    yield env
+    reset_runtime()
+
+
+def run_cli(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `invoiceflow …` in a fresh process, as a user or a scheduler would."""
+    full_env = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "invoiceflow", *args],
+        env=full_env,
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

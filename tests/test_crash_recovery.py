@@ -1,0 +1,134 @@
+"""Kill the process at every recovery point, then rerun: still exactly one invoice.
+
+A real `invoiceflow invoice` process runs against the sandbox; the sandbox holds
+one chosen Stripe write open (a stall), either before it writes (our last
+recovery point is committed, the next write never happened) or after it wrote
+(Stripe committed, our database never heard). The test SIGKILLs the process
+right then, lets the lease lapse, and runs the request again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+
+from invoiceflow.db.models import RecoveryPoint
+from tests.conftest import REPO, app_env
+from tests.helpers import assert_exactly_one_invoice, make_request
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api", "configured")]
+
+# Every Stripe write of the DAG, by the request path that makes it.
+WRITES = {
+    "customer": "^/v1/customers$",
+    "product": "^/v1/products$",
+    "price": "^/v1/prices$",
+    "invoice": "^/v1/invoices$",
+    "add_lines": "/add_lines$",
+    "finalize": "/finalize$",
+    "send": "/send$",
+}
+# What the request's writes must amount to in Stripe, however often it crashed.
+EXPECTED_EXECUTED_WRITES = {
+    "^/v1/customers$": 1,
+    "^/v1/products$": 3,
+    "^/v1/prices$": 3,
+    "^/v1/invoices$": 1,
+    "/add_lines$": 1,
+    "/finalize$": 1,
+    "/send$": 1,
+}
+STALL_MS = 1500
+
+CASES = [
+    pytest.param(step, when, False, id=f"{when}-{step}")
+    for step in WRITES
+    for when in ("stall_before_write", "stall_after_write")
+] + [
+    # Stripe committed, we crashed, and its 24 h idempotency window passed.
+    pytest.param("invoice", "stall_after_write", True, id="window-expired-invoice"),
+    pytest.param("add_lines", "stall_after_write", True, id="window-expired-add_lines"),
+    pytest.param("send", "stall_after_write", True, id="window-expired-send"),
+]
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _stalled(sandbox: Any, when: str) -> dict[str, Any] | None:
+    return next((e for e in sandbox.requests() if e["fault"] == when), None)
+
+
+def _executed_writes(sandbox: Any) -> dict[str, int]:
+    counts = dict.fromkeys(EXPECTED_EXECUTED_WRITES, 0)
+    for entry in sandbox.requests():
+        if entry["method"] != "POST" or entry["replayed"] or entry["status"] != 200:
+            continue
+        for pattern in counts:
+            if re.search(pattern, entry["path"]):
+                counts[pattern] += 1
+    return counts
+
+
+@pytest.mark.parametrize(("step", "when", "expire_keys"), CASES)
+def test_crash_then_rerun_yields_exactly_one_invoice(
+    step: str,
+    when: str,
+    expire_keys: bool,
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    configured: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    from flows.invoice import invoice_flow
+
+    request = make_request(f"crash-{step}")
+    request_file = tmp_path / "request.json"
+    request_file.write_text(json.dumps(request.model_dump(mode="json")))
+    sandbox.configure(
+        stall_ms=STALL_MS, faults=[{"method": "POST", "path": WRITES[step], "when": when}]
+    )
+
+    env = app_env(sandbox.url, configured["INVOICEFLOW_DATABASE_URL"])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoiceflow", "invoice", str(request_file), "--no-wait"],
+        env={**os.environ, **env},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for(lambda: _stalled(sandbox, when), f"the {step} write to stall")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        output = process.communicate(timeout=30)[0].decode(errors="replace")
+    assert process.returncode == -signal.SIGKILL, output
+    # Let the abandoned request finish inside the sandbox before anyone retries.
+    _wait_for(lambda: _stalled(sandbox, when)["status"] is not None, "the stalled write to end")
+    if expire_keys:
+        sandbox.expire_idempotency_keys()
+
+    status = invoice_flow(request, wait_for_payment=False)
+
+    assert status.state is RecoveryPoint.SENT, status.last_error
+    invoice = assert_exactly_one_invoice(stripe_client, request)
+    assert status.stripe_invoice_id == invoice.id
+    assert _executed_writes(sandbox) == EXPECTED_EXECUTED_WRITES
+    assert len(list(stripe_client.v1.customers.list({"limit": 100}).auto_paging_iter())) == 1

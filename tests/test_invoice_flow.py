@@ -1,0 +1,185 @@
+"""The invoice flow end to end: real Prefect server, real sandbox, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import stripe
+
+from invoiceflow import ledger
+from invoiceflow.db.models import RecoveryPoint
+from invoiceflow.runtime import get_runtime
+from tests.helpers import assert_exactly_one_invoice, invoices_for, make_request, writes
+
+pytestmark = pytest.mark.usefixtures("prefect_api", "configured")
+
+HAPPY_PATH = [
+    "planned",
+    "customer_ready",
+    "catalog_ready",
+    "draft_created",
+    "lines_added",
+    "finalized",
+    "sent",
+]
+
+
+def test_one_request_becomes_one_sent_invoice_and_a_rerun_writes_nothing(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    from flows.invoice import invoice_flow
+
+    request = make_request()
+    status = invoice_flow(request, wait_for_payment=False)
+
+    assert status.state is RecoveryPoint.SENT
+    invoice = assert_exactly_one_invoice(stripe_client, request)
+    assert invoice.status == "open"
+    assert invoice.collection_method == "send_invoice"
+    assert invoice.metadata.to_dict() == {
+        "po": "PO-7",
+        "invoiceflow_request_id": request.request_id,
+    }
+    assert status.stripe_invoice_id == invoice.id
+    assert status.invoice_number == invoice.number
+    assert status.hosted_invoice_url == invoice.hosted_invoice_url
+
+    engine = get_runtime().engine
+    trail = [
+        event.to_point for event in ledger.audit_trail(engine, request.request_id) if event.to_point
+    ]
+    assert trail == HAPPY_PATH
+    recorded = ledger.writes_for(engine, request.request_id)
+    assert recorded and all(write.completed_at is not None for write in recorded)
+    assert all(write.idempotency_key.startswith("invoiceflow:") for write in recorded)
+
+    before = len(writes(sandbox))
+    again = invoice_flow(request, wait_for_payment=False)
+    assert again.state is RecoveryPoint.SENT
+    assert len(writes(sandbox)) == before, "a rerun of a finished request wrote to Stripe"
+
+
+def test_await_paid_records_the_payment(sandbox: Any, stripe_client: stripe.StripeClient) -> None:
+    from flows.invoice import invoice_flow
+
+    request = make_request("req-paid")
+    invoice_flow(request, wait_for_payment=False)
+    invoice_id = invoices_for(stripe_client, request.request_id)[0].id
+
+    payer = threading.Timer(
+        0.3, lambda: stripe_client.v1.invoices.pay(invoice_id, {"payment_method": "pm_card_visa"})
+    )
+    payer.start()
+    status = invoice_flow(request, wait_for_payment=True, await_paid_seconds=15)
+    payer.join()
+
+    assert status.state is RecoveryPoint.PAID
+    assert status.invoice_status == "paid"
+    row = ledger.require(get_runtime().engine, request.request_id)
+    assert row.paid_at is not None
+
+
+def test_thirty_percent_transient_faults_still_one_invoice_each(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    from flows.invoice import invoice_flow
+
+    sandbox.configure(
+        fail_before_write=0.1, fail_after_write=0.1, drop_after_write=0.1, seed=20261125
+    )
+    requests = [
+        make_request(f"req-fault-{n}", customer=("acme", "globex", "initech")[n % 3])
+        for n in range(6)
+    ]
+    for request in requests:
+        status = invoice_flow(request, wait_for_payment=False)
+        assert status.state is RecoveryPoint.SENT, status.last_error
+    sandbox.configure(fail_before_write=0, fail_after_write=0, drop_after_write=0)
+
+    faults = [entry for entry in sandbox.requests() if entry["fault"]]
+    assert len(faults) >= 10, "the fault injection did not happen"
+    for request in requests:
+        assert_exactly_one_invoice(stripe_client, request)
+    customers = list(stripe_client.v1.customers.list({"limit": 100}).auto_paging_iter())
+    assert len(customers) == 3
+    products = list(stripe_client.v1.products.list({"limit": 100}).auto_paging_iter())
+    assert len(products) == 3
+
+
+def test_resubmission_with_changed_content_is_a_conflict(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    from flows.invoice import invoice_flow
+
+    request = make_request("req-conflict")
+    invoice_flow(request, wait_for_payment=False)
+    before = len(writes(sandbox))
+
+    changed = make_request(
+        "req-conflict", items=[{"sku": "travel", "name": "Travel", "unit_amount": 1}]
+    )
+    with pytest.raises(ledger.RequestConflict, match="different content"):
+        invoice_flow(changed, wait_for_payment=False)
+
+    assert len(writes(sandbox)) == before
+    assert_exactly_one_invoice(stripe_client, request)
+
+
+def test_two_concurrent_runs_of_one_request_make_one_invoice(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    from flows.invoice import invoice_flow
+
+    # Latency widens the window in which both runs are in flight.
+    sandbox.configure(latency_ms=40)
+    request = make_request("req-race")
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(invoice_flow(request, wait_for_payment=False))
+        except BaseException as exc:
+            errors.append(exc)
+
+    runners = [threading.Thread(target=run) for _ in range(2)]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
+
+    assert not errors, errors
+    assert [status.state for status in results] == [RecoveryPoint.SENT, RecoveryPoint.SENT]
+    assert_exactly_one_invoice(stripe_client, request)
+
+
+def test_an_invoice_edited_behind_our_back_is_never_finalized(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    from flows.invoice import invoice_flow
+
+    request = make_request("req-tamper")
+    # Fail the first finalize before it happens, so the draft stays a draft...
+    sandbox.configure(
+        faults=[{"method": "POST", "path": "/finalize$", "when": "status_409", "times": 100}]
+    )
+    with pytest.raises(stripe.StripeError):
+        invoice_flow(request, wait_for_payment=False)
+    invoice = invoices_for(stripe_client, request.request_id)[0]
+    # ...and meanwhile someone adds a line in the Dashboard.
+    price = stripe_client.v1.prices.list({"limit": 1}).data[0]
+    stripe_client.v1.invoices.add_lines(
+        invoice.id, {"lines": [{"pricing": {"price": price.id}, "quantity": 1}]}
+    )
+    sandbox.configure(faults=[])
+
+    from invoiceflow.invoicing import InvoiceMismatch
+
+    with pytest.raises(InvoiceMismatch):
+        invoice_flow(request, wait_for_payment=False)
+    assert stripe_client.v1.invoices.retrieve(invoice.id).status == "draft"
+    row = ledger.require(get_runtime().engine, request.request_id)
+    assert row.point is RecoveryPoint.FAILED
+    assert row.last_error and "not invoiceflow" not in row.last_error
