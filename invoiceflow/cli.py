@@ -81,6 +81,14 @@ def invoice(
     except (RequestError, SettingsError) as exc:
         raise fail(Exit.BAD_INPUT, str(exc)) from None
 
+    from invoiceflow import ledger
+    from invoiceflow.runtime import get_runtime
+
+    try:  # a conflicting resubmission is refused before any flow run exists
+        ledger.submit(get_runtime().engine, request)
+    except ledger.RequestConflict as exc:
+        raise fail(Exit.CONFLICT, str(exc)) from None
+
     from invoiceflow.prefect_env import configure_prefect
 
     configure_prefect()

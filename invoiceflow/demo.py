@@ -137,13 +137,13 @@ def _run(sandbox: Any) -> int:
     changed = parse_request({**REQUESTS[0], "items": REQUESTS[0]["items"][:1]})
     _say(f"→ {changed.request_id} submitted with different lines: refused")
     try:
-        invoice_flow(changed, wait_for_payment=False)
+        ledger.submit(get_runtime().engine, changed)
         refused = False
     except ledger.RequestConflict as exc:
         refused = True
         _say(f"  {exc}")
 
-    return _summary(requests, client, repeat_writes, refused)
+    return _summary(sandbox, requests, client, repeat_writes, refused)
 
 
 def _writes(sandbox: Any) -> int:
@@ -151,7 +151,11 @@ def _writes(sandbox: Any) -> int:
 
 
 def _summary(
-    requests: list[BillingRequest], client: stripe.StripeClient, repeat_writes: int, refused: bool
+    sandbox: Any,
+    requests: list[BillingRequest],
+    client: stripe.StripeClient,
+    repeat_writes: int,
+    refused: bool,
 ) -> int:
     from invoiceflow import ledger
     from invoiceflow.runtime import get_runtime
@@ -169,12 +173,14 @@ def _summary(
             f"{status.request_id:28} {status.state.value:8} {status.invoice_number or '-':>12} "
             f"{amount:>14}  {status.hosted_invoice_url or ''}"
         )
+    faults = sum(1 for entry in sandbox.requests() if entry["fault"])
     invoices_in_stripe = sum(1 for _ in client.v1.invoices.list({"limit": 100}).auto_paging_iter())
     _say()
+    _say(f"Stripe failures injected and recovered from without a duplicate: {faults}")
     _say(
         f"Stripe invoices: {invoices_in_stripe} for {len(requests)} requests; "
         f"Stripe writes on resubmission: {repeat_writes}; changed resubmission refused: {refused}"
     )
-    ok &= invoices_in_stripe == len(requests) and repeat_writes == 0 and refused
+    ok &= invoices_in_stripe == len(requests) and repeat_writes == 0 and refused and faults > 0
     _say("demo OK" if ok else "demo FAILED")
     return 0 if ok else 1

@@ -12,6 +12,9 @@ _DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # No "Run 'prefect cloud login'" style nags in a CLI that prints its own summary.
     "PREFECT_CLI_PROMPT": "false",
+    # Local mode's temporary server creates and migrates its database on first
+    # start; on a fresh machine with two busy cores that outlasts Prefect's 20 s.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
