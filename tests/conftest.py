@@ -97,6 +97,10 @@ def prefect_api() -> Iterator[str]:
     try:
         yield url
     finally:
+        if "prefect" in sys.modules:  # send buffered run logs while the server is still up
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)
         os.environ.pop("PREFECT_API_URL", None)
         server.terminate()
         try:
