@@ -1,0 +1,80 @@
+"""Settings: one place, clear errors naming the variable, live keys refused by default."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from invoiceflow.settings import SettingsError, load_settings
+
+LIVE_KEY = "sk_live_51abcdefSECRETSECRET"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory) -> None:
+    for name in (
+        "STRIPE_API_KEY",
+        "STRIPE_API_BASE",
+        "STRIPE_WEBHOOK_SECRET",
+        "INVOICEFLOW_DATABASE_URL",
+        "INVOICEFLOW_ALLOW_LIVE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_need_no_configuration() -> None:
+    settings = load_settings()
+    assert settings.database_url == "sqlite:///./invoiceflow.db"
+    assert settings.stripe_api_base is None
+    with pytest.raises(SettingsError, match="STRIPE_API_KEY is not set"):
+        settings.require_stripe_key()
+
+
+def test_live_key_is_refused_without_the_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", LIVE_KEY)
+    with pytest.raises(SettingsError, match="INVOICEFLOW_ALLOW_LIVE=1") as refused:
+        load_settings()
+    assert LIVE_KEY not in str(refused.value)
+
+
+@pytest.mark.parametrize("key", [LIVE_KEY, "rk_live_51restricted"])
+def test_live_key_is_accepted_with_the_opt_in(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", key)
+    monkeypatch.setenv("INVOICEFLOW_ALLOW_LIVE", "1")
+    settings = load_settings()
+    assert settings.require_stripe_key() == key
+    assert key not in repr(settings) and key not in str(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("STRIPE_API_KEY", "pk_test_123", "publishable keys"),
+        ("STRIPE_API_KEY", "hunter2", "STRIPE_API_KEY must be a secret or restricted key"),
+        ("STRIPE_API_BASE", "localhost:12111", "STRIPE_API_BASE must be an http(s) URL"),
+        ("STRIPE_WEBHOOK_SECRET", "sk_test_oops", "signing secret (whsec_"),
+        ("INVOICEFLOW_DATABASE_URL", "not a url", "INVOICEFLOW_DATABASE_URL is not a database URL"),
+        ("INVOICEFLOW_DATABASE_URL", "mysql://u@h/db", "backend 'mysql' is not supported"),
+        ("INVOICEFLOW_ALLOW_LIVE", "maybe", "INVOICEFLOW_ALLOW_LIVE"),
+        ("INVOICEFLOW_LEASE_SECONDS", "-1", "INVOICEFLOW_LEASE_SECONDS"),
+    ],
+)
+def test_malformed_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=re.escape(message)) as failed:
+        load_settings()
+    if variable != "INVOICEFLOW_ALLOW_LIVE":
+        assert value not in str(failed.value) or variable == "INVOICEFLOW_DATABASE_URL"
+
+
+def test_sandbox_url_and_test_key_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_abc")
+    monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:12111/")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_abc")
+    settings = load_settings()
+    assert settings.stripe_api_base == "http://127.0.0.1:12111"
+    assert settings.require_webhook_secret() == "whsec_abc"
