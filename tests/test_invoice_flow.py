@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from typing import Any
 
 import pytest
@@ -31,7 +32,8 @@ def test_one_request_becomes_one_sent_invoice_and_a_rerun_writes_nothing(
 ) -> None:
     from flows.invoice import invoice_flow
 
-    request = make_request()
+    # Unique per run: the Prefect server (and its run names) outlives each database.
+    request = make_request(f"req-{uuid.uuid4().hex[:8]}")
     status = invoice_flow(request, wait_for_payment=False)
 
     assert status.state is RecoveryPoint.SENT
@@ -59,6 +61,19 @@ def test_one_request_becomes_one_sent_invoice_and_a_rerun_writes_nothing(
     again = invoice_flow(request, wait_for_payment=False)
     assert again.state is RecoveryPoint.SENT
     assert len(writes(sandbox)) == before, "a rerun of a finished request wrote to Stripe"
+    assert _flow_run_states(f"invoice-{request.request_id}") == ["COMPLETED", "COMPLETED"]
+
+
+def _flow_run_states(name: str) -> list[str]:
+    """The states of the Prefect flow runs with this name, from the Prefect server."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+    return [run.state_type.value for run in runs if run.state_type]
 
 
 def test_await_paid_records_the_payment(sandbox: Any, stripe_client: stripe.StripeClient) -> None:
