@@ -25,7 +25,7 @@ from invoiceflow.stripe_keys import (
     product_id,
     shared_object_key,
 )
-from invoiceflow.stripe_write import write_once
+from invoiceflow.stripe_write import ensure_shared
 
 log = logging.getLogger(__name__)
 
@@ -44,34 +44,21 @@ def ensure_product(rt: Runtime, sku: str, name: str, request_id: str | None = No
         "metadata": {META_SKU: sku},
     }
     key = shared_object_key("product", sku, dict(params))
-    product = _retrieve_product(rt, pid)
-    if product is None:
 
-        def create(idempotency_key: str) -> stripe.Product:
-            try:
-                created = rt.stripe.v1.products.create(params, {"idempotency_key": idempotency_key})
-                log.info("Created Stripe product %s for sku %s", created.id, sku)
-                return created
-            except stripe.InvalidRequestError as exc:
-                found = (
-                    _retrieve_product(rt, pid) if exc.code == "resource_already_exists" else None
-                )
-                if found is None:
-                    raise
-                return found  # another run created it first, perhaps worded differently
+    def create(idempotency_key: str) -> stripe.Product:
+        created = rt.stripe.v1.products.create(params, {"idempotency_key": idempotency_key})
+        log.info("Created Stripe product %s for sku %s", created.id, sku)
+        return created
 
-        # (unpacked into a new name: mypy does not narrow through tuple unpacking)
-        written, key = write_once(
-            rt,
-            key=key,
-            step="product.create",
-            request_id=request_id,
-            write=create,
-            find=lambda _intent: _retrieve_product(rt, pid),
-            what=f"create product {pid}",
-        )
-        product = written
-
+    product, key = ensure_shared(
+        rt,
+        key=key,
+        step="product.create",
+        request_id=request_id,
+        find=lambda: _retrieve_product(rt, pid),
+        create=create,
+        what=f"create product {pid}",
+    )
     _remember(
         rt, ProductMap(sku=sku, stripe_product_id=product.id, name=product.name), key, product.id
     )
@@ -110,33 +97,21 @@ def ensure_price(
         "metadata": {META_SKU: sku},
     }
     key = shared_object_key("price", lookup_key, dict(params))
-    price = _find_price(rt, lookup_key)
-    if price is None:
 
-        def create(idempotency_key: str) -> stripe.Price:
-            try:
-                created = rt.stripe.v1.prices.create(params, {"idempotency_key": idempotency_key})
-                log.info("Created Stripe price %s for %s", created.id, lookup_key)
-                return created
-            except stripe.InvalidRequestError:
-                # A concurrent run may have taken the lookup key between our list and create.
-                found = _find_price(rt, lookup_key)
-                if found is None:
-                    raise
-                return found
+    def create(idempotency_key: str) -> stripe.Price:
+        created = rt.stripe.v1.prices.create(params, {"idempotency_key": idempotency_key})
+        log.info("Created Stripe price %s for %s", created.id, lookup_key)
+        return created
 
-        # (unpacked into a new name: mypy does not narrow through tuple unpacking)
-        written, key = write_once(
-            rt,
-            key=key,
-            step="price.create",
-            request_id=request_id,
-            write=create,
-            find=lambda _intent: _find_price(rt, lookup_key),
-            what=f"create price {lookup_key}",
-        )
-        price = written
-
+    price, key = ensure_shared(
+        rt,
+        key=key,
+        step="price.create",
+        request_id=request_id,
+        find=lambda: _find_price(rt, lookup_key),
+        create=create,
+        what=f"create price {lookup_key}",
+    )
     row = PriceMap(
         lookup_key=lookup_key,
         stripe_price_id=price.id,

@@ -20,7 +20,7 @@ from invoiceflow.request import Customer
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
 from invoiceflow.stripe_keys import META_CUSTOMER_ID, metadata_of, shared_object_key
-from invoiceflow.stripe_write import write_once
+from invoiceflow.stripe_write import ensure_shared
 
 log = logging.getLogger(__name__)
 
@@ -35,30 +35,26 @@ def ensure_customer(rt: Runtime, request_id: str, owner: str) -> str:
     key = shared_object_key(
         "customer", customer.id, {"email": customer.email, "name": customer.name}
     )
-    stripe_id = _mapped(rt, customer.id) or _find(rt, customer)
-    if stripe_id is None:
-        params: stripe.params.CustomerCreateParams = {
-            "email": customer.email,
-            "name": customer.name,
-            "metadata": {META_CUSTOMER_ID: customer.id},
-        }
+    params: stripe.params.CustomerCreateParams = {
+        "email": customer.email,
+        "name": customer.name,
+        "metadata": {META_CUSTOMER_ID: customer.id},
+    }
 
-        def create(idempotency_key: str) -> str:
-            created = rt.stripe.v1.customers.create(params, {"idempotency_key": idempotency_key})
-            log.info("Created Stripe customer %s for %s", created.id, customer.id)
-            return created.id
+    def create(idempotency_key: str) -> str:
+        created = rt.stripe.v1.customers.create(params, {"idempotency_key": idempotency_key})
+        log.info("Created Stripe customer %s for %s", created.id, customer.id)
+        return created.id
 
-        # (unpacked into a new name: mypy does not narrow through tuple unpacking)
-        written, key = write_once(
-            rt,
-            key=key,
-            step="customer.create",
-            request_id=request_id,
-            write=create,
-            find=lambda _intent: _find(rt, customer),
-            what=f"create customer {customer.id}",
-        )
-        stripe_id = written
+    stripe_id, key = ensure_shared(
+        rt,
+        key=key,
+        step="customer.create",
+        request_id=request_id,
+        find=lambda: _mapped(rt, customer.id) or _find(rt, customer),
+        create=create,
+        what=f"create customer {customer.id}",
+    )
 
     try:
         _commit(rt, request_id, owner, customer, stripe_id, key)

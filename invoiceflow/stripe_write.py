@@ -67,3 +67,43 @@ def write_once(
                 return found, key
             key += SPENT_KEY_SUFFIX
     raise RuntimeError(f"{what}: Stripe failed {MAX_KEYS_PER_WRITE} times after starting the write")
+
+
+def ensure_shared(
+    rt: Runtime,
+    *,
+    key: str,
+    step: str,
+    request_id: str | None,
+    find: Callable[[], T | None],
+    create: Callable[[str], T],
+    what: str,
+) -> tuple[T, str]:
+    """A Stripe object many requests share (product, price, customer): look it up
+    first, else create it once.
+
+    A create that Stripe refuses because a concurrent run created the object
+    first (a custom id or lookup key already taken) adopts that object.
+    """
+    found = find()
+    if found is not None:
+        return found, key
+
+    def create_or_adopt(idempotency_key: str) -> T:
+        try:
+            return create(idempotency_key)
+        except stripe.InvalidRequestError:
+            adopted = find()
+            if adopted is None:
+                raise
+            return adopted
+
+    return write_once(
+        rt,
+        key=key,
+        step=step,
+        request_id=request_id,
+        write=create_or_adopt,
+        find=lambda _intent: find(),
+        what=what,
+    )
