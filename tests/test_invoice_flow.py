@@ -198,3 +198,27 @@ def test_an_invoice_edited_behind_our_back_is_never_finalized(
     row = ledger.require(get_runtime().engine, request.request_id)
     assert row.point is RecoveryPoint.FAILED
     assert row.last_error and "not invoiceflow" not in row.last_error
+
+
+def test_250_lines_go_in_as_few_calls_as_stripe_allows(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    from flows.invoice import invoice_flow
+    from invoiceflow.invoicing import LINES_PER_ADD_CALL
+
+    items = [
+        {
+            "sku": f"sku-{n % 10}",
+            "name": f"Item {n % 10}",
+            "unit_amount": 100 + n % 7,
+            "quantity": 1 + n % 3,
+        }
+        for n in range(250)
+    ]
+    request = make_request("req-250", items=items)
+    status = invoice_flow(request, wait_for_payment=False)
+
+    assert status.state is RecoveryPoint.SENT
+    assert_exactly_one_invoice(stripe_client, request)
+    add_calls = [e for e in sandbox.requests() if e["path"].endswith("/add_lines")]
+    assert len(add_calls) == 250 // LINES_PER_ADD_CALL == 5
