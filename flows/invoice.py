@@ -101,14 +101,25 @@ def invoice_flow(
     except ledger.LeaseLost:
         raise  # the run that took over owns the request's state now
     except Exception as exc:
-        ledger.record_failure(rt.engine, request_id, owner, describe(exc))
+        _record_failure(request_id, owner, exc)
         raise
     finally:
-        ledger.release_lease(rt.engine, request_id, owner)
+        try:
+            ledger.release_lease(rt.engine, request_id, owner)
+        except Exception:  # the lease expires on its own; never mask the run's outcome
+            logger.exception("Could not release the lease on %s", request_id)
 
     status = RequestStatus.from_row(ledger.require(rt.engine, request_id))
     logger.info("%s", status.one_line())
     return status
+
+
+def _record_failure(request_id: str, owner: str, exc: BaseException) -> None:
+    """Note the failure on the request, without masking `exc` if that fails too."""
+    try:
+        ledger.record_failure(get_runtime().engine, request_id, owner, describe(exc))
+    except Exception:
+        get_run_logger().exception("Could not record the failure of %s", request_id)
 
 
 def _prepare_catalog_and_customer(request: BillingRequest, owner: str) -> None:
