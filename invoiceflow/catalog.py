@@ -123,12 +123,29 @@ def ensure_price(
     return price.id
 
 
+class ArchivedPrice(RuntimeError):
+    """Our price for a sku and amount exists but someone archived it in Stripe.
+
+    An archived price keeps its lookup key, so we cannot create a new one under
+    it without taking the key away (`transfer_lookup_key`) — which would quietly
+    overrule a deliberate decision in the Dashboard. The user decides instead.
+    """
+
+
 def _find_price(rt: Runtime, lookup_key: str) -> stripe.Price | None:
     found = call_with_retries(
-        lambda: rt.stripe.v1.prices.list({"lookup_keys": [lookup_key], "active": True, "limit": 1}),
+        lambda: rt.stripe.v1.prices.list({"lookup_keys": [lookup_key], "limit": 1}),
         f"find price {lookup_key}",
     )
-    return found.data[0] if found.data else None
+    if not found.data:
+        return None
+    price = found.data[0]
+    if not price.active:
+        raise ArchivedPrice(
+            f"price {price.id} ({lookup_key}) is archived in Stripe; reactivate it in the "
+            "Dashboard to bill this sku at this amount again, or bill a different amount"
+        )
+    return price
 
 
 def _remember(rt: Runtime, row: ProductMap | PriceMap, key: str, stripe_id: str) -> None:

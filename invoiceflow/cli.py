@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +25,18 @@ import typer
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """An unreachable or locked database is a temporary failure with a one-line reason."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise fail(Exit.TEMPORARY, f"database unreachable: {reason}") from None
 
 
 class Exit(IntEnum):
@@ -42,7 +56,9 @@ def fail(code: Exit, message: str) -> typer.Exit:
 
 def classify(exc: BaseException) -> Exit:
     """Map a failure to the exit code that tells the caller what to do next."""
-    from invoiceflow import invoicing, ledger
+    from sqlalchemy.exc import OperationalError
+
+    from invoiceflow import catalog, invoicing, ledger
     from invoiceflow.request import RequestError
     from invoiceflow.retry import is_transient
     from invoiceflow.settings import SettingsError
@@ -53,11 +69,11 @@ def classify(exc: BaseException) -> Exit:
         return Exit.CONFLICT
     if isinstance(exc, ledger.RequestBusy | ledger.LeaseLost):
         return Exit.BUSY
-    if is_transient(exc):
+    if is_transient(exc) or isinstance(exc, OperationalError):
         return Exit.TEMPORARY
     import stripe
 
-    if isinstance(exc, stripe.StripeError | invoicing.InvoiceMismatch):
+    if isinstance(exc, stripe.StripeError | invoicing.InvoiceMismatch | catalog.ArchivedPrice):
         return Exit.REFUSED
     return Exit.UNEXPECTED
 
@@ -85,7 +101,8 @@ def invoice(
     from invoiceflow.runtime import get_runtime
 
     try:  # a conflicting resubmission is refused before any flow run exists
-        ledger.submit(get_runtime().engine, request)
+        with database_errors():
+            ledger.submit(get_runtime().engine, request)
     except ledger.RequestConflict as exc:
         raise fail(Exit.CONFLICT, str(exc)) from None
 
@@ -118,17 +135,19 @@ def status(
     from invoiceflow.status import RequestStatus
 
     try:
-        engine = get_engine(get_settings().database_url)
+        database_url = get_settings().database_url
     except SettingsError as exc:
         raise fail(Exit.BAD_INPUT, str(exc)) from None
-    if request_id is not None:
-        row = ledger.load(engine, request_id)
-        if row is None:
-            raise fail(Exit.BAD_INPUT, f"no request {request_id!r}")
-        rows = [row]
-    else:
-        rows = list(ledger.list_requests(engine))
-    statuses = [RequestStatus.from_row(row) for row in rows]
+    with database_errors():
+        engine = get_engine(database_url)
+        rows = (
+            [ledger.load(engine, request_id)]
+            if request_id is not None
+            else list(ledger.list_requests(engine))
+        )
+    if rows == [None]:
+        raise fail(Exit.BAD_INPUT, f"no request {request_id!r}")
+    statuses = [RequestStatus.from_row(row) for row in rows if row is not None]
     if as_json:
         payload = [s.model_dump(mode="json") for s in statuses]
         typer.echo(json.dumps(payload[0] if request_id else payload, indent=2))
@@ -150,8 +169,10 @@ def db_upgrade() -> None:
         engine = make_engine(get_settings().database_url)
     except SettingsError as exc:
         raise fail(Exit.BAD_INPUT, str(exc)) from None
-    upgrade(engine)
-    typer.echo(f"schema at revision {current_revision(engine)}")
+    with database_errors():
+        upgrade(engine)
+        revision = current_revision(engine)
+    typer.echo(f"schema at revision {revision}")
 
 
 @app.command()

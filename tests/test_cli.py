@@ -372,6 +372,28 @@ def test_malformed_database_url_exits_2_in_every_command(
     ), "a database file appeared"
 
 
+@pytest.mark.parametrize("command", ["invoice", "status", "db-upgrade"])
+def test_unreachable_database_exits_5_with_one_line(
+    command: str, cli: Invoke, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing listens on port 1: the database is down, the configuration is fine.
+    monkeypatch.setenv(
+        "INVOICEFLOW_DATABASE_URL", "postgresql+psycopg://root@127.0.0.1:1/test?connect_timeout=2"
+    )
+    if command == "invoice":
+        args = ["invoice", str(write_request(tmp_path, valid_request())), "--no-wait"]
+    else:
+        args = command.split("-")
+
+    result = cli(*args)
+
+    assert result.exit_code == 5
+    assert result.stderr.startswith("error: database unreachable: ")
+    assert len(result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    assert sandbox.requests() == []
+
+
 # --- 4. and 5. db upgrade, status ------------------------------------------------
 
 
@@ -471,8 +493,9 @@ def test_invoice_status_resubmit_and_conflict_through_the_cli(
 def test_a_permanent_stripe_refusal_exits_4_and_records_the_failure(
     sandbox: Any, stripe_client: stripe.StripeClient, sqlite_url: str, tmp_path: Path
 ) -> None:
-    """Someone archived our price for this sku and amount in the Dashboard: it keeps its
-    lookup key, so Stripe refuses a new price under that key (400, not retryable)."""
+    """Someone archived our price for this sku and amount in the Dashboard. It keeps its
+    lookup key; taking the key over would overrule that decision, so the run is refused
+    (exit 4) with what to do, before any new price or invoice is written."""
     from invoiceflow.stripe_keys import price_lookup_key, product_id
 
     data = valid_request("acme:refused")
@@ -490,18 +513,21 @@ def test_a_permanent_stripe_refusal_exits_4_and_records_the_failure(
     stripe_client.v1.prices.update(archived.id, {"active": False})
     env = app_env(sandbox.url, sqlite_url)
     path = write_request(tmp_path, data)
+    before = len(writes(sandbox))
 
     refused = run_cli("invoice", str(path), "--no-wait", env=env)
 
     assert refused.returncode == 4, (refused.stdout, refused.stderr)
-    stripe_says = f"A price (`{archived.id}`) already uses that lookup key"
     (message,) = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
-    assert message.startswith("error: acme:refused: InvalidRequestError HTTP 400")
-    assert stripe_says in message
+    assert message.startswith("error: acme:refused: ArchivedPrice")
+    assert f"price {archived.id}" in message
+    assert "reactivate it in the Dashboard" in message
     assert refused.stdout == ""
-    assert not any(e["path"].startswith("/v1/invoices") for e in writes(sandbox))
+    # (The customer branch runs in parallel and may create the customer: harmless, idempotent.)
+    later = [e["path"] for e in writes(sandbox)[before:]]
+    assert not [p for p in later if p.startswith(("/v1/prices", "/v1/invoices"))], later
 
     status = json.loads(run_cli("status", "acme:refused", "--json", env=env).stdout)
     assert status["state"] == "failed"
     assert status["stripe_invoice_id"] is None
-    assert stripe_says in status["last_error"]
+    assert "is archived in Stripe" in status["last_error"]
