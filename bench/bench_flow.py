@@ -34,10 +34,7 @@ import logging
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -55,7 +52,6 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 KEY = "sk_test_bench"
 WRITE_METHODS = ("POST", "DELETE")
 MAX_LINES = 250
-SERVER_START_TIMEOUT_S = 120
 CUSTOMERS = [
     ("acme", "Acme Corp"),
     ("initech", "Initech GmbH"),
@@ -99,65 +95,19 @@ def prefect_503s() -> int | None:
         return sum(SERVER_503 in line for line in log)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def prefect_server() -> Iterator[str]:
-    """`prefect server start` in a temporary PREFECT_HOME, as tests/conftest.py does."""
+    """A throwaway Prefect server, as the tests use, unless PREFECT_API_URL is set."""
     if os.environ.get("PREFECT_API_URL"):
         yield f"{os.environ['PREFECT_API_URL']} (from PREFECT_API_URL)"
         return
-    import httpx
+    from invoiceflow.local_prefect import local_prefect_server
 
-    home = Path(tempfile.mkdtemp(prefix="invoiceflow-bench-prefect-"))
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_UI_ENABLED": "false",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_LOGGING_LEVEL": "INFO",  # its access log, for counting 503s
-        "PYTHONUNBUFFERED": "1",
-    }
-    log = (home / "server.log").open("wb")
-    command = [sys.executable, "-m", "prefect", "server", "start"]
-    server = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    started = time.monotonic()
-    try:
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() - started > SERVER_START_TIMEOUT_S:
-                raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}")
-            time.sleep(0.25)
-        os.environ["PREFECT_API_URL"] = url
-        os.environ["PREFECT_HOME"] = str(home)
-        SERVER_LOG.append(home / "server.log")
-        yield f"{url} (started in {time.monotonic() - started:.0f} s)"
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
-        shutil.rmtree(home, ignore_errors=True)
+    # INFO: the server's access log, for counting its 503s.
+    extra = {"PREFECT_SERVER_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
+    with local_prefect_server(**extra) as server:
+        SERVER_LOG.append(server.log_path)
+        yield f"{server.api_url} (started in {server.started_in_seconds:.0f} s)"
 
 
 @contextmanager

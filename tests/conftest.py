@@ -4,18 +4,14 @@ databases, and a real Prefect server for everything that runs a flow."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import stripe
 
@@ -56,59 +52,10 @@ def prefect_api() -> Iterator[str]:
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
-    home = Path(tempfile.mkdtemp(prefix="invoiceflow-prefect-"))
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_UI_ENABLED": "false",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    log = (home / "server.log").open("wb")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}")
-        time.sleep(0.25)
-    os.environ["PREFECT_API_URL"] = url
-    try:
-        yield url
-    finally:
-        if "prefect" in sys.modules:  # send buffered run logs while the server is still up
-            from prefect.logging.handlers import APILogWorker
+    from invoiceflow.local_prefect import local_prefect_server
 
-            APILogWorker.drain_all(timeout=5)
-        os.environ.pop("PREFECT_API_URL", None)
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-        shutil.rmtree(home, ignore_errors=True)
+    with local_prefect_server() as server:
+        yield server.api_url
 
 
 # --- Stripe sandbox ----------------------------------------------------------
