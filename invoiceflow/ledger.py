@@ -278,11 +278,6 @@ def record_failure(engine: Engine, request_id: str, owner: str, error: str) -> N
         )
 
 
-def note(session: Session, request_id: str, message: str, **detail: Any) -> None:
-    """An audit entry that does not move the recovery point."""
-    _audit(session, request_id, None, None, message, detail)
-
-
 def _audit(
     session: Session,
     request_id: str,
