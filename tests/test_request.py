@@ -69,27 +69,55 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str]] = [
     ("float amount", with_("items.0.unit_amount", 12.5), "items[0].unit_amount", "minor units"),
     ("bool amount", with_("items.0.unit_amount", True), "items[0].unit_amount", "boolean true"),
     ("string amount", with_("items.0.unit_amount", "1234"), "items[0].unit_amount", "'1234'"),
-    ("amount over max", with_("items.0.unit_amount", MAX_AMOUNT + 1), "items[0].unit_amount",
-     "at most 99999999"),
+    (
+        "amount over max",
+        with_("items.0.unit_amount", MAX_AMOUNT + 1),
+        "items[0].unit_amount",
+        "at most 99999999",
+    ),
     ("price as number", with_("items.1.unit_price", 5.0), "items[1].unit_price", "quote it"),
     ("price negative", with_("items.1.unit_price", "-5"), "items[1].unit_price", "positive"),
     ("price zero", with_("items.1.unit_price", "0.00"), "items[1].unit_price", "zero"),
     ("price exponent", with_("items.1.unit_price", "1e3"), "items[1].unit_price", "exponent"),
     ("price NaN", with_("items.1.unit_price", "NaN"), "items[1].unit_price", "only digits"),
-    ("price not numeric", with_("items.1.unit_price", "five"), "items[1].unit_price",
-     "not a valid amount"),
-    ("both amount and price", with_("items.1", item(unit_amount=1, unit_price="1")), "items[1]",
-     "both given"),
+    (
+        "price not numeric",
+        with_("items.1.unit_price", "five"),
+        "items[1].unit_price",
+        "not a valid amount",
+    ),
+    (
+        "both amount and price",
+        with_("items.1", item(unit_amount=1, unit_price="1")),
+        "items[1]",
+        "both given",
+    ),
     ("neither amount nor price", with_("items.1", item()), "items[1]", "neither given"),
     ("unknown currency", with_("currency", "xyz"), "currency", "not a currency Stripe supports"),
-    ("usd 3 decimals", with_("items.1.unit_price", "12.345"), "items[1].unit_price",
-     "more decimals than USD allows (2); use e.g. '12.34'"),
-    ("jpy decimals", {**with_("items.1.unit_price", "12.5"), "currency": "jpy"},
-     "items[1].unit_price", "JPY allows (0); use e.g. '12'"),
-    ("bhd 4 decimals", {**with_("items.1.unit_price", "1.2345"), "currency": "bhd"},
-     "items[1].unit_price", "BHD allows (3)"),
-    ("bhd last digit", {**with_("items.1.unit_price", "1.234"), "currency": "bhd"},
-     "items[1].unit_price", "must end in 0"),
+    (
+        "usd 3 decimals",
+        with_("items.1.unit_price", "12.345"),
+        "items[1].unit_price",
+        "more decimals than USD allows (2); use e.g. '12.34'",
+    ),
+    (
+        "jpy decimals",
+        {**with_("items.1.unit_price", "12.5"), "currency": "jpy"},
+        "items[1].unit_price",
+        "JPY allows (0); use e.g. '12'",
+    ),
+    (
+        "bhd 4 decimals",
+        {**with_("items.1.unit_price", "1.2345"), "currency": "bhd"},
+        "items[1].unit_price",
+        "BHD allows (3)",
+    ),
+    (
+        "bhd last digit",
+        {**with_("items.1.unit_price", "1.234"), "currency": "bhd"},
+        "items[1].unit_price",
+        "must end in 0",
+    ),
     ("no items", with_("items", []), "items", "at least 1"),
     ("251 items", with_("items", [item(unit_amount=1)] * 251), "items", "at most 250"),
     ("bad email", with_("customer.email", "billing@acme"), "customer.email", "valid email"),
@@ -99,31 +127,58 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str]] = [
     ("missing items", with_("items", DELETE), "items", "is required"),
     ("missing email", with_("customer.email", DELETE), "customer.email", "is required"),
     ("unknown field", with_("due_days", 3), "due_days", "unknown field"),
-    ("misspelt item field", with_("items.0.quantiy", 3), "items[0].quantiy",
-     "did you mean 'quantity'"),
+    (
+        "misspelt item field",
+        with_("items.0.quantiy", 3),
+        "items[0].quantiy",
+        "did you mean 'quantity'",
+    ),
     ("request_id too long", with_("request_id", "r" * 129), "request_id", "at most 128"),
     ("request_id bad chars", with_("request_id", "a/b c"), "request_id", "remove ' ', '/'"),
     ("sku bad chars", with_("items.0.sku", "wid get!"), "items[0].sku", "remove ' ', '!'"),
     ("sku empty", with_("items.0.sku", ""), "items[0].sku", "must not be empty"),
-    ("sku clash", with_("items.1", {"sku": "widget", "name": "Other", "unit_amount": 1}),
-     "items[1].name", "sku 'widget' already named 'Widget' in items[0]; one sku, one name"),
-    ("51 metadata keys", with_("metadata", {f"k{i}": "v" for i in range(51)}), "metadata",
-     "at most 45"),
-    ("46 metadata keys", with_("metadata", {f"k{i}": "v" for i in range(46)}), "metadata",
-     "reserved for invoiceflow"),
-    ("long metadata key", with_("metadata", {"k" * 41: "v"}), "metadata." + "k" * 41,
-     "at most 40"),
+    (
+        "sku clash",
+        with_("items.1", {"sku": "widget", "name": "Other", "unit_amount": 1}),
+        "items[1].name",
+        "sku 'widget' already named 'Widget' in items[0]; one sku, one name",
+    ),
+    (
+        "51 metadata keys",
+        with_("metadata", {f"k{i}": "v" for i in range(51)}),
+        "metadata",
+        "at most 45",
+    ),
+    (
+        "46 metadata keys",
+        with_("metadata", {f"k{i}": "v" for i in range(46)}),
+        "metadata",
+        "reserved for invoiceflow",
+    ),
+    ("long metadata key", with_("metadata", {"k" * 41: "v"}), "metadata." + "k" * 41, "at most 40"),
     ("long metadata value", with_("metadata.po", "v" * 501), "metadata.po", "at most 500"),
     ("bracket metadata key", with_("metadata", {"a[b]": "v"}), "metadata['a[b]']", "'['"),
-    ("reserved metadata key", with_("metadata", {"invoiceflow_request_id": "x"}),
-     "metadata.invoiceflow_request_id", "reserved"),
+    (
+        "reserved metadata key",
+        with_("metadata", {"invoiceflow_request_id": "x"}),
+        "metadata.invoiceflow_request_id",
+        "reserved",
+    ),
     ("metadata number value", with_("metadata.po", 4711), "metadata.po", "quote it"),
     ("quantity zero", with_("items.0.quantity", 0), "items[0].quantity", "at least 1"),
     ("quantity huge", with_("items.0.quantity", 10**7), "items[0].quantity", "at most 1000000"),
-    ("line over max", with_("items.0", item(unit_amount=MAX_AMOUNT, quantity=2)),
-     "items[0].quantity", "exceeds Stripe's maximum of 999999.99 USD"),
-    ("total over max", with_("items", [item(unit_amount=MAX_AMOUNT)] * 2), "items",
-     "invoice total 1999999.98 USD exceeds"),
+    (
+        "line over max",
+        with_("items.0", item(unit_amount=MAX_AMOUNT, quantity=2)),
+        "items[0].quantity",
+        "exceeds Stripe's maximum of 999999.99 USD",
+    ),
+    (
+        "total over max",
+        with_("items", [item(unit_amount=MAX_AMOUNT)] * 2),
+        "items",
+        "invoice total 1999999.98 USD exceeds",
+    ),
     ("days_until_due zero", with_("days_until_due", 0), "days_until_due", "at least 1"),
     ("days_until_due too long", with_("days_until_due", 366), "days_until_due", "at most 365"),
     ("customer not a mapping", with_("customer", "acme"), "customer", "must be a mapping"),
@@ -136,8 +191,9 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str]] = [
     [case[1:] for case in BAD_INPUTS],
     ids=[case[0] for case in BAD_INPUTS],
 )
-def test_bad_input_is_refused_with_field_and_fix(data: dict[str, Any], field: str,
-                                                 fragment: str) -> None:
+def test_bad_input_is_refused_with_field_and_fix(
+    data: dict[str, Any], field: str, fragment: str
+) -> None:
     with pytest.raises(RequestError) as caught:
         parse_request(data)
     messages = {p.field: p.message for p in caught.value.problems}
@@ -158,8 +214,7 @@ def test_all_violations_are_reported_at_once() -> None:
         parse_request(data)
     fields = [p.field for p in caught.value.problems]
     assert sorted(fields) == sorted(
-        ["customer.email", "items[0].unit_amount", "items[1].unit_price", "items[2].name",
-         "colour"]
+        ["customer.email", "items[0].unit_amount", "items[1].unit_price", "items[2].name", "colour"]
     )
     assert len(str(caught.value).splitlines()) == 5
 
@@ -201,12 +256,13 @@ def test_json_and_yaml_files_load_to_the_same_request(tmp_path: Path) -> None:
         ("r.json", '{"request_id": "a",\n "currency": }', "r.json, line 2 column 14: invalid JSON"),
         ("r.json", '{"a": 1, "a": 2}', "invalid JSON: duplicate key 'a'"),
         ("r.yaml", "", "got null"),
-        ("r.json", "\"just a string\"", "got the string 'just a string'"),
+        ("r.json", '"just a string"', "got the string 'just a string'"),
         ("r.txt", "{}", "use .json, .yaml or .yml"),
     ],
 )
-def test_unloadable_files_name_file_and_line(tmp_path: Path, name: str, text: str,
-                                             fragment: str) -> None:
+def test_unloadable_files_name_file_and_line(
+    tmp_path: Path, name: str, text: str, fragment: str
+) -> None:
     (tmp_path / name).write_text(text)
     with pytest.raises(RequestError) as caught:
         load_request(tmp_path / name)
@@ -233,8 +289,16 @@ def test_json_number_for_unit_price_keeps_its_digits_in_the_message(tmp_path: Pa
 
 @pytest.mark.parametrize(
     ("price", "currency", "minor"),
-    [("12.34", "usd", 1234), ("12.340", "usd", 1234), ("12", "usd", 1200), ("0.01", "eur", 1),
-     ("1200", "jpy", 1200), ("1.234", "bhd", 1234), ("0.5", "kwd", 500), ("7", "KRW", 7)],
+    [
+        ("12.34", "usd", 1234),
+        ("12.340", "usd", 1234),
+        ("12", "usd", 1200),
+        ("0.01", "eur", 1),
+        ("1200", "jpy", 1200),
+        ("1.234", "bhd", 1234),
+        ("0.5", "kwd", 500),
+        ("7", "KRW", 7),
+    ],
 )
 def test_to_minor_units_is_exact(price: str, currency: str, minor: int) -> None:
     assert to_minor_units(price, currency) == minor
@@ -242,16 +306,26 @@ def test_to_minor_units_is_exact(price: str, currency: str, minor: int) -> None:
 
 @pytest.mark.parametrize(
     ("price", "currency", "fragment"),
-    [("12.345", "usd", "use e.g. '12.34'"), ("12.5", "jpy", "use e.g. '12'"),
-     ("1.2345", "bhd", "use e.g. '1.234'"), ("0.001", "usd", "use e.g. '0.01'"),
-     ("-1", "usd", "positive"), ("0", "usd", "zero"), ("1e3", "usd", "exponent"),
-     ("NaN", "usd", "only digits"), ("Infinity", "usd", "only digits"),
-     (" 1", "usd", "only digits"), ("1,5", "eur", "only digits"),
-     ("1000000.00", "usd", "maximum amount of 999999.99 USD"),
-     ("1", "xyz", "not a currency"), ("9" * 50, "usd", "50 characters")],
+    [
+        ("12.345", "usd", "use e.g. '12.34'"),
+        ("12.5", "jpy", "use e.g. '12'"),
+        ("1.2345", "bhd", "use e.g. '1.234'"),
+        ("0.001", "usd", "use e.g. '0.01'"),
+        ("-1", "usd", "positive"),
+        ("0", "usd", "zero"),
+        ("1e3", "usd", "exponent"),
+        ("NaN", "usd", "only digits"),
+        ("Infinity", "usd", "only digits"),
+        (" 1", "usd", "only digits"),
+        ("1,5", "eur", "only digits"),
+        ("1000000.00", "usd", "maximum amount of 999999.99 USD"),
+        ("1", "xyz", "not a currency"),
+        ("9" * 50, "usd", "50 characters"),
+    ],
 )
-def test_to_minor_units_refuses_rather_than_rounds(price: str, currency: str,
-                                                   fragment: str) -> None:
+def test_to_minor_units_refuses_rather_than_rounds(
+    price: str, currency: str, fragment: str
+) -> None:
     with pytest.raises(ValueError, match=re.escape(fragment)):
         to_minor_units(price, currency)
 
@@ -276,8 +350,9 @@ def test_currency_facts() -> None:
     [("usd", "19.99", 1999), ("jpy", "1500", 1500), ("bhd", "2.500", 2500), ("kwd", "0.25", 250)],
 )
 def test_unit_price_resolves_to_unit_amount(currency: str, price: str, minor: int) -> None:
-    request = parse_request({**valid(), "currency": currency,
-                             "items": [item(unit_price=price, quantity=3)]})
+    request = parse_request(
+        {**valid(), "currency": currency, "items": [item(unit_price=price, quantity=3)]}
+    )
     assert request.items[0].unit_amount == minor
     assert request.total_amount() == 3 * minor
     assert "unit_price" not in request.model_dump()["items"][0]
@@ -303,9 +378,16 @@ def test_fingerprint_is_the_same_for_equivalent_content() -> None:
 
 @pytest.mark.parametrize(
     ("path", "value"),
-    [("items.1.unit_price", "5.01"), ("items.0.quantity", 3), ("currency", "eur"),
-     ("customer.email", "other@acme.example"), ("metadata.po", "4712"), ("days_until_due", 14),
-     ("request_id", "acme:2024-07"), ("description", "June")],
+    [
+        ("items.1.unit_price", "5.01"),
+        ("items.0.quantity", 3),
+        ("currency", "eur"),
+        ("customer.email", "other@acme.example"),
+        ("metadata.po", "4712"),
+        ("days_until_due", 14),
+        ("request_id", "acme:2024-07"),
+        ("description", "June"),
+    ],
 )
 def test_fingerprint_changes_with_content(path: str, value: Any) -> None:
     assert parse_request(with_(path, value)).fingerprint() != parse_request(valid()).fingerprint()
