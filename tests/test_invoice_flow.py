@@ -62,18 +62,47 @@ def test_one_request_becomes_one_sent_invoice_and_a_rerun_writes_nothing(
     assert again.state is RecoveryPoint.SENT
     assert len(writes(sandbox)) == before, "a rerun of a finished request wrote to Stripe"
     assert _flow_run_states(f"invoice-{request.request_id}") == ["COMPLETED", "COMPLETED"]
+    _assert_no_secret_stored(engine, f"invoice-{request.request_id}")
 
 
-def _flow_run_states(name: str) -> list[str]:
-    """The states of the Prefect flow runs with this name, from the Prefect server."""
+def _assert_no_secret_stored(engine: Any, run_name: str) -> None:
+    """The API key reaches neither our tables nor Prefect's record of the runs."""
+    from sqlalchemy import text
+
+    from tests.conftest import TEST_KEY
+
+    with engine.connect() as connection:
+        for table in (
+            "billing_request",
+            "request_line",
+            "stripe_write",
+            "audit_log",
+            "stripe_customer",
+            "stripe_product",
+            "stripe_price",
+        ):
+            for row in connection.execute(text(f"SELECT * FROM {table}")):
+                assert TEST_KEY not in repr(tuple(row)), table
+    runs = _flow_runs(run_name)
+    assert runs
+    assert all(TEST_KEY not in repr(run.parameters) for run in runs)
+
+
+def _flow_runs(name: str) -> list[Any]:
+    """The Prefect flow runs with this name, read back from the Prefect server."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        return list(
+            client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+            )
         )
-    return [run.state_type.value for run in runs if run.state_type]
+
+
+def _flow_run_states(name: str) -> list[str]:
+    return [run.state_type.value for run in _flow_runs(name) if run.state_type]
 
 
 def test_await_paid_records_the_payment(sandbox: Any, stripe_client: stripe.StripeClient) -> None:
