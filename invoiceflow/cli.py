@@ -85,8 +85,15 @@ def invoice(
     await_seconds: Annotated[
         float | None, typer.Option(help="How long to await payment (default from settings).")
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the run's log lines as they happen.")
+    ] = False,
 ) -> None:
-    """Run one billing request through the invoice flow."""
+    """Run one billing request through the invoice flow.
+
+    Prints one line: the outcome, or `error: <reason>`. The run's full log is in
+    Prefect (the UI, or `--verbose` here).
+    """
     from invoiceflow.request import RequestError, load_request
     from invoiceflow.settings import SettingsError, get_settings
 
@@ -108,7 +115,7 @@ def invoice(
 
     from invoiceflow.prefect_env import configure_prefect
 
-    configure_prefect()
+    configure_prefect(quiet_console=not verbose)
     from flows.invoice import invoice_flow
 
     try:

@@ -94,8 +94,7 @@ def run_demo() -> int:
         from invoiceflow.prefect_env import configure_prefect
         from invoiceflow.runtime import reset_runtime
 
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        configure_prefect()
+        configure_prefect(quiet_console=True)  # the demo prints its own story
         reset_runtime()
         _say(f"Stripe sandbox on {sandbox.url}; state in {DEMO_DB}")
         if not os.environ.get("PREFECT_API_URL"):

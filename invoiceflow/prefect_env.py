@@ -5,6 +5,7 @@ Only defaults: anything the operator exported wins.
 
 from __future__ import annotations
 
+import logging
 import os
 
 _DEFAULTS = {
@@ -12,12 +13,25 @@ _DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # No "Run 'prefect cloud login'" style nags in a CLI that prints its own summary.
     "PREFECT_CLI_PROMPT": "false",
+    # Our own business log lines ("Created draft invoice…", retries) go to the
+    # Prefect API too, so a run's page in the UI tells the whole story.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "invoiceflow",
+    # …but lines logged outside any run (the in-process sandbox, `status`) have
+    # no run to belong to: keep them off the API without a warning each.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     # Local mode's temporary server creates and migrates its database on first
     # start; on a fresh machine with two busy cores that outlasts Prefect's 20 s.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
-def configure_prefect() -> None:
+def configure_prefect(*, quiet_console: bool = False) -> None:
+    """Apply our defaults. `quiet_console`: print nothing of Prefect's own run
+    logs (their tracebacks included) on the terminal; they still reach the API."""
     for name, value in _DEFAULTS.items():
         os.environ.setdefault(name, value)
+    ours = logging.getLogger("invoiceflow")
+    if ours.level == logging.NOTSET:  # business lines are INFO; the root default is WARNING
+        ours.setLevel(logging.INFO)
+    if quiet_console:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")

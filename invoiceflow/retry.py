@@ -116,12 +116,18 @@ def call_with_retries(
             attempt += 1
 
 
+# Longest failure description we log or store; Stripe's connection errors
+# carry whole urllib3 chains in their message.
+MAX_DESCRIPTION = 300
+
+
 def describe(exc: BaseException) -> str:
-    """A one-line, secret-free description of a Stripe failure for logs and the ledger."""
+    """A one-line, secret-free description of a failure for logs and the ledger."""
     if isinstance(exc, stripe.StripeError):
         status = f"HTTP {exc.http_status} " if exc.http_status else ""
         code = f"{exc.code}: " if exc.code else ""
-        return (
-            f"{type(exc).__name__} {status}{code}{exc.user_message or exc._message or ''}".strip()
-        )
-    return f"{type(exc).__name__}: {exc}"
+        text = f"{type(exc).__name__} {status}{code}{exc.user_message or exc._message or ''}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…"
