@@ -4,7 +4,6 @@ databases, and a real Prefect server for everything that runs a flow."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -34,12 +33,6 @@ FAST_RETRIES = {
 }
 for _name, _value in FAST_RETRIES.items():
     os.environ.setdefault(_name, _value)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- Prefect ---------------------------------------------------------------
