@@ -126,17 +126,13 @@ def _prepare_catalog_and_customer(request: BillingRequest, owner: str) -> None:
     """The two parallel branches, joined at `catalog_ready`."""
     request_id = request.request_id
     customer = billing.ensure_customer.submit(request_id, owner)
-    prices: list[PrefectFuture[str]] = []
     products: dict[str, PrefectFuture[str]] = {}
-    price_keys: set[tuple[str, int]] = set()
+    prices: dict[tuple[str, int], PrefectFuture[str]] = {}  # one per sku and amount
     for item in request.items:
         if item.sku not in products:
             products[item.sku] = billing.ensure_product.submit(item.sku, item.name, request_id)
-        if (item.sku, item.unit_amount) in price_keys:
-            continue
-        price_keys.add((item.sku, item.unit_amount))
-        prices.append(
-            billing.ensure_price.submit(
+        if (item.sku, item.unit_amount) not in prices:
+            prices[item.sku, item.unit_amount] = billing.ensure_price.submit(
                 item.sku,
                 request.currency,
                 item.unit_amount,
@@ -145,9 +141,8 @@ def _prepare_catalog_and_customer(request: BillingRequest, owner: str) -> None:
                 cast(str, products[item.sku]),
                 request_id,
             )
-        )
     # .result() re-raises a branch's failure here, before anything depends on it.
     customer.result()
-    for price in prices:
+    for price in prices.values():
         price.result()
     billing.mark_catalog_ready(request_id, owner)
