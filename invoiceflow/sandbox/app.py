@@ -101,6 +101,9 @@ class SandboxApp:
         if scope["type"] != "http":
             return
         body = await _read_body(receive)
+        if body is None:
+            log.info("%s %s -> client gone before its body arrived", scope["method"], scope["path"])
+            return
         started = time.perf_counter()
         method: str = scope["method"]
         path: str = scope["path"]
@@ -379,10 +382,17 @@ def _error_response(error: errors.StripeError, base_headers: list[tuple[str, str
     return Response.json(error.status, error.body(), [*base_headers, *error.headers.items()])
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when the client went away before sending all of it.
+
+    A request Stripe never fully received is never executed: executing a truncated
+    body would store its idempotency key with parameters the client never meant.
+    """
     chunks = []
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)

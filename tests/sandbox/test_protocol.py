@@ -262,6 +262,34 @@ def test_stall_before_write_writes_nothing(
     assert client.v1.products.create({"name": "x"}, {"idempotency_key": "s-1"}).name == "x"
 
 
+def test_a_truncated_body_is_never_executed(
+    sandbox: RunningSandbox, client: stripe.StripeClient
+) -> None:
+    """A client killed mid-send: Stripe never ran it, so its key stays unused."""
+    import socket
+    from urllib.parse import urlsplit
+
+    body = b"name=complete-product&metadata[k]=v"
+    host, port = urlsplit(sandbox.url).hostname, urlsplit(sandbox.url).port
+    with socket.create_connection((host, port)) as sock:
+        sock.sendall(
+            b"POST /v1/products HTTP/1.1\r\nHost: sandbox\r\n"
+            + f"Authorization: Bearer {API_KEY}\r\n".encode()
+            + b"Idempotency-Key: trunc-1\r\n"
+            + b"Content-Type: application/x-www-form-urlencoded\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
+        time.sleep(0.1)
+    time.sleep(0.2)  # let the server notice the disconnect
+
+    assert client.v1.products.list().data == []
+    product = client.v1.products.create(
+        {"name": "complete-product", "metadata": {"k": "v"}}, {"idempotency_key": "trunc-1"}
+    )
+    assert product.name == "complete-product"
+
+
 def test_scripted_429_and_409_then_sdk_retries(
     sandbox: RunningSandbox, retrying_client: stripe.StripeClient
 ) -> None:
