@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from invoiceflow.db.engine import transaction
+from invoiceflow import progress
+from invoiceflow.db.engine import insert_if_absent, reading, transaction
 from invoiceflow.db.models import (
     AuditEvent,
     BillingRequestRow,
@@ -50,8 +51,10 @@ class RequestNotFound(LookupError):
     pass
 
 
-# How often a run waiting for another run's lease checks again.
+# How often a run waiting for another run's lease checks again, and how often
+# it says that it is still waiting.
 LEASE_POLL_SECONDS = 0.2
+LEASE_WAIT_NOTE_SECONDS = 10.0
 
 
 def submit(engine: Engine, request: BillingRequest) -> BillingRequestRow:
@@ -116,7 +119,7 @@ def _new_lines(request: BillingRequest) -> list[RequestLine]:
 
 
 def load(engine: Engine, request_id: str) -> BillingRequestRow | None:
-    with Session(engine, expire_on_commit=False) as session:
+    with reading(engine) as session:
         return session.get(BillingRequestRow, request_id)
 
 
@@ -128,14 +131,14 @@ def require(engine: Engine, request_id: str) -> BillingRequestRow:
 
 
 def list_requests(engine: Engine) -> Sequence[BillingRequestRow]:
-    with Session(engine, expire_on_commit=False) as session:
+    with reading(engine) as session:
         return session.exec(
             select(BillingRequestRow).order_by(col(BillingRequestRow.created_at))
         ).all()
 
 
 def lines(engine: Engine, request_id: str) -> list[RequestLine]:
-    with Session(engine, expire_on_commit=False) as session:
+    with reading(engine) as session:
         return lines_in(session, request_id)
 
 
@@ -150,7 +153,7 @@ def lines_in(session: Session, request_id: str) -> list[RequestLine]:
 
 
 def audit_trail(engine: Engine, request_id: str) -> list[AuditEvent]:
-    with Session(engine, expire_on_commit=False) as session:
+    with reading(engine) as session:
         statement = (
             select(AuditEvent)
             .where(AuditEvent.request_id == request_id)
@@ -165,41 +168,75 @@ def audit_trail(engine: Engine, request_id: str) -> list[AuditEvent]:
 def acquire_lease(engine: Engine, request_id: str, owner: str, ttl_seconds: float) -> bool:
     """Take (or renew) the request's lease if it is free, expired or already ours.
 
-    A single conditional UPDATE: atomic on PostgreSQL and SQLite alike, so of two
-    runs racing for a request exactly one sees rowcount 1.
+    The row is locked first and "now" read only then: a run that waited for
+    the lock (behind a slow or paused transaction) judges expiry, and gets a
+    lease that runs, from the moment it actually holds the row.
     """
-    now = time.time()
     with transaction(engine) as session:
-        result = session.execute(
-            update(BillingRequestRow)
-            .where(col(BillingRequestRow.request_id) == request_id)
-            .where(
-                or_(
-                    col(BillingRequestRow.lease_owner).is_(None),
-                    col(BillingRequestRow.lease_owner) == owner,
-                    col(BillingRequestRow.lease_expires_at) < now,
-                )
-            )
-            .values(lease_owner=owner, lease_expires_at=now + ttl_seconds)
-        )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        row = session.exec(
+            select(BillingRequestRow)
+            .where(BillingRequestRow.request_id == request_id)
+            .with_for_update()
+        ).one_or_none()
+        if row is None:
+            raise RequestNotFound(f"no request {request_id!r}")
+        now = time.time()
+        free = row.lease_owner is None or (row.lease_expires_at or 0) < now
+        if not free and row.lease_owner != owner:
+            return False
+        row.lease_owner = owner
+        row.lease_expires_at = now + ttl_seconds
+        session.add(row)
+        return True
+
+
+def renew_lease(engine: Engine, request_id: str, owner: str, ttl_seconds: float) -> bool:
+    """Extend a lease this run still holds; False once another run took it (or it was released).
+
+    A lease that expired while nobody else took it is still ours to renew:
+    no other run has acted on the request in between.
+    """
+    with transaction(engine) as session:
+        row = session.exec(
+            select(BillingRequestRow)
+            .where(BillingRequestRow.request_id == request_id)
+            .with_for_update()
+        ).one_or_none()
+        if row is None or row.lease_owner != owner:
+            return False
+        row.lease_expires_at = time.time() + ttl_seconds
+        session.add(row)
+        return True
 
 
 def wait_for_lease(
     engine: Engine, request_id: str, owner: str, ttl_seconds: float, patience_seconds: float
-) -> None:
-    """Take the lease, waiting while another run holds it.
+) -> float:
+    """Take the lease, waiting while another run holds it; returns the monotonic
+    time just before the successful attempt (the lease runs from no earlier).
 
     A second run of the same request (a retry racing a schedule, a double click)
     waits for the first to finish and then finds the work done.
     """
     deadline = time.monotonic() + patience_seconds
-    while not acquire_lease(engine, request_id, owner, ttl_seconds):
+    said = progress.Throttle(every=LEASE_WAIT_NOTE_SECONDS)
+    while True:
+        attempt_at = time.monotonic()
+        if acquire_lease(engine, request_id, owner, ttl_seconds):
+            return attempt_at
+        holder = load(engine, request_id)
+        holder_name = holder.lease_owner if holder else "unknown"
         if time.monotonic() >= deadline:
-            holder = load(engine, request_id)
             raise RequestBusy(
                 f"request {request_id!r} is being processed by another run "
-                f"({holder.lease_owner if holder else 'unknown'}); try again later"
+                f"({holder_name}); try again later"
+            )
+        if said.due():
+            progress.note(
+                "waiting for another run (%s) that is processing %s; up to %.0fs more",
+                holder_name,
+                request_id,
+                max(0.0, deadline - time.monotonic()),
             )
         time.sleep(LEASE_POLL_SECONDS)
 
@@ -265,6 +302,29 @@ def advance(
     _audit(session, row.request_id, previous, to, message, detail)
 
 
+def rewind(
+    session: Session,
+    row: BillingRequestRow,
+    to: RecoveryPoint,
+    message: str,
+    **detail: Any,
+) -> None:
+    """Move the recovery point back — only when Stripe lost what the later
+    points stood for (a draft deleted in the Dashboard) — and audit why."""
+    previous = row.point
+    row.progress_point = row.recovery_point = to.value
+    row.updated_at = utcnow()
+    session.add(row)
+    _audit(session, row.request_id, previous, to, message, detail)
+
+
+def note(session: Session, row: BillingRequestRow, message: str, **detail: Any) -> None:
+    """Audit something that happened to the request without moving it."""
+    row.updated_at = utcnow()
+    session.add(row)
+    _audit(session, row.request_id, None, None, message, detail)
+
+
 def record_failure(engine: Engine, request_id: str, owner: str, error: str) -> None:
     """Mark the request failed with the reason; its progress point is kept for a rerun."""
     with locked(engine, request_id, owner) as (session, row):
@@ -311,16 +371,28 @@ class Intent:
 
 
 def intend(engine: Engine, key: str, step: str, request_id: str | None) -> Intent:
-    """Record, before calling Stripe, that we are about to write under `key`."""
+    """Record, before calling Stripe, that we are about to write under `key`.
+
+    INSERT … ON CONFLICT DO NOTHING, then count the call under the row lock:
+    two runs recording the same first intent at once both succeed, and exactly
+    one of them sees it as new.
+    """
     with transaction(engine) as session:
-        write = session.get(StripeWrite, key, with_for_update=True)
-        if write is None:
-            write = StripeWrite(idempotency_key=key, step=step, request_id=request_id, calls=1)
-            session.add(write)
-            return Intent(key, seen_before=False, intended_at=write.intended_at)
+        insert_if_absent(
+            session,
+            StripeWrite,
+            "idempotency_key",
+            idempotency_key=key,
+            step=step,
+            request_id=request_id,
+            calls=0,
+            intended_at=utcnow(),
+        )
+        write = session.get(StripeWrite, key, with_for_update=True, populate_existing=True)
+        assert write is not None
         write.calls += 1
         session.add(write)
-        return Intent(key, seen_before=True, intended_at=write.intended_at)
+        return Intent(key, seen_before=write.calls > 1, intended_at=write.intended_at)
 
 
 def fulfil(session: Session, key: str, stripe_object_id: str) -> None:
@@ -334,7 +406,7 @@ def fulfil(session: Session, key: str, stripe_object_id: str) -> None:
 
 
 def writes_for(engine: Engine, request_id: str) -> list[StripeWrite]:
-    with Session(engine, expire_on_commit=False) as session:
+    with reading(engine) as session:
         statement = (
             select(StripeWrite)
             .where(StripeWrite.request_id == request_id)

@@ -1,9 +1,17 @@
-"""Database engines for SQLite (default) and PostgreSQL, and the session helper.
+"""Database engines for SQLite (default) and PostgreSQL, and the session helpers.
 
-SQLite: every transaction starts with BEGIN IMMEDIATE so that two processes
-racing for the same request serialise on the write lock up front instead of
-deadlocking when a reader later tries to write; WAL lets readers proceed.
-PostgreSQL: row locks (SELECT … FOR UPDATE) do the same job per request.
+Two kinds of session:
+- `transaction(engine)`: a read-write transaction. On SQLite it starts with
+  BEGIN IMMEDIATE, so two processes racing for the same request serialise on
+  the write lock up front instead of deadlocking when a reader later tries to
+  write. On PostgreSQL, row locks (SELECT … FOR UPDATE) do the same per request.
+- `reading(engine)`: a read-only session. On SQLite it starts a plain deferred
+  BEGIN: under WAL it never takes the write lock, so a paused or slow reader
+  can never block another run's writes.
+
+Waits are bounded on both backends: a stalled transaction (a paused process,
+a hung disk) makes the others fail after a bounded time with a clear error
+instead of holding them past their patience and their lease.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 from sqlalchemy import event
@@ -21,6 +30,15 @@ from sqlmodel import Session, create_engine
 # failing. Our transactions are milliseconds long; 30 s only matters when a
 # disk stalls, and failing then is better than waiting forever.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+# PostgreSQL: how long a statement may wait for a row lock, how long any
+# statement may run, and how long a session may sit idle inside a transaction
+# before the server ends it (and releases its locks). The last one is what
+# frees the requests a SIGSTOPped or hung process was holding.
+PG_LOCK_TIMEOUT_MS = 15_000
+PG_STATEMENT_TIMEOUT_MS = 60_000
+PG_IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
+# Marks connections that should begin with BEGIN IMMEDIATE on SQLite.
+_WRITE_OPTION = "invoiceflow_write"
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
@@ -40,7 +58,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        writes = connection.get_execution_options().get(_WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
 def make_engine(url: str) -> Engine:
@@ -53,7 +72,17 @@ def make_engine(url: str) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    options = (
+        f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS} "
+        f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+    )
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        connect_args={"options": options, "connect_timeout": 10},
+    )
 
 
 def get_engine(url: str) -> Engine:
@@ -62,6 +91,10 @@ def get_engine(url: str) -> Engine:
         engine = _engines.get(url)
         if engine is None:
             from invoiceflow.db.migrate import upgrade
+            from invoiceflow.paths import default_database_path, default_database_url
+
+            if url == default_database_url():  # only our own default: never guess a user's
+                default_database_path().parent.mkdir(parents=True, exist_ok=True)
 
             engine = make_engine(url)
             upgrade(engine)
@@ -76,8 +109,39 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
+@cache
+def writer(engine: Engine) -> Engine:
+    """The same engine (pool, listeners), its transactions marked as writes."""
+    return engine.execution_options(**{_WRITE_OPTION: True})
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
-    """A session whose work commits on success and rolls back on any error."""
-    with Session(engine, expire_on_commit=False) as session, session.begin():
+    """A read-write session whose work commits on success and rolls back on any error."""
+    with Session(writer(engine), expire_on_commit=False) as session, session.begin():
         yield session
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Session]:
+    """A read-only session: never takes SQLite's write lock; objects stay usable after."""
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+
+
+def insert_if_absent(session: Session, model: type[Any], key: str, **values: Any) -> None:
+    """INSERT … ON CONFLICT (key) DO NOTHING, in the caller's transaction.
+
+    Two runs inserting the same first row at once both succeed; the caller then
+    reads the row (under a lock) and works with whichever insert won.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement: Any = pg_insert(model)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(model)
+    session.execute(statement.values(**values).on_conflict_do_nothing(index_elements=[key]))

@@ -16,6 +16,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from invoiceflow.db.engine import writer
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 # Any fixed 64-bit number: identifies "invoiceflow schema upgrade" among
@@ -45,7 +47,9 @@ def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision; a no-op when it is already there."""
     if current_revision(engine) == head_revision():
         return
-    with engine.begin() as connection:
+    # A write transaction (BEGIN IMMEDIATE on SQLite): concurrent first uses
+    # of one database take turns instead of racing to create the tables.
+    with writer(engine).begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(
                 text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_UPGRADE_LOCK_ID}
