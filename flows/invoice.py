@@ -23,8 +23,9 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from invoiceflow import ledger
+from invoiceflow import lease, ledger
 from invoiceflow.db.models import RecoveryPoint
+from invoiceflow.invoicing import DraftGone
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import describe
 from invoiceflow.runtime import get_runtime
@@ -77,41 +78,48 @@ def invoice_flow(
     record_request(request)
 
     owner = _new_owner()
-    ledger.wait_for_lease(
-        rt.engine,
-        request_id,
-        owner,
-        rt.settings.lease_seconds,
-        patience_seconds=rt.settings.lease_seconds,
-    )
-    try:
-        row = ledger.start_attempt(rt.engine, request_id, owner)
-        logger.info("Request %s (%s) at %s", request_id, row.customer_key, row.recovery_point)
-        if not row.progress.reached(RecoveryPoint.SENT):
-            _prepare_catalog_and_customer(request, owner)
-            billing.create_invoice(request_id, owner)
-            billing.add_items(request_id, owner)
-            billing.finalize(request_id, owner)
-            billing.send(request_id, owner)
-        if wait_for_payment:
-            timeout = await_paid_seconds
-            if timeout is None:
-                timeout = rt.settings.await_paid_seconds
-            billing.await_paid(request_id, owner, timeout)
-    except ledger.LeaseLost:
-        raise  # the run that took over owns the request's state now
-    except Exception as exc:
-        _record_failure(request_id, owner, exc)
-        raise
-    finally:
+    ttl = rt.settings.lease_seconds
+    # The lease is renewed for as long as this run lives; a run that loses it
+    # anyway (paused past it, taken over) stops before its next Stripe write.
+    with lease.held(rt.engine, request_id, owner, ttl, patience_seconds=ttl):
         try:
-            ledger.release_lease(rt.engine, request_id, owner)
-        except Exception:  # the lease expires on its own; never mask the run's outcome
-            logger.exception("Could not release the lease on %s", request_id)
+            row = ledger.start_attempt(rt.engine, request_id, owner)
+            logger.info("Request %s (%s) at %s", request_id, row.customer_key, row.recovery_point)
+            if not row.progress.reached(RecoveryPoint.SENT):
+                _prepare_catalog_and_customer(request, owner)
+                _draft_to_sent(request_id, owner)
+            if wait_for_payment:
+                timeout = await_paid_seconds
+                if timeout is None:
+                    timeout = rt.settings.await_paid_seconds
+                billing.await_paid(request_id, owner, timeout)
+        except ledger.LeaseLost:
+            raise  # the run that took over owns the request's state now
+        except Exception as exc:
+            _record_failure(request_id, owner, exc)
+            raise
 
     status = RequestStatus.from_row(ledger.require(rt.engine, request_id))
     logger.info("%s", status.one_line())
     return status
+
+
+def _draft_to_sent(request_id: str, owner: str) -> None:
+    """create invoice → add items → finalize → send.
+
+    A draft deleted in the Dashboard before it was finalized sends the request
+    back to `catalog_ready` once, and a new draft is made.
+    """
+    for attempt in (1, 2):
+        try:
+            billing.create_invoice(request_id, owner)
+            billing.add_items(request_id, owner)
+            billing.finalize(request_id, owner)
+            break
+        except DraftGone:
+            if attempt == 2:
+                raise
+    billing.send(request_id, owner)
 
 
 def _record_failure(request_id: str, owner: str, exc: BaseException) -> None:
@@ -126,23 +134,21 @@ def _prepare_catalog_and_customer(request: BillingRequest, owner: str) -> None:
     """The two parallel branches, joined at `catalog_ready`."""
     request_id = request.request_id
     customer = billing.ensure_customer.submit(request_id, owner)
-    products: dict[str, PrefectFuture[str]] = {}
-    prices: dict[tuple[str, int], PrefectFuture[str]] = {}  # one per sku and amount
-    for item in request.items:
-        if item.sku not in products:
-            products[item.sku] = billing.ensure_product.submit(item.sku, item.name, request_id)
-        if (item.sku, item.unit_amount) not in prices:
-            prices[item.sku, item.unit_amount] = billing.ensure_price.submit(
-                item.sku,
-                request.currency,
-                item.unit_amount,
-                # Prefect resolves a future passed as an argument (and waits for
-                # it); its type hints only know the resolved type.
-                cast(str, products[item.sku]),
-                request_id,
-            )
+    products = {
+        item.sku: billing.ensure_product.submit(item.sku, item.name, request_id)
+        for item in {item.sku: item for item in request.items}.values()
+    }
+    # Resolved here, not passed on as futures: a failed product then reports
+    # its own cause, and prices need no lookups of upstream task runs.
+    product_ids = {sku: future.result() for sku, future in products.items()}
+    prices = [
+        billing.ensure_price.submit(
+            sku, request.currency, unit_amount, product_ids[sku], request_id
+        )
+        for sku, unit_amount in dict.fromkeys((i.sku, i.unit_amount) for i in request.items)
+    ]
     # .result() re-raises a branch's failure here, before anything depends on it.
     customer.result()
-    for price in prices.values():
+    for price in prices:
         price.result()
     billing.mark_catalog_ready(request_id, owner)

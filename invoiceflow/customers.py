@@ -1,9 +1,20 @@
-"""Ensure the request's customer exists in Stripe exactly once.
+"""Ensure the request's customer exists in Stripe exactly once, with the request's details.
 
-Lookup order: our customer map (authoritative for ids we created), then Stripe
-by email — list is consistent, Search is not — matching our id in metadata,
-then Search by metadata for a customer whose email changed in Stripe, and only
-then create, under a key derived from our customer id.
+One business customer id → exactly one Stripe customer, always:
+- the create is keyed by our customer id alone and carries nothing but that id
+  (in metadata), so every run that creates it — concurrent requests with
+  different details, another machine's ledger — sends the same key with the
+  same params and gets the same customer back;
+- the contact details (email, name) are then set by an update keyed by the
+  request, and a later request with new details updates the same customer
+  before its invoice is created (audited), instead of the invoice going to the
+  old address.
+
+Lookup order before creating: our customer map, then Stripe by email (list is
+consistent, Search is not) matching our id in metadata, then Search by
+metadata (for a customer whose email changed in Stripe; Search lags, but
+anything it misses is younger than Stripe's 24 h key window, where the create
+key replays it).
 """
 
 from __future__ import annotations
@@ -11,59 +22,106 @@ from __future__ import annotations
 import logging
 
 import stripe
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlalchemy.engine import Engine
 
-from invoiceflow import ledger
-from invoiceflow.db.models import CustomerMap, RecoveryPoint
+from invoiceflow import fresh, ledger
+from invoiceflow.db.engine import insert_if_absent, reading, transaction
+from invoiceflow.db.models import CustomerMap, RecoveryPoint, utcnow
 from invoiceflow.request import Customer
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
-from invoiceflow.stripe_keys import META_CUSTOMER_ID, metadata_of, shared_object_key
-from invoiceflow.stripe_write import ensure_shared
+from invoiceflow.stripe_keys import (
+    META_CUSTOMER_ID,
+    idempotency_key,
+    metadata_of,
+    request_step_key,
+)
+from invoiceflow.stripe_write import ensure_shared, write_once
 
 log = logging.getLogger(__name__)
 
 
+class CustomerGone(LookupError):
+    """The Stripe customer our map points at was deleted (or belongs to another account)."""
+
+
 def ensure_customer(rt: Runtime, request_id: str, owner: str) -> str:
-    """Resolve the request's Stripe customer and advance the request to `customer_ready`."""
+    """Resolve the request's Stripe customer, bring its details up to date, and
+    advance the request to `customer_ready`."""
     row = ledger.require(rt.engine, request_id)
     if row.stripe_customer_id is not None:
         return row.stripe_customer_id
     customer = Customer.model_validate(row.payload["customer"])
 
-    key = shared_object_key(
-        "customer", customer.id, {"email": customer.email, "name": customer.name}
-    )
-    params: stripe.params.CustomerCreateParams = {
-        "email": customer.email,
-        "name": customer.name,
-        "metadata": {META_CUSTOMER_ID: customer.id},
-    }
+    known = mapped(rt.engine, customer.id)
+    email: str | None
+    name: str | None
+    keys: list[str] = []  # the write intents this step closes
+    if known is not None:
+        stripe_id, email, name = known.stripe_customer_id, known.email, known.name
+    else:
+        found, create_key = _find_or_create(rt, customer, request_id)
+        stripe_id, email, name = found.id, found.email, found.name
+        keys.append(create_key)
+    if (email, name) != (customer.email, customer.name):
+        try:
+            keys.append(_update_details(rt, request_id, customer, stripe_id))
+        except CustomerGone:
+            forget(rt.engine, customer.id, stripe_id)
+            return ensure_customer(rt, request_id, owner)
+    _commit(rt, request_id, owner, customer, stripe_id, (email, name), keys)
+    return stripe_id
 
-    def create(idempotency_key: str) -> str:
-        created = rt.stripe.v1.customers.create(params, {"idempotency_key": idempotency_key})
+
+def _find_or_create(
+    rt: Runtime, customer: Customer, request_id: str
+) -> tuple[stripe.Customer, str]:
+    params: stripe.params.CustomerCreateParams = {"metadata": {META_CUSTOMER_ID: customer.id}}
+
+    def create(key: str) -> stripe.Customer:
+        created = rt.stripe.v1.customers.create(params, {"idempotency_key": key})
+        fresh.note(created.id, created)
         log.info("Created Stripe customer %s for %s", created.id, customer.id)
-        return created.id
+        return created
 
-    stripe_id, key = ensure_shared(
+    return ensure_shared(
         rt,
-        key=key,
+        key=idempotency_key("customer", customer.id),
         step="customer.create",
         request_id=request_id,
-        find=lambda: _mapped(rt, customer.id) or _find(rt, customer),
+        find=lambda: _find(rt, customer),
         create=create,
         what=f"create customer {customer.id}",
     )
 
-    try:
-        _commit(rt, request_id, owner, customer, stripe_id, key)
-    except IntegrityError:
-        # A concurrent request mapped this customer first; both saw the same
-        # Stripe customer (same key, same params), so take the stored mapping.
-        stripe_id = _mapped(rt, customer.id) or stripe_id
-        _commit(rt, request_id, owner, customer, stripe_id, key, map_customer=False)
-    return stripe_id
+
+def _update_details(rt: Runtime, request_id: str, customer: Customer, stripe_id: str) -> str:
+    """Set the request's email and name on the Stripe customer (keyed by request)."""
+    params: stripe.params.CustomerUpdateParams = {"email": customer.email, "name": customer.name}
+
+    def update(key: str) -> stripe.Customer:
+        try:
+            updated = rt.stripe.v1.customers.update(stripe_id, params, {"idempotency_key": key})
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                raise CustomerGone(stripe_id) from exc
+            raise
+        if getattr(updated, "deleted", False):
+            raise CustomerGone(stripe_id)
+        return updated
+
+    _updated, key = write_once(
+        rt,
+        key=request_step_key(request_id, f"customer.update.{stripe_id}"),
+        step="customer.update",
+        request_id=request_id,
+        write=update,
+        # Setting the same details twice is harmless: nothing to look up first.
+        find=lambda _intent: None,
+        what=f"update customer {customer.id}",
+    )
+    log.info("Customer %s (%s) now has the request's email and name", customer.id, stripe_id)
+    return key
 
 
 def _commit(
@@ -72,40 +130,74 @@ def _commit(
     owner: str,
     customer: Customer,
     stripe_id: str,
-    key: str,
-    map_customer: bool = True,
+    previous: tuple[str | None, str | None],
+    keys: list[str],
 ) -> None:
+    """Map the customer (or refresh its details) and advance the request, in one transaction.
+
+    The map row is the one truth for our customer id: if another request mapped
+    it first, this request takes that mapping.
+    """
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
-        if map_customer and session.get(CustomerMap, customer.id) is None:
-            session.add(
-                CustomerMap(
-                    customer_key=customer.id, stripe_customer_id=stripe_id, email=customer.email
-                )
-            )
+        insert_if_absent(
+            session,
+            CustomerMap,
+            "customer_key",
+            customer_key=customer.id,
+            stripe_customer_id=stripe_id,
+            email=customer.email,
+            created_at=utcnow(),
+        )
+        known = session.get(CustomerMap, customer.id, with_for_update=True, populate_existing=True)
+        assert known is not None
+        if known.stripe_customer_id == stripe_id:
+            known.email, known.name, known.updated_at = customer.email, customer.name, utcnow()
+        session.add(known)
+        for key in keys:
             ledger.fulfil(session, key, stripe_id)
-        row.stripe_customer_id = stripe_id
+        row.stripe_customer_id = known.stripe_customer_id
+        details_changed = previous != (customer.email, customer.name)
         ledger.advance(
-            session, row, RecoveryPoint.CUSTOMER_READY, "customer ready", customer=stripe_id
+            session,
+            row,
+            RecoveryPoint.CUSTOMER_READY,
+            "customer ready",
+            customer=known.stripe_customer_id,
+            **(
+                {"details_updated": {"from": list(previous), "to": [customer.email, customer.name]}}
+                if details_changed
+                else {}
+            ),
         )
 
 
-def _mapped(rt: Runtime, customer_key: str) -> str | None:
-    with Session(rt.engine) as session:
-        known = session.get(CustomerMap, customer_key)
-        return known.stripe_customer_id if known else None
+def mapped(engine: Engine, customer_key: str) -> CustomerMap | None:
+    with reading(engine) as session:
+        return session.get(CustomerMap, customer_key)
 
 
-def _find(rt: Runtime, customer: Customer) -> str | None:
+def forget(engine: Engine, customer_key: str, stripe_id: str) -> None:
+    """Drop a map row that points at a Stripe customer which no longer exists."""
+    with transaction(engine) as session:
+        known = session.get(CustomerMap, customer_key, with_for_update=True)
+        if known is not None and known.stripe_customer_id == stripe_id:
+            session.delete(known)
+    log.warning(
+        "Stripe customer %s of %s no longer exists; resolving it again", stripe_id, customer_key
+    )
+
+
+def _find(rt: Runtime, customer: Customer) -> stripe.Customer | None:
     by_email = call_with_retries(
         lambda: rt.stripe.v1.customers.list({"email": customer.email, "limit": 100}),
         f"find customer {customer.id} by email",
     )
     for candidate in by_email.data:
         if metadata_of(candidate).get(META_CUSTOMER_ID) == customer.id:
-            return candidate.id
+            return candidate
     query = f"metadata['{META_CUSTOMER_ID}']:'{customer.id}'"
     by_metadata = call_with_retries(
         lambda: rt.stripe.v1.customers.search({"query": query, "limit": 2}),
         f"search customer {customer.id}",
     )
-    return by_metadata.data[0].id if by_metadata.data else None
+    return by_metadata.data[0] if by_metadata.data else None

@@ -5,8 +5,10 @@ Each step is an atomic phase in the rocket-rides sense:
 2. record the write intent (its idempotency key, derived from the request id
    and the step) before calling Stripe;
 3. if an earlier attempt recorded the same intent, it may have reached Stripe
-   without our database hearing back — reconcile by *reading* Stripe first
-   (this also covers Stripe's 24 h idempotency window having passed);
+   without our database hearing back — reconcile by *reading* Stripe first.
+   Before the first attempt too, unless the object provably cannot exist yet
+   (`invoiceflow.fresh`): Stripe is the source of truth, and our database may
+   be new, restored or another machine's;
 4. write to Stripe under the key, with retries of transient failures only;
 5. in one transaction: store the Stripe id/state, close the intent, advance the
    recovery point, append to the audit log.
@@ -16,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from functools import partial
 
 import stripe
 
-from invoiceflow import ledger
+from invoiceflow import customers, fresh, ledger, progress
 from invoiceflow.db.models import BillingRequestRow, PriceMap, RecoveryPoint, RequestLine, utcnow
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import call_with_retries
@@ -37,17 +40,26 @@ log = logging.getLogger(__name__)
 LINES_PER_ADD_CALL = 50
 # Largest page Stripe's list endpoints return.
 PAGE_SIZE = 100
-# Events can be created a little before the intent's clock says (clock skew
-# between us and Stripe); look this far back when searching for our own send.
-EVENT_CLOCK_SKEW = timedelta(minutes=5)
+# Stripe keeps events for 30 days; an `invoice.sent` older than this margin
+# may already be gone, so its absence proves nothing.
+EVENT_RETENTION = timedelta(days=29)
 # Polling a sent invoice for payment: start quick (the demo pays at once), back
 # off to this ceiling so a long wait costs few requests.
 AWAIT_POLL_FIRST_SECONDS = 0.5
 AWAIT_POLL_MAX_SECONDS = 15.0
+AWAIT_NOTE_SECONDS = 15.0
 
 
 class InvoiceMismatch(RuntimeError):
     """The Stripe invoice does not hold exactly the request's lines. Never finalized."""
+
+
+class DraftGone(RuntimeError):
+    """Our draft was deleted in Stripe after we recorded it; the request starts a new one."""
+
+
+class SendUnverifiable(RuntimeError):
+    """We cannot tell whether the invoice was emailed (its events are past retention)."""
 
 
 def _request(row: BillingRequestRow) -> BillingRequest:
@@ -88,9 +100,32 @@ def create_invoice(rt: Runtime, request_id: str, owner: str) -> str:
     if row.stripe_invoice_id is not None:
         return row.stripe_invoice_id
     assert row.stripe_customer_id is not None, "create_invoice ran before ensure_customer"
-    request = _request(row)
-    customer_id = row.stripe_customer_id
+    try:
+        invoice, key = _create_draft(rt, row, row.stripe_customer_id)
+    except stripe.InvalidRequestError as exc:
+        if not _is_missing(exc, "customer"):
+            raise
+        # Our customer map points at a customer Stripe no longer has (deleted in
+        # the Dashboard, or a database from another account): resolve it again.
+        customer_id = _replace_customer(rt, request_id, owner, row.stripe_customer_id)
+        invoice, key = _create_draft(rt, ledger.require(rt.engine, request_id), customer_id)
+    log.info("Draft invoice %s for request %s", invoice.id, request_id)
 
+    with ledger.locked(rt.engine, request_id, owner) as (session, row):
+        row.stripe_invoice_id = invoice.id
+        _cache_invoice(row, invoice)
+        ledger.fulfil(session, key, invoice.id)
+        ledger.advance(
+            session, row, RecoveryPoint.DRAFT_CREATED, "draft invoice created", invoice=invoice.id
+        )
+    return invoice.id
+
+
+def _create_draft(
+    rt: Runtime, row: BillingRequestRow, customer_id: str
+) -> tuple[stripe.Invoice, str]:
+    request = _request(row)
+    request_id = request.request_id
     params: stripe.params.InvoiceCreateParams = {
         "customer": customer_id,
         "currency": request.currency,
@@ -105,32 +140,48 @@ def create_invoice(rt: Runtime, request_id: str, owner: str) -> str:
     }
     if request.description:
         params["description"] = request.description
-    invoice, key = write_once(
+
+    def create(key: str) -> stripe.Invoice:
+        created = rt.stripe.v1.invoices.create(params, {"idempotency_key": key})
+        fresh.note(created.id, created)
+        return created
+
+    # The customer is part of the key: a request whose customer had to be
+    # replaced writes anew instead of meeting the old customer's stored answer.
+    return write_once(
         rt,
-        key=request_step_key(request_id, "invoice.create"),
+        key=request_step_key(request_id, f"invoice.create.{customer_id}"),
         step="invoice.create",
         request_id=request_id,
-        write=lambda k: rt.stripe.v1.invoices.create(params, {"idempotency_key": k}),
+        write=create,
         find=lambda _intent: _find_invoice(rt, customer_id, request_id),
         what=f"create invoice for {request_id}",
+        # A customer this process created a moment ago has no invoices yet.
+        look_first=not fresh.is_fresh(customer_id),
+        recheck_replays=True,
     )
-    log.info("Draft invoice %s for request %s", invoice.id, request_id)
 
+
+def _replace_customer(rt: Runtime, request_id: str, owner: str, gone_id: str) -> str:
+    row = ledger.require(rt.engine, request_id)
+    customers.forget(rt.engine, row.customer_key, gone_id)
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
-        row.stripe_invoice_id = invoice.id
-        _cache_invoice(row, invoice)
-        ledger.fulfil(session, key, invoice.id)
-        ledger.advance(
-            session, row, RecoveryPoint.DRAFT_CREATED, "draft invoice created", invoice=invoice.id
-        )
-    return invoice.id
+        row.stripe_customer_id = None
+        ledger.note(session, row, "customer no longer in Stripe; resolving again", customer=gone_id)
+    return customers.ensure_customer(rt, request_id, owner)
+
+
+def _is_missing(exc: stripe.InvalidRequestError, param: str) -> bool:
+    """Stripe's `resource_missing` for the object passed as `param` (or the path's object)."""
+    return exc.code == "resource_missing" and (exc.param or "") == param
 
 
 def _find_invoice(rt: Runtime, customer_id: str, request_id: str) -> stripe.Invoice | None:
     """Our invoice for the request, by metadata, among the customer's invoices.
 
     Listing (not Search, which lags behind writes) finds an invoice created a
-    moment ago by an attempt that crashed before recording it.
+    moment ago by an attempt that crashed before recording it. Deleted drafts
+    are not listed.
     """
     invoices = call_with_retries(
         lambda: rt.stripe.v1.invoices.list({"customer": customer_id, "limit": PAGE_SIZE}),
@@ -150,10 +201,12 @@ def _invoice_lines(rt: Runtime, invoice_id: str) -> Iterator[stripe.InvoiceLineI
     return iter(page.auto_paging_iter())
 
 
-def _lines_on_invoice(rt: Runtime, invoice_id: str) -> dict[int, stripe.InvoiceLineItem]:
+def _by_position(
+    invoice_id: str, stripe_lines: Iterable[stripe.InvoiceLineItem]
+) -> dict[int, stripe.InvoiceLineItem]:
     """The invoice's lines by our line position; a line we did not add is an error."""
     found: dict[int, stripe.InvoiceLineItem] = {}
-    for line in _invoice_lines(rt, invoice_id):
+    for line in stripe_lines:
         position = metadata_of(line).get(META_LINE)
         if position is None or not position.isdigit() or int(position) in found:
             raise InvoiceMismatch(
@@ -164,6 +217,10 @@ def _lines_on_invoice(rt: Runtime, invoice_id: str) -> dict[int, stripe.InvoiceL
     return found
 
 
+def _lines_on_invoice(rt: Runtime, invoice_id: str) -> dict[int, stripe.InvoiceLineItem]:
+    return _by_position(invoice_id, _invoice_lines(rt, invoice_id))
+
+
 def add_items(rt: Runtime, request_id: str, owner: str) -> None:
     """Put exactly the request's lines on the draft, in as few calls as Stripe allows."""
     row = ledger.require(rt.engine, request_id)
@@ -171,18 +228,29 @@ def add_items(rt: Runtime, request_id: str, owner: str) -> None:
         return
     invoice_id = _invoice_id(row)
     request_lines = ledger.lines(rt.engine, request_id)
+    # A draft this process created a moment ago holds no lines; any other may
+    # (another ledger's run, a crash before we recorded a batch): look once.
+    present = {} if fresh.is_fresh(invoice_id) else _present_or_gone(rt, request_id, owner, row)
 
     for batch_no, start in enumerate(range(0, len(request_lines), LINES_PER_ADD_CALL)):
         batch = request_lines[start : start + LINES_PER_ADD_CALL]
+        there = [line.position for line in batch if line.position in present]
+        if len(there) == len(batch):
+            continue
+        if there:
+            raise InvoiceMismatch(
+                f"invoice {invoice_id} holds only part of a batch (lines {there}); "
+                "someone edited the draft — remove those lines in Stripe before resuming"
+            )
         params: stripe.params.InvoiceAddLinesParams = {
             "lines": [_line_params(request_id, line) for line in batch]
         }
         _invoice, key = write_once(
             rt,
-            key=request_step_key(request_id, f"lines.add.{batch_no}"),
+            key=request_step_key(request_id, f"lines.add.{invoice_id}.{batch_no}"),
             step="lines.add",
             request_id=request_id,
-            write=partial(_add_lines, rt, invoice_id, params),
+            write=partial(_add_lines, rt, request_id, owner, invoice_id, params),
             find=partial(_batch_on_invoice, rt, invoice_id, batch),
             what=f"add lines {start}-{start + len(batch) - 1} to {invoice_id}",
         )
@@ -192,10 +260,57 @@ def add_items(rt: Runtime, request_id: str, owner: str) -> None:
     _verify_and_record_lines(rt, request_id, owner, invoice_id, request_lines)
 
 
+def _present_or_gone(
+    rt: Runtime, request_id: str, owner: str, row: BillingRequestRow
+) -> dict[int, stripe.InvoiceLineItem]:
+    invoice_id = _invoice_id(row)
+    try:
+        return _lines_on_invoice(rt, invoice_id)
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            _forget_deleted_draft(rt, request_id, owner, invoice_id)
+        raise
+
+
 def _add_lines(
-    rt: Runtime, invoice_id: str, params: stripe.params.InvoiceAddLinesParams, key: str
+    rt: Runtime,
+    request_id: str,
+    owner: str,
+    invoice_id: str,
+    params: stripe.params.InvoiceAddLinesParams,
+    key: str,
 ) -> stripe.Invoice:
-    return rt.stripe.v1.invoices.add_lines(invoice_id, params, {"idempotency_key": key})
+    try:
+        return rt.stripe.v1.invoices.add_lines(invoice_id, params, {"idempotency_key": key})
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404 and _is_missing(exc, "invoice"):
+            _forget_deleted_draft(rt, request_id, owner, invoice_id)
+        raise
+
+
+def _forget_deleted_draft(rt: Runtime, request_id: str, owner: str, invoice_id: str) -> None:
+    """Our recorded draft is gone from Stripe: back to `catalog_ready`, and say so.
+
+    Only drafts can be deleted, so nothing of it was ever finalized or sent;
+    the next run creates a new draft (the old key replays the deleted one,
+    which `write_once` recognises and steps past).
+    """
+    with ledger.locked(rt.engine, request_id, owner) as (session, row):
+        if row.stripe_invoice_id != invoice_id:
+            return
+        row.stripe_invoice_id = None
+        row.invoice_status = row.invoice_number = row.hosted_invoice_url = None
+        for line in ledger.lines_in(session, request_id):
+            line.stripe_line_id = None
+            session.add(line)
+        ledger.rewind(
+            session,
+            row,
+            RecoveryPoint.CATALOG_READY,
+            "draft deleted in Stripe; a new one will be made",
+            invoice=invoice_id,
+        )
+    raise DraftGone(f"draft {invoice_id} of {request_id} was deleted in Stripe")
 
 
 def _batch_on_invoice(
@@ -215,35 +330,74 @@ def _batch_on_invoice(
     return None
 
 
+def line_text(line: RequestLine) -> str:
+    """What the invoice line reads: the request's item name (and its description).
+
+    Set on every line, so that a new name for an existing sku shows on this
+    invoice instead of the product's older name.
+    """
+    return f"{line.name} — {line.description}" if line.description else line.name
+
+
 def _line_params(request_id: str, line: RequestLine) -> stripe.params.InvoiceAddLinesParamsLine:
     assert line.stripe_price_id is not None, "add_items ran before catalog_ready"
-    params: stripe.params.InvoiceAddLinesParamsLine = {
+    return {
         "pricing": {"price": line.stripe_price_id},
         "quantity": line.quantity,
+        "description": line_text(line),
         "metadata": {META_REQUEST_ID: request_id, META_LINE: str(line.position)},
     }
-    if line.description:
-        params["description"] = line.description
-    return params
+
+
+def _mismatches(
+    invoice_id: str,
+    present: dict[int, stripe.InvoiceLineItem],
+    request_lines: list[RequestLine],
+) -> list[str]:
+    """Every way the invoice's lines differ from the request's, line by line."""
+    expected = {line.position for line in request_lines}
+    problems = []
+    if set(present) != expected:
+        problems.append(f"has lines {sorted(present)}, the request {sorted(expected)}")
+    for line in request_lines:
+        got = present.get(line.position)
+        if got is None:
+            continue
+        want = {
+            "amount": line.unit_amount * line.quantity,
+            "quantity": line.quantity,
+            "price": line.stripe_price_id,
+            "description": line_text(line),
+        }
+        have = {
+            "amount": got.amount,
+            "quantity": got.quantity,
+            "price": _line_price_id(got),
+            "description": got.description,
+        }
+        for field, value in want.items():
+            if have[field] != value:
+                problems.append(
+                    f"line {line.position} {field} is {have[field]!r}, expected {value!r}"
+                )
+    return problems
+
+
+def _line_price_id(line: stripe.InvoiceLineItem) -> str | None:
+    pricing = getattr(line, "pricing", None)
+    details = getattr(pricing, "price_details", None) if pricing else None
+    price = getattr(details, "price", None) if details else None
+    return price if isinstance(price, str) else getattr(price, "id", None)
 
 
 def _verify_and_record_lines(
     rt: Runtime, request_id: str, owner: str, invoice_id: str, request_lines: list[RequestLine]
 ) -> None:
-    """The invoice must hold exactly our lines at our amounts before it may be finalized."""
+    """The invoice must hold exactly our lines before it may be finalized."""
     present = _lines_on_invoice(rt, invoice_id)
-    expected = {line.position for line in request_lines}
-    if set(present) != expected:
-        raise InvoiceMismatch(
-            f"invoice {invoice_id} has lines {sorted(present)}, the request {sorted(expected)}"
-        )
-    for line in request_lines:
-        stripe_line = present[line.position]
-        if stripe_line.amount != line.unit_amount * line.quantity:
-            raise InvoiceMismatch(
-                f"invoice {invoice_id} line {line.position} is {stripe_line.amount}, "
-                f"expected {line.unit_amount * line.quantity}"
-            )
+    problems = _mismatches(invoice_id, present, request_lines)
+    if problems:
+        raise InvoiceMismatch(f"invoice {invoice_id} " + "; ".join(problems))
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
         for line in ledger.lines_in(session, request_id):
             line.stripe_line_id = present[line.position].id
@@ -256,24 +410,35 @@ def finalize(rt: Runtime, request_id: str, owner: str) -> None:
     if row.progress.reached(RecoveryPoint.FINALIZED):
         return
     invoice_id = _invoice_id(row)
-    key = request_step_key(request_id, "invoice.finalize")
-    # Read first: an earlier attempt may have finalized it already, and the
-    # total must match the request before the invoice becomes immutable.
-    invoice = _retrieve(rt, invoice_id)
+    # Keys name the invoice: a replacement draft must never meet the answers
+    # Stripe stored for a deleted one.
+    key = request_step_key(request_id, f"invoice.finalize.{invoice_id}")
+    # Read first: an earlier attempt may have finalized it already; and a draft
+    # is checked line by line right before it becomes immutable, since anyone
+    # may have edited it while no run was watching.
+    try:
+        invoice = _retrieve(rt, invoice_id)
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            _forget_deleted_draft(rt, request_id, owner, invoice_id)
+        raise
     if invoice.status == "draft":
-        if invoice.total != row.total_amount:
-            raise InvoiceMismatch(
-                f"invoice {invoice_id} totals {invoice.total}, the request {row.total_amount}; "
-                "not finalizing"
+        _verify_before_finalizing(rt, row, invoice)
+
+        def finalize_draft(k: str) -> stripe.Invoice:
+            finalized = rt.stripe.v1.invoices.finalize_invoice(
+                invoice_id, {"auto_advance": False}, {"idempotency_key": k}
             )
+            # A draft we finalized here was never sent: nothing to look up before sending.
+            fresh.note(f"{invoice_id}:finalized", finalized)
+            return finalized
+
         invoice, key = write_once(
             rt,
             key=key,
             step="invoice.finalize",
             request_id=request_id,
-            write=lambda k: rt.stripe.v1.invoices.finalize_invoice(
-                invoice_id, {"auto_advance": False}, {"idempotency_key": k}
-            ),
+            write=finalize_draft,
             find=lambda _intent: _unless_status(_retrieve(rt, invoice_id), "draft"),
             what=f"finalize {invoice_id}",
         )
@@ -283,6 +448,24 @@ def finalize(rt: Runtime, request_id: str, owner: str) -> None:
         row.finalized_at = row.finalized_at or utcnow()
         ledger.fulfil(session, key, invoice.id)
         ledger.advance(session, row, RecoveryPoint.FINALIZED, "finalized", number=invoice.number)
+
+
+def _verify_before_finalizing(rt: Runtime, row: BillingRequestRow, invoice: stripe.Invoice) -> None:
+    """Exactly our lines (position, amount, quantity, price, text) and total, or no finalizing."""
+    request_lines = ledger.lines(rt.engine, row.request_id)
+    embedded = invoice.lines
+    if embedded is not None and not embedded.has_more:
+        present = _by_position(invoice.id, embedded.data)  # the retrieve just made holds them all
+    else:
+        present = _lines_on_invoice(rt, invoice.id)
+    problems = _mismatches(invoice.id, present, request_lines)
+    if invoice.total != row.total_amount:
+        problems.append(f"totals {invoice.total}, the request {row.total_amount}")
+    if problems:
+        raise InvoiceMismatch(
+            f"invoice {invoice.id} " + "; ".join(problems) + " — not finalizing; "
+            "fix the draft in Stripe (or delete it to start over) and rerun"
+        )
 
 
 def _unless_status(invoice: stripe.Invoice, status: str) -> stripe.Invoice | None:
@@ -301,19 +484,33 @@ def send(rt: Runtime, request_id: str, owner: str) -> None:
     if row.progress.reached(RecoveryPoint.SENT):
         return
     invoice_id = _invoice_id(row)
-    invoice, key = write_once(
-        rt,
-        key=request_step_key(request_id, "invoice.send"),
-        step="invoice.send",
-        request_id=request_id,
-        write=lambda k: rt.stripe.v1.invoices.send_invoice(
-            invoice_id, options={"idempotency_key": k}
-        ),
-        find=lambda intent: (
-            _retrieve(rt, invoice_id) if _was_sent(rt, invoice_id, intent.intended_at) else None
-        ),
-        what=f"send {invoice_id}",
-    )
+    settled = _SETTLED.get(row.invoice_status or "")
+    if settled is not None:  # paid at finalization (below Stripe's minimum charge)
+        record_settlement(rt, request_id, owner, _retrieve(rt, invoice_id), settled)
+        return
+    try:
+        invoice, key = write_once(
+            rt,
+            key=request_step_key(request_id, f"invoice.send.{invoice_id}"),
+            step="invoice.send",
+            request_id=request_id,
+            write=lambda k: rt.stripe.v1.invoices.send_invoice(
+                invoice_id, options={"idempotency_key": k}
+            ),
+            find=lambda _intent: _sent_invoice(rt, invoice_id),
+            what=f"send {invoice_id}",
+            # Finalized by this process a moment ago: it cannot have been sent yet.
+            look_first=not fresh.is_fresh(f"{invoice_id}:finalized"),
+        )
+    except stripe.InvalidRequestError:
+        # Voided, paid or written off in the Dashboard since we finalized it:
+        # that is the invoice's story now, and sending is moot.
+        current = _retrieve(rt, invoice_id)
+        settled = _SETTLED.get(current.status or "")
+        if settled is None:
+            raise
+        record_settlement(rt, request_id, owner, current, settled)
+        return
     log.info("Invoice %s is sent to the customer", invoice_id)
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
         _cache_invoice(row, invoice)
@@ -324,22 +521,49 @@ def send(rt: Runtime, request_id: str, owner: str) -> None:
         )
 
 
-def _was_sent(rt: Runtime, invoice_id: str, since: datetime) -> bool:
-    """Whether Stripe recorded an `invoice.sent` for this invoice since our intent.
+def _sent_invoice(rt: Runtime, invoice_id: str) -> stripe.Invoice | None:
+    """The invoice if Stripe already emailed it, judged by Stripe's own clock.
 
     A resend under the same key is a harmless replay within Stripe's 24 h
     window, but past it would email the customer again; the event log tells.
+    The search starts at the invoice's finalization as Stripe stamped it (it
+    cannot have been sent before), never at a time from our clock, which may
+    run ahead of Stripe's.
     """
-    if since.tzinfo is None:  # SQLite hands back naive UTC
-        since = since.replace(tzinfo=UTC)
-    created_gte = int((since - EVENT_CLOCK_SKEW).timestamp())
+    invoice = _retrieve(rt, invoice_id)
+    if invoice.status == "draft":
+        return None
+    transitions = invoice.status_transitions
+    finalized_at = transitions.finalized_at if transitions else None
+    if finalized_at is None:
+        return None
+    finalized = datetime.fromtimestamp(finalized_at, UTC)
+    if _stripe_now(invoice) - finalized > EVENT_RETENTION:
+        raise SendUnverifiable(
+            f"invoice {invoice_id} was finalized on {finalized:%Y-%m-%d}; Stripe no longer keeps "
+            "the events that would show whether it was emailed. Check it in the Dashboard and "
+            "send it from there if needed"
+        )
     events = call_with_retries(
         lambda: rt.stripe.v1.events.list(
-            {"type": "invoice.sent", "created": {"gte": created_gte}, "limit": PAGE_SIZE}
+            {"type": "invoice.sent", "created": {"gte": finalized_at}, "limit": PAGE_SIZE}
         ),
         "list invoice.sent events",
     )
-    return any(event.data.object["id"] == invoice_id for event in events.auto_paging_iter())
+    for event in events.auto_paging_iter():
+        if event.data.object["id"] == invoice_id:
+            return invoice
+    return None
+
+
+def _stripe_now(stripe_object: object) -> datetime:
+    """Stripe's clock, from the Date header of the response that brought `stripe_object`."""
+    response = getattr(stripe_object, "last_response", None)
+    headers = {k.lower(): v for k, v in (getattr(response, "headers", None) or {}).items()}
+    try:
+        return parsedate_to_datetime(headers["date"])
+    except (KeyError, TypeError, ValueError):
+        return datetime.now(UTC)
 
 
 # Stripe statuses that end the wait, and the recovery point each one means.
@@ -358,6 +582,7 @@ def await_paid(rt: Runtime, request_id: str, owner: str, timeout_seconds: float)
     invoice_id = _invoice_id(row)
     deadline = time.monotonic() + timeout_seconds
     pause = AWAIT_POLL_FIRST_SECONDS
+    said = progress.Throttle(every=AWAIT_NOTE_SECONDS)
     while True:
         invoice = _retrieve(rt, invoice_id)
         settled = _SETTLED.get(invoice.status or "")
@@ -368,8 +593,13 @@ def await_paid(rt: Runtime, request_id: str, owner: str, timeout_seconds: float)
         if remaining <= 0:
             log.info("Invoice %s is %s; still awaiting payment", invoice_id, invoice.status)
             return RecoveryPoint(ledger.require(rt.engine, request_id).recovery_point)
-        if not ledger.acquire_lease(rt.engine, request_id, owner, rt.settings.lease_seconds):
-            raise ledger.LeaseLost(f"request {request_id!r} was taken over while awaiting payment")
+        if said.due():
+            progress.note(
+                "awaiting payment of invoice %s (%s); up to %.0fs more",
+                invoice_id,
+                request_id,
+                remaining,
+            )
         time.sleep(min(pause, remaining))
         pause = min(pause * 2, AWAIT_POLL_MAX_SECONDS)
 

@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-DEFAULT_DATABASE_URL = "sqlite:///./invoiceflow.db"
+from invoiceflow.paths import default_database_url
 
 # Key prefixes Stripe issues. Anything else is a typo or a publishable key (pk_…),
 # which cannot create invoices.
@@ -52,7 +52,8 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET")
     )
     database_url: str = Field(
-        default=DEFAULT_DATABASE_URL, validation_alias=AliasChoices("INVOICEFLOW_DATABASE_URL")
+        default_factory=default_database_url,
+        validation_alias=AliasChoices("INVOICEFLOW_DATABASE_URL"),
     )
     allow_live: bool = Field(default=False, validation_alias=AliasChoices("INVOICEFLOW_ALLOW_LIVE"))
     # How long a run holds a request before another run may take it over. Long

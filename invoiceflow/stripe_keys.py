@@ -20,7 +20,10 @@ META_CUSTOMER_ID = "invoiceflow_customer_id"
 META_SKU = "invoiceflow_sku"
 META_LINE = "invoiceflow_line"
 
-_PRODUCT_ID_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+# Characters a sku may keep verbatim in its product id. "_" is not among them:
+# it marks the hashed form below, so the two forms can never meet.
+_PRODUCT_ID_PLAIN = re.compile(r"[A-Za-z0-9-]+")
+_PRODUCT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9-]")
 
 
 def metadata_of(obj: object) -> dict[str, str]:
@@ -58,11 +61,16 @@ def shared_object_key(kind: str, our_id: str, params: dict[str, object]) -> str:
 
 
 def product_id(sku: str) -> str:
-    """Our custom Stripe product id for a sku (Stripe accepts caller-chosen product ids)."""
-    safe = _PRODUCT_ID_SAFE.sub("_", sku)
-    if safe != sku:  # keep "a.b" and "a_b" apart
-        safe = f"{safe}_{_digest(sku, length=8)}"
-    return f"{KEY_PREFIX}_{safe}"
+    """Our custom Stripe product id for a sku (Stripe accepts caller-chosen product ids).
+
+    Injective: a sku of letters, digits and "-" is used as it is; any other sku
+    becomes its readable part plus "_" and a digest of the whole sku. A plain
+    id never contains "_", so "a.b", "a_b" and "a_b_<digest>" get three ids.
+    """
+    if _PRODUCT_ID_PLAIN.fullmatch(sku):
+        return f"{KEY_PREFIX}_{sku}"
+    readable = _PRODUCT_ID_UNSAFE.sub("-", sku)
+    return f"{KEY_PREFIX}_{readable}_{_digest(sku, length=16)}"
 
 
 def price_lookup_key(sku: str, currency: str, unit_amount: int) -> str:

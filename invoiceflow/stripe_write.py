@@ -10,27 +10,40 @@ Every step that writes to Stripe goes through `write_once`:
    the key and replays it for 24 h (`Stripe-Should-Retry: false`): the outcome
    is unknown. Look it up again; only if it is certainly absent (consistent
    reads, never Search) write again under the next key of a deterministic chain.
+
+Before the first attempt, too, the step looks the object up (`look_first`)
+unless it provably cannot exist yet (see `invoiceflow.fresh`): our database
+may be new, restored or another machine's, and past Stripe's 24 h key window
+only a lookup stops a second object.
+
+For creates (`recheck_replays`), a replayed answer is checked against the
+lookup: a key that replays an object the lookup cannot find replays a deleted
+one (a draft deleted in the Dashboard). That key is spent too; never commit
+the ghost.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
 
 import stripe
 
-from invoiceflow import ledger
+from invoiceflow import fresh, lease, ledger
 from invoiceflow.retry import call_with_retries, is_transient
 from invoiceflow.runtime import Runtime
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # A key Stripe answered with a stored 500 is spent; the next write uses this
 # suffix. Three 500-after-write answers in a row is an incident, not noise:
 # fail the step and let a later rerun (or a human) take it from there.
 SPENT_KEY_SUFFIX = ":after-500"
-MAX_KEYS_PER_WRITE = 3
+GONE_KEY_SUFFIX = ":after-delete"
+MAX_KEYS_PER_WRITE = 5
 
 
 def outcome_unknown(exc: BaseException) -> bool:
@@ -49,16 +62,22 @@ def write_once(
     write: Callable[[str], T],
     find: Callable[[ledger.Intent], T | None],
     what: str,
+    look_first: bool = False,
+    recheck_replays: bool = False,
 ) -> tuple[T, str]:
     """The written (or found) object and the key it was finally written under."""
     for _ in range(MAX_KEYS_PER_WRITE):
+        # A run that lost its lease makes no further Stripe write.
+        lease.check_current()
         intent = ledger.intend(rt.engine, key, step, request_id)
-        if intent.seen_before:
+        looked = False
+        if intent.seen_before or look_first:
             found = find(intent)
             if found is not None:
                 return found, key
+            looked = True
         try:
-            return call_with_retries(partial(write, key), what, read=False), key
+            written = call_with_retries(partial(write, key), what, read=False)
         except stripe.StripeError as exc:
             if not outcome_unknown(exc):
                 raise
@@ -66,6 +85,15 @@ def write_once(
             if found is not None:
                 return found, key
             key += SPENT_KEY_SUFFIX
+            continue
+        if not (recheck_replays and fresh.replayed(written)):
+            return written, key
+        if not looked:
+            found = find(intent)
+            if found is not None:
+                return found, key
+        log.warning("%s: key %s replays an object Stripe no longer has; writing anew", what, key)
+        key += GONE_KEY_SUFFIX
     raise RuntimeError(f"{what}: Stripe failed {MAX_KEYS_PER_WRITE} times after starting the write")
 
 
@@ -106,4 +134,5 @@ def ensure_shared(
         write=create_or_adopt,
         find=lambda _intent: find(),
         what=what,
+        recheck_replays=True,
     )

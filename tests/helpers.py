@@ -10,11 +10,14 @@ from invoiceflow.request import BillingRequest, parse_request
 
 
 def make_request(
-    request_id: str = "req-1", customer: str = "acme", **overrides: Any
+    request_id: str = "req-1", customer: str | dict[str, str] = "acme", **overrides: Any
 ) -> BillingRequest:
+    """A valid request; `customer` is an id (details derived from it) or the whole object."""
     data: dict[str, Any] = {
         "request_id": request_id,
-        "customer": {
+        "customer": customer
+        if isinstance(customer, dict)
+        else {
             "id": customer,
             "email": f"billing@{customer}.example",
             "name": customer.title(),
@@ -86,3 +89,54 @@ def sent_events(client: stripe.StripeClient, invoice_id: str) -> int:
 def writes(sandbox: Any) -> list[dict[str, Any]]:
     """The sandbox's log of POST/DELETE requests (reads excluded)."""
     return [entry for entry in sandbox.requests() if entry["method"] in ("POST", "DELETE")]
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 120) -> Any:
+    """Poll until `predicate()` is truthy; generous, since CI machines are busy."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stalled(sandbox: Any, when: str) -> dict[str, Any] | None:
+    return next((e for e in sandbox.requests() if e["fault"] == when), None)
+
+
+def crash_cli_at(
+    sandbox: Any, request: BillingRequest, path: str, when: str, env: dict[str, str], workdir: Any
+) -> None:
+    """Run `invoiceflow invoice` in a real process and SIGKILL it while the sandbox
+    holds the first write to `path` open: before Stripe wrote it
+    (`stall_before_write`) or after (`stall_after_write`)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    request_file = Path(workdir) / f"{request.request_id}.json"
+    request_file.write_text(json.dumps(request.model_dump(mode="json")))
+    sandbox.configure(stall_ms=1500, faults=[{"method": "POST", "path": path, "when": when}])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoiceflow", "invoice", str(request_file), "--no-wait"],
+        env={**os.environ, **env},
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: stalled(sandbox, when), f"the {path} write to stall")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        output = process.communicate(timeout=30)[0].decode(errors="replace")
+    assert process.returncode == -signal.SIGKILL, output
+    # Let the abandoned request finish inside the sandbox before anyone goes on.
+    wait_for(lambda: stalled(sandbox, when)["status"] is not None, "the stalled write to end")
+    sandbox.configure(faults=[])

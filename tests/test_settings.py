@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -24,9 +25,12 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
     monkeypatch.chdir(tmp_path)  # no stray .env
 
 
-def test_defaults_need_no_configuration() -> None:
+def test_defaults_need_no_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     settings = load_settings()
-    assert settings.database_url == "sqlite:///./invoiceflow.db"
+    # One stable per-user ledger, never the working directory.
+    expected = Path.home() / ".local" / "share" / "invoiceflow" / "invoiceflow.db"
+    assert settings.database_url == f"sqlite:///{expected}"
     assert settings.stripe_api_base is None
     with pytest.raises(SettingsError, match="STRIPE_API_KEY is not set"):
         settings.require_stripe_key()

@@ -156,15 +156,23 @@ class PriceMap(SQLModel, table=True):
 
 
 class CustomerMap(SQLModel, table=True):
-    """Our customer id → Stripe customer. Ours is the key; Stripe's record (email,
-    name) is authoritative for contact data once created."""
+    """Our customer id → Stripe customer: exactly one Stripe customer per id.
+
+    Trust: the key and the mapping are ours (the UNIQUE primary key decides
+    between concurrent requests; the first mapping stands). `email` and `name`
+    are the details we last set on the Stripe customer: a request with other
+    details updates Stripe first, then these. A Dashboard edit since is not
+    seen here; the next request's details win.
+    """
 
     __tablename__ = "stripe_customer"
 
     customer_key: str = Field(primary_key=True, max_length=64)
     stripe_customer_id: str = Field(max_length=255, unique=True)
     email: str = Field(max_length=512)
+    name: str | None = Field(default=None, max_length=256)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    updated_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class StripeWrite(SQLModel, table=True):

@@ -28,7 +28,7 @@ from invoiceflow.sandbox.context import Call
 from invoiceflow.sandbox.faults import FaultPlan, RateLimiter
 from invoiceflow.sandbox.idempotency import IdempotencyStore, Saved
 from invoiceflow.sandbox.resources import ROUTES, Route
-from invoiceflow.sandbox.store import Store
+from invoiceflow.sandbox.store import Store, set_clock_offset
 from invoiceflow.sandbox.webhooks import Dispatcher
 
 log = logging.getLogger("invoiceflow.sandbox")
@@ -73,6 +73,7 @@ class SandboxApp:
         self.config = config
         self.rng = random.Random(config.seed)
         self.store = Store(self.rng)
+        set_clock_offset(config.clock_offset_s)
         self.idempotency = IdempotencyStore()
         self.faults = FaultPlan(config, self.rng)
         self.limiter = RateLimiter(config)
@@ -308,6 +309,7 @@ class SandboxApp:
                 return Response.json(400, {"error": {"message": str(exc)}})
             if "seed" in changes:
                 self.rng.seed(self.config.seed)
+            set_clock_offset(self.config.clock_offset_s)
             return Response.json(200, self.config.as_json())
         if (method, path) == ("GET", "/_sandbox/requests"):
             return Response.json(200, list(self.request_log))
@@ -333,6 +335,7 @@ class SandboxApp:
             fresh.update(self.initial_config)
             self.config.update(fresh.as_json())
         self.rng.seed(self.config.seed)
+        set_clock_offset(self.config.clock_offset_s)
 
 
 def _authenticate(authorization: str | None) -> str:

@@ -83,6 +83,10 @@ class SandboxConfig:
     webhook_max_attempts: int = 8
     webhook_timeout_s: float = 10.0
     seed: int | None = None
+    # Stripe's clock relative to this machine's, in seconds (negative: Stripe
+    # is behind us). Every timestamp the sandbox stamps uses it, so tests can
+    # run our side with a clock that is off from Stripe's.
+    clock_offset_s: float = 0.0
     faults: list[ScriptedFault] = field(default_factory=list)
 
     def update(self, changes: dict[str, Any]) -> None:

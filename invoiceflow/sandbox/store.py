@@ -88,5 +88,15 @@ class Store:
         self.webhook_secrets.clear()
 
 
+# Set from SandboxConfig.clock_offset_s (one sandbox per process in practice).
+_clock_offset_s = 0.0
+
+
+def set_clock_offset(seconds: float) -> None:
+    global _clock_offset_s
+    _clock_offset_s = seconds
+
+
 def now() -> int:
-    return int(time.time())
+    """Stripe's clock: this machine's plus the configured offset."""
+    return int(time.time() + _clock_offset_s)

@@ -1,0 +1,195 @@
+"""Stripe is the source of truth; our database is a cache of it plus our intent.
+
+A fresh, restored or another machine's ledger, Stripe's 24 h key window gone
+by, a draft deleted or an invoice voided in the Dashboard, a customer deleted,
+Stripe's clock behind ours: still one invoice, exactly its lines, sent once.
+Real processes, the real sandbox, SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+
+from invoiceflow import ledger
+from invoiceflow.db.models import RecoveryPoint
+from invoiceflow.runtime import get_runtime, reset_runtime
+from tests.conftest import app_env, run_cli
+from tests.helpers import (
+    assert_exactly_one_invoice,
+    crash_cli_at,
+    invoices_for,
+    make_request,
+    sent_events,
+    writes,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api", "configured")]
+
+
+def _use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("INVOICEFLOW_DATABASE_URL", url)
+    reset_runtime()
+
+
+def test_a_fresh_ledger_after_the_key_window_finds_the_invoice_instead_of_a_second(
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    tmp_path: Path,
+) -> None:
+    """Run, let Stripe forget the keys (24 h), run again from another machine
+    (another process, another database)."""
+    from flows.invoice import invoice_flow
+
+    request = make_request(f"fresh-{uuid.uuid4().hex[:8]}")
+    assert invoice_flow(request, wait_for_payment=False).state is RecoveryPoint.SENT
+    sandbox.expire_idempotency_keys()
+    before = len(writes(sandbox))
+
+    request_file = tmp_path / "request.json"
+    request_file.write_text(json.dumps(request.model_dump(mode="json")))
+    other_machine = app_env(sandbox.url, f"sqlite:///{tmp_path / 'another-machine.db'}")
+    result = run_cli("invoice", str(request_file), "--no-wait", env=other_machine)
+
+    assert result.returncode == 0, result.stderr
+    assert "sent" in result.stdout
+    assert_exactly_one_invoice(stripe_client, request)
+    assert len(writes(sandbox)) == before, "the second ledger wrote to Stripe"
+    assert len(list(stripe_client.v1.customers.list({"limit": 100}).auto_paging_iter())) == 1
+
+
+def test_a_fresh_ledger_resumes_a_run_that_died_after_stripe_made_the_invoice(
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    configured: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run dies right after Stripe created the draft; days later another
+    worker, with its own database, runs the request: it adopts that draft."""
+    from flows.invoice import invoice_flow
+
+    request = make_request(f"adopt-{uuid.uuid4().hex[:8]}")
+    env = app_env(sandbox.url, configured["INVOICEFLOW_DATABASE_URL"])
+    crash_cli_at(sandbox, request, "^/v1/invoices$", "stall_after_write", env, tmp_path)
+    sandbox.expire_idempotency_keys()
+
+    _use_database(monkeypatch, f"sqlite:///{tmp_path / 'other-worker.db'}")
+    status = invoice_flow(request, wait_for_payment=False)
+
+    assert status.state is RecoveryPoint.SENT, status.last_error
+    assert_exactly_one_invoice(stripe_client, request)
+
+
+def test_a_draft_deleted_before_we_recorded_it_is_made_anew_not_stuck(
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    configured: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Stripe made the draft, the run died before recording it, someone deleted
+    the draft: the rerun's key replays the deleted draft — never commit that."""
+    from flows.invoice import invoice_flow
+
+    request = make_request(f"ghost-{uuid.uuid4().hex[:8]}")
+    env = app_env(sandbox.url, configured["INVOICEFLOW_DATABASE_URL"])
+    crash_cli_at(sandbox, request, "^/v1/invoices$", "stall_after_write", env, tmp_path)
+    [ghost] = invoices_for(stripe_client, request.request_id)
+    stripe_client.v1.invoices.delete(ghost.id)
+
+    status = invoice_flow(request, wait_for_payment=False)
+
+    assert status.state is RecoveryPoint.SENT, status.last_error
+    invoice = assert_exactly_one_invoice(stripe_client, request)
+    assert invoice.id != ghost.id
+    again = invoice_flow(request, wait_for_payment=False)
+    assert again.state is RecoveryPoint.SENT and again.stripe_invoice_id == invoice.id
+
+
+def test_a_recorded_draft_deleted_in_the_dashboard_is_replaced(
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    configured: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    from flows.invoice import invoice_flow
+
+    request = make_request(f"deleted-{uuid.uuid4().hex[:8]}")
+    env = app_env(sandbox.url, configured["INVOICEFLOW_DATABASE_URL"])
+    crash_cli_at(sandbox, request, "/finalize$", "stall_before_write", env, tmp_path)
+    recorded = ledger.require(get_runtime().engine, request.request_id).stripe_invoice_id
+    assert recorded is not None
+    stripe_client.v1.invoices.delete(recorded)
+
+    status = invoice_flow(request, wait_for_payment=False)
+
+    assert status.state is RecoveryPoint.SENT, status.last_error
+    invoice = assert_exactly_one_invoice(stripe_client, request)
+    assert invoice.id != recorded
+    messages = [e.message for e in ledger.audit_trail(get_runtime().engine, request.request_id)]
+    assert "draft deleted in Stripe; a new one will be made" in messages
+
+
+def test_an_invoice_voided_before_it_was_sent_ends_void_and_is_never_sent(
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    configured: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    from flows.invoice import invoice_flow
+
+    request = make_request(f"voided-{uuid.uuid4().hex[:8]}")
+    env = app_env(sandbox.url, configured["INVOICEFLOW_DATABASE_URL"])
+    crash_cli_at(sandbox, request, "/send$", "stall_before_write", env, tmp_path)
+    [invoice] = invoices_for(stripe_client, request.request_id)
+    stripe_client.v1.invoices.void_invoice(invoice.id)
+
+    status = invoice_flow(request, wait_for_payment=False)
+
+    assert status.state is RecoveryPoint.VOID, status.last_error
+    assert sent_events(stripe_client, invoice.id) == 0
+    assert len(invoices_for(stripe_client, request.request_id)) == 1
+
+
+def test_a_customer_deleted_in_stripe_is_resolved_again(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    """Our customer map points at a deleted customer: the next request heals it."""
+    from flows.invoice import invoice_flow
+
+    first = make_request(f"cust-a-{uuid.uuid4().hex[:8]}", customer="globex")
+    assert invoice_flow(first, wait_for_payment=False).state is RecoveryPoint.SENT
+    [gone] = stripe_client.v1.customers.list({"limit": 10}).data
+    stripe_client.v1.customers.delete(gone.id)
+
+    second = make_request(f"cust-b-{uuid.uuid4().hex[:8]}", customer="globex")
+    status = invoice_flow(second, wait_for_payment=False)
+
+    assert status.state is RecoveryPoint.SENT, status.last_error
+    invoice = assert_exactly_one_invoice(stripe_client, second)
+    assert invoice.customer != gone.id
+
+
+def test_stripe_clock_behind_ours_never_sends_twice(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    """Our clock runs 10 minutes ahead of Stripe's, and a send's outcome is
+    unknown (500 after Stripe sent it): the lookup is bounded by Stripe's own
+    timestamps, so it finds the send instead of emailing again."""
+    from flows.invoice import invoice_flow
+
+    sandbox.configure(
+        clock_offset_s=-600,
+        faults=[{"method": "POST", "path": "/send$", "when": "after_write"}],
+    )
+    request = make_request(f"skew-{uuid.uuid4().hex[:8]}")
+    status = invoice_flow(request, wait_for_payment=False)
+
+    assert status.state is RecoveryPoint.SENT, status.last_error
+    invoice = assert_exactly_one_invoice(stripe_client, request)  # one invoice.sent event
+    assert sent_events(stripe_client, invoice.id) == 1
