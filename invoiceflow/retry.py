@@ -11,7 +11,6 @@ key; nothing here builds a request.
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable
@@ -20,8 +19,9 @@ from typing import TypeVar
 
 import stripe
 
+from invoiceflow import progress
+
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,11 +109,20 @@ def call_with_retries(
             return call()
         except Exception as exc:
             if not is_transient(exc, read=read) or attempt >= policy.attempts:
+                _name_the_call(exc, what)
                 raise
             wait = policy.delay(attempt, exc)
-            log.warning("%s: transient %s, retry %d in %.2fs", what, describe(exc), attempt, wait)
+            progress.log.warning(
+                "Stripe: %s: %s; retry %d in %.1fs", what, describe(exc), attempt, wait
+            )
             sleep(wait)
             attempt += 1
+
+
+def _name_the_call(exc: BaseException, what: str) -> None:
+    """Remember which call failed, so the one-line reason says what we were doing."""
+    if not getattr(exc, "__notes__", None):
+        exc.add_note(what)
 
 
 # Longest failure description we log or store; Stripe's connection errors
@@ -129,5 +138,8 @@ def describe(exc: BaseException) -> str:
         text = f"{type(exc).__name__} {status}{code}{exc.user_message or exc._message or ''}"
     else:
         text = f"{type(exc).__name__}: {exc}"
+    notes = getattr(exc, "__notes__", None)
+    if notes:
+        text = f"{notes[0]}: {text}"
     text = " ".join(text.split())
     return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…"

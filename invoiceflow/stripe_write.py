@@ -67,8 +67,6 @@ def write_once(
 ) -> tuple[T, str]:
     """The written (or found) object and the key it was finally written under."""
     for _ in range(MAX_KEYS_PER_WRITE):
-        # A run that lost its lease makes no further Stripe write.
-        lease.check_current()
         intent = ledger.intend(rt.engine, key, step, request_id)
         looked = False
         if intent.seen_before or look_first:
@@ -77,7 +75,7 @@ def write_once(
                 return found, key
             looked = True
         try:
-            written = call_with_retries(partial(write, key), what, read=False)
+            written = call_with_retries(partial(_leased, write, key), what, read=False)
         except stripe.StripeError as exc:
             if not outcome_unknown(exc):
                 raise
@@ -95,6 +93,12 @@ def write_once(
         log.warning("%s: key %s replays an object Stripe no longer has; writing anew", what, key)
         key += GONE_KEY_SUFFIX
     raise RuntimeError(f"{what}: Stripe failed {MAX_KEYS_PER_WRITE} times after starting the write")
+
+
+def _leased(write: Callable[[str], T], key: str) -> T:
+    """Every attempt, retries included: a run that lost its lease makes no further write."""
+    lease.check_current()
+    return write(key)
 
 
 def ensure_shared(
