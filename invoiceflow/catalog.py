@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from invoiceflow import ledger
 from invoiceflow.db.engine import transaction
-from invoiceflow.db.models import PriceMap, ProductMap
+from invoiceflow.db.models import PriceMap, ProductMap, RequestLine
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
 from invoiceflow.stripe_keys import (
@@ -157,3 +157,64 @@ def _remember(rt: Runtime, row: ProductMap | PriceMap, key: str, stripe_id: str)
             ledger.fulfil(session, key, stripe_id)
     except IntegrityError:
         pass
+
+
+def heal_prices(rt: Runtime, request_id: str, owner: str, lines: list[RequestLine]) -> bool:
+    """Re-verify the Stripe prices behind `lines` after Stripe refused one; repoint
+    the lines whose price is gone. True when any line now has another price.
+
+    Our maps are a cache: a price deleted, or a map carried over from another
+    account or mode, is looked up again by its lookup key (and its product by
+    our product id), and created anew where Stripe has none. An archived price
+    still owns its lookup key, so `ensure_price` refuses it with what to do.
+    """
+    repointed: dict[str, str] = {}
+    for line in lines:
+        if line.price_lookup_key in repointed or _price_is_good(rt, line):
+            continue
+        _forget(rt, PriceMap, line.price_lookup_key)
+        product = _product_that_exists(rt, line.sku, line.name, request_id)
+        row = ledger.require(rt.engine, request_id)
+        repointed[line.price_lookup_key] = ensure_price(
+            rt, line.sku, row.currency, line.unit_amount, product, request_id
+        )
+    before = {line.price_lookup_key: line.stripe_price_id for line in lines}
+    changed = {key: new for key, new in repointed.items() if before[key] != new}
+    if changed:
+        with ledger.locked(rt.engine, request_id, owner) as (session, row):
+            for line in ledger.lines_in(session, request_id):
+                if line.price_lookup_key in changed:
+                    line.stripe_price_id = changed[line.price_lookup_key]
+                    session.add(line)
+            ledger.note(session, row, "prices re-resolved in Stripe", prices=changed)
+    return bool(changed)
+
+
+def _price_is_good(rt: Runtime, line: RequestLine) -> bool:
+    assert line.stripe_price_id is not None
+    price_id = line.stripe_price_id
+    try:
+        price = call_with_retries(
+            lambda: rt.stripe.v1.prices.retrieve(price_id), f"get price {price_id}"
+        )
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            return False
+        raise
+    return bool(price.active) and price.unit_amount == line.unit_amount
+
+
+def _product_that_exists(rt: Runtime, sku: str, name: str, request_id: str) -> str:
+    mapped = ensure_product(rt, sku, name, request_id)
+    if _retrieve_product(rt, mapped) is not None:
+        return mapped
+    _forget(rt, ProductMap, sku)
+    return ensure_product(rt, sku, name, request_id)
+
+
+def _forget(rt: Runtime, model: type[ProductMap] | type[PriceMap], key: str) -> None:
+    with transaction(rt.engine) as session:
+        stale = session.get(model, key, with_for_update=True)
+        if stale is not None:
+            session.delete(stale)
+    log.warning("Forgot %s %s: Stripe no longer has it", model.__tablename__, key)

@@ -25,12 +25,18 @@ from functools import partial
 
 import stripe
 
-from invoiceflow import customers, fresh, ledger, progress
+from invoiceflow import catalog, customers, fresh, ledger, progress
 from invoiceflow.db.models import BillingRequestRow, PriceMap, RecoveryPoint, RequestLine, utcnow
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
-from invoiceflow.stripe_keys import META_LINE, META_REQUEST_ID, metadata_of, request_step_key
+from invoiceflow.stripe_keys import (
+    META_LINE,
+    META_REQUEST_ID,
+    digest,
+    metadata_of,
+    request_step_key,
+)
 from invoiceflow.stripe_write import write_once
 
 log = logging.getLogger(__name__)
@@ -242,22 +248,45 @@ def add_items(rt: Runtime, request_id: str, owner: str) -> None:
                 f"invoice {invoice_id} holds only part of a batch (lines {there}); "
                 "someone edited the draft — remove those lines in Stripe before resuming"
             )
-        params: stripe.params.InvoiceAddLinesParams = {
-            "lines": [_line_params(request_id, line) for line in batch]
-        }
-        _invoice, key = write_once(
-            rt,
-            key=request_step_key(request_id, f"lines.add.{invoice_id}.{batch_no}"),
-            step="lines.add",
-            request_id=request_id,
-            write=partial(_add_lines, rt, request_id, owner, invoice_id, params),
-            find=partial(_batch_on_invoice, rt, invoice_id, batch),
-            what=f"add lines {start}-{start + len(batch) - 1} to {invoice_id}",
-        )
+        key = request_step_key(request_id, f"lines.add.{invoice_id}.{batch_no}")
+        try:
+            key = _add_batch(rt, request_id, owner, invoice_id, batch, key)
+        except stripe.InvalidRequestError as exc:
+            # Stripe refused a price of ours (deleted, archived, another
+            # account's): re-verify the batch's prices, then add it once more
+            # under a key that names the new prices.
+            if not (exc.param or "").startswith("lines[") or not catalog.heal_prices(
+                rt, request_id, owner, batch
+            ):
+                raise
+            positions = {line.position for line in batch}
+            batch = [x for x in ledger.lines(rt.engine, request_id) if x.position in positions]
+            prices = ",".join(sorted({str(line.stripe_price_id) for line in batch}))
+            key = _add_batch(rt, request_id, owner, invoice_id, batch, f"{key}:{digest(prices)}")
         with ledger.locked(rt.engine, request_id, owner) as (session, _row):
             ledger.fulfil(session, key, invoice_id)
 
-    _verify_and_record_lines(rt, request_id, owner, invoice_id, request_lines)
+    # Re-read: healing may have repointed lines to new prices.
+    _verify_and_record_lines(rt, request_id, owner, invoice_id, ledger.lines(rt.engine, request_id))
+
+
+def _add_batch(
+    rt: Runtime, request_id: str, owner: str, invoice_id: str, batch: list[RequestLine], key: str
+) -> str:
+    params: stripe.params.InvoiceAddLinesParams = {
+        "lines": [_line_params(request_id, line) for line in batch]
+    }
+    first, last = batch[0].position, batch[-1].position
+    _invoice, key = write_once(
+        rt,
+        key=key,
+        step="lines.add",
+        request_id=request_id,
+        write=partial(_add_lines, rt, request_id, owner, invoice_id, params),
+        find=partial(_batch_on_invoice, rt, invoice_id, batch),
+        what=f"add lines {first}-{last} to {invoice_id}",
+    )
+    return key
 
 
 def _present_or_gone(

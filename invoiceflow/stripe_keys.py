@@ -37,6 +37,11 @@ def _digest(*parts: object, length: int = 16) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
+def digest(*parts: object) -> str:
+    """A short, stable digest of `parts`, for keys that must name their content."""
+    return _digest(*parts)
+
+
 def idempotency_key(*parts: str) -> str:
     key = ":".join((KEY_PREFIX, *parts))
     if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:

@@ -193,3 +193,42 @@ def test_stripe_clock_behind_ours_never_sends_twice(
     assert status.state is RecoveryPoint.SENT, status.last_error
     invoice = assert_exactly_one_invoice(stripe_client, request)  # one invoice.sent event
     assert sent_events(stripe_client, invoice.id) == 1
+
+
+def test_maps_from_another_account_heal_themselves(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    """Everything our database maps is gone from Stripe (another account or
+    mode, or deleted): customer, products and prices are found or made again."""
+    from flows.invoice import invoice_flow
+
+    first = make_request(f"old-account-{uuid.uuid4().hex[:8]}")
+    assert invoice_flow(first, wait_for_payment=False).state is RecoveryPoint.SENT
+    sandbox.reset()  # a brand-new, empty Stripe account behind the same ledger
+
+    second = make_request(f"new-account-{uuid.uuid4().hex[:8]}")
+    status = invoice_flow(second, wait_for_payment=False)
+
+    assert status.state is RecoveryPoint.SENT, status.last_error
+    assert_exactly_one_invoice(stripe_client, second)
+
+
+def test_an_archived_price_is_refused_with_what_to_do(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    from flows.invoice import invoice_flow
+
+    first = make_request(f"archived-a-{uuid.uuid4().hex[:8]}")
+    assert invoice_flow(first, wait_for_payment=False).state is RecoveryPoint.SENT
+    [price] = stripe_client.v1.prices.list({"lookup_keys": ["invoiceflow:travel:usd:4825"]}).data
+    stripe_client.v1.prices.update(price.id, {"active": False})
+
+    second = make_request(f"archived-b-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(Exception, match="reactivate it in the Dashboard"):
+        invoice_flow(second, wait_for_payment=False)
+
+    row = ledger.require(get_runtime().engine, second.request_id)
+    assert row.point is RecoveryPoint.FAILED
+    assert "archived" in (row.last_error or "")
+    [draft] = invoices_for(stripe_client, second.request_id)
+    assert draft.status == "draft"  # never finalized with a wrong or missing line
