@@ -9,13 +9,7 @@ right then, lets the lease lapse, and runs the request again.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +17,8 @@ import pytest
 import stripe
 
 from invoiceflow.db.models import RecoveryPoint
-from tests.conftest import REPO, app_env
-from tests.helpers import assert_exactly_one_invoice, make_request
+from tests.conftest import app_env
+from tests.helpers import assert_exactly_one_invoice, crash_cli_at, make_request
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api", "configured")]
 
@@ -48,7 +42,6 @@ EXPECTED_EXECUTED_WRITES = {
     "/finalize$": 1,
     "/send$": 1,
 }
-STALL_MS = 1500
 
 CASES = [
     pytest.param(step, when, False, id=f"{when}-{step}")
@@ -60,20 +53,6 @@ CASES = [
     pytest.param("add_lines", "stall_after_write", True, id="window-expired-add_lines"),
     pytest.param("send", "stall_after_write", True, id="window-expired-send"),
 ]
-
-
-def _wait_for(predicate: Any, what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _stalled(sandbox: Any, when: str) -> dict[str, Any] | None:
-    return next((e for e in sandbox.requests() if e["fault"] == when), None)
 
 
 def _executed_writes(sandbox: Any) -> dict[str, int]:
@@ -100,28 +79,8 @@ def test_crash_then_rerun_yields_exactly_one_invoice(
     from flows.invoice import invoice_flow
 
     request = make_request(f"crash-{step}")
-    request_file = tmp_path / "request.json"
-    request_file.write_text(json.dumps(request.model_dump(mode="json")))
-    sandbox.configure(
-        stall_ms=STALL_MS, faults=[{"method": "POST", "path": WRITES[step], "when": when}]
-    )
-
     env = app_env(sandbox.url, configured["INVOICEFLOW_DATABASE_URL"])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "invoiceflow", "invoice", str(request_file), "--no-wait"],
-        env={**os.environ, **env},
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_for(lambda: _stalled(sandbox, when), f"the {step} write to stall")
-        process.send_signal(signal.SIGKILL)
-    finally:
-        output = process.communicate(timeout=30)[0].decode(errors="replace")
-    assert process.returncode == -signal.SIGKILL, output
-    # Let the abandoned request finish inside the sandbox before anyone retries.
-    _wait_for(lambda: _stalled(sandbox, when)["status"] is not None, "the stalled write to end")
+    crash_cli_at(sandbox, request, WRITES[step], when, env, tmp_path)
     if expire_keys:
         sandbox.expire_idempotency_keys()
 
