@@ -224,3 +224,18 @@ def test_a_failing_product_step_reports_its_real_cause(
     last_line = result.stderr.strip().splitlines()[-1]
     assert "create product" in last_line, result.stderr
     assert "UnfinishedRun" not in result.stderr
+
+
+def test_postgres_sessions_cannot_wait_or_idle_forever(database_url: str, monkeypatch: Any) -> None:
+    """A stalled transaction (a paused process) is ended by the server, and a
+    waiter gives up after a bounded time instead of outliving its lease."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL settings")
+    from invoiceflow.db.engine import PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, PG_LOCK_TIMEOUT_MS
+
+    engine = get_runtime().engine
+    with reading(engine) as session:
+        lock = session.execute(text("SHOW lock_timeout")).scalar_one()
+        idle = session.execute(text("SHOW idle_in_transaction_session_timeout")).scalar_one()
+    assert lock == f"{PG_LOCK_TIMEOUT_MS // 1000}s"
+    assert idle == f"{PG_IDLE_IN_TRANSACTION_TIMEOUT_MS // 1000}s"
