@@ -165,6 +165,16 @@ def audit_trail(engine: Engine, request_id: str) -> list[AuditEvent]:
 # --- the lease -------------------------------------------------------------
 
 
+def lock_row(session: Session, request_id: str) -> BillingRequestRow | None:
+    """The request row, locked until the caller's transaction ends (FOR UPDATE
+    on PostgreSQL; SQLite's write transaction already serialises writers)."""
+    return session.exec(
+        select(BillingRequestRow)
+        .where(BillingRequestRow.request_id == request_id)
+        .with_for_update()
+    ).one_or_none()
+
+
 def acquire_lease(engine: Engine, request_id: str, owner: str, ttl_seconds: float) -> bool:
     """Take (or renew) the request's lease if it is free, expired or already ours.
 
@@ -173,11 +183,7 @@ def acquire_lease(engine: Engine, request_id: str, owner: str, ttl_seconds: floa
     lease that runs, from the moment it actually holds the row.
     """
     with transaction(engine) as session:
-        row = session.exec(
-            select(BillingRequestRow)
-            .where(BillingRequestRow.request_id == request_id)
-            .with_for_update()
-        ).one_or_none()
+        row = lock_row(session, request_id)
         if row is None:
             raise RequestNotFound(f"no request {request_id!r}")
         now = time.time()
@@ -197,11 +203,7 @@ def renew_lease(engine: Engine, request_id: str, owner: str, ttl_seconds: float)
     no other run has acted on the request in between.
     """
     with transaction(engine) as session:
-        row = session.exec(
-            select(BillingRequestRow)
-            .where(BillingRequestRow.request_id == request_id)
-            .with_for_update()
-        ).one_or_none()
+        row = lock_row(session, request_id)
         if row is None or row.lease_owner != owner:
             return False
         row.lease_expires_at = time.time() + ttl_seconds
@@ -272,11 +274,7 @@ def locked(
 ) -> Iterator[tuple[Session, BillingRequestRow]]:
     """The request row, locked for this transaction, provided `owner` still holds the lease."""
     with transaction(engine) as session:
-        row = session.exec(
-            select(BillingRequestRow)
-            .where(BillingRequestRow.request_id == request_id)
-            .with_for_update()
-        ).one_or_none()
+        row = lock_row(session, request_id)
         if row is None:
             raise RequestNotFound(f"no request {request_id!r}")
         if row.lease_owner != owner or (row.lease_expires_at or 0) < time.time():
