@@ -79,6 +79,8 @@ class SandboxApp:
         self.webhooks = Dispatcher(config, self.store, self.rng)
         self.store.listeners.append(self.webhooks.on_event)
         self.request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
+        # (method, path, status, body bytes), only while `record_responses` is on.
+        self.responses: deque[tuple[str, str, int, bytes]] = deque(maxlen=REQUEST_LOG_LIMIT)
         self.routes = [
             _CompiledRoute(
                 route.method,
@@ -176,6 +178,8 @@ class SandboxApp:
         except errors.StripeError as error:
             response = _error_response(error, base_headers)
         entry["status"] = None if response.drop else response.status
+        if self.config.record_responses and not response.drop:
+            self.responses.append((method, path, response.status, response.body))
         if entry["fault"] not in STALL_KINDS:  # stalls were logged when they began
             self.request_log.append(entry)
         return response
@@ -311,6 +315,8 @@ class SandboxApp:
             return Response.json(200, self.config.as_json())
         if (method, path) == ("GET", "/_sandbox/requests"):
             return Response.json(200, list(self.request_log))
+        if (method, path) == ("GET", "/_sandbox/responses"):
+            return Response.json(200, [_recorded(*item) for item in self.responses])
         if (method, path) == ("GET", "/_sandbox/webhooks"):
             return Response.json(200, list(self.webhooks.deliveries))
         if (method, path) == ("POST", "/_sandbox/idempotency/expire"):
@@ -328,6 +334,7 @@ class SandboxApp:
         self.idempotency.clear()
         self.limiter.clear()
         self.request_log.clear()
+        self.responses.clear()
         if reset_config:
             fresh = SandboxConfig()
             fresh.update(self.initial_config)
@@ -376,6 +383,10 @@ def _replayed(saved: Saved, request_id: str) -> Response:
             ("Original-Request", saved.request_id),
         ],
     )
+
+
+def _recorded(method: str, path: str, status: int, body: bytes) -> dict[str, Any]:
+    return {"method": method, "path": path, "status": status, "body": json.loads(body)}
 
 
 def _error_response(error: errors.StripeError, base_headers: list[tuple[str, str]]) -> Response:
