@@ -72,9 +72,26 @@ def no_such(kind: str, object_id: str, *, param: str = "id") -> StripeError:
     )
 
 
-def not_in_state(message: str, *, code: str = "invoice_not_editable") -> StripeError:
-    """An action that is illegal for the object's current status (400, like Stripe)."""
-    return invalid(message, code=code)
+def not_editable(message: str) -> StripeError:
+    """A change to an invoice (or its items) that is no longer a draft.
+
+    Stripe reserves `invoice_not_editable` for exactly this; other illegal transitions
+    (paying a paid invoice, voiding a draft) are plain invalid requests without a code.
+    """
+    return invalid(message, code="invoice_not_editable")
+
+
+def wrong_state(message: str) -> StripeError:
+    """An action the object's current status forbids, other than editing (400, no code)."""
+    return invalid(message)
+
+
+def exclusive(names: list[str], *, param: str | None = None) -> StripeError:
+    return invalid(
+        f"You may only specify one of these parameters: {', '.join(names)}.",
+        param=param,
+        code="parameters_exclusive",
+    )
 
 
 def unrecognized_url(method: str, path: str) -> StripeError:
@@ -118,6 +135,7 @@ def idempotency_in_flight() -> StripeError:
         "idempotency_error",
         "There is currently another in-progress request using this Stripe-Idempotency-Key "
         "(or one of its associated keys). Please try again later.",
+        code="idempotency_key_in_use",
         headers={"Stripe-Should-Retry": "true"},
     )
 

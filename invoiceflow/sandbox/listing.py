@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from invoiceflow.sandbox import shapes
-from invoiceflow.sandbox.errors import invalid
+from invoiceflow.sandbox.errors import exclusive, invalid
 from invoiceflow.sandbox.store import JSON, Store
 
 # Stripe's default page size when `limit` is absent.
@@ -25,9 +25,7 @@ def paginate(
     limit: int = params.get("limit", DEFAULT_LIMIT)
     after, before = params.get("starting_after"), params.get("ending_before")
     if after is not None and before is not None:
-        raise invalid(
-            "You may only specify one of these parameters: starting_after, ending_before."
-        )
+        raise exclusive(["starting_after", "ending_before"])
     position = {obj["id"]: index for index, obj in enumerate(ordered)}
     if after is not None:
         start = _cursor(position, after, "starting_after") + 1

@@ -46,6 +46,7 @@ class Kind:
                     f"attempt to unset a parameter; however '{name}' cannot be unset. You should "
                     f"remove '{name}' from your request or supply a non-empty value.",
                     param=name,
+                    code="parameter_invalid_empty",
                 )
             return UNSET
         return self.parse(value, name)
@@ -84,7 +85,9 @@ class Int(Kind):
     def parse(self, value: Any, name: str) -> int:
         digits = value.removeprefix("-") if isinstance(value, str) else ""
         if not (digits.isascii() and digits.isdigit()):
-            raise invalid(f"Invalid integer: {_show(value)}", param=name)
+            raise invalid(
+                f"Invalid integer: {_show(value)}", param=name, code="parameter_invalid_integer"
+            )
         number = int(value)
         if self.minimum is not None and number < self.minimum:
             raise invalid(

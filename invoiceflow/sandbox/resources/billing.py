@@ -7,7 +7,7 @@ from typing import Any
 
 from invoiceflow.sandbox import shapes
 from invoiceflow.sandbox.context import Call
-from invoiceflow.sandbox.errors import invalid, missing_parameter
+from invoiceflow.sandbox.errors import exclusive, invalid, missing_parameter
 from invoiceflow.sandbox.params import Dec, Int, Metadata, Obj, Str
 from invoiceflow.sandbox.resources.common import merge_metadata
 from invoiceflow.sandbox.store import JSON, Store, now
@@ -61,10 +61,7 @@ def new_item(
     if price_id:
         given.insert(0, "pricing")
     if len(given) > 1:
-        raise invalid(
-            f"You may only specify one of these parameters: {', '.join(given)}.",
-            param=where(given[1]),
-        )
+        raise exclusive(given, param=where(given[1]))
     quantity: int = params.get("quantity", 1)
     price = None
     if price_id:

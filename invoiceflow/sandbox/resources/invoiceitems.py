@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from invoiceflow.sandbox.context import Call, changed
-from invoiceflow.sandbox.errors import not_in_state
+from invoiceflow.sandbox.errors import invalid, not_editable
 from invoiceflow.sandbox.listing import paginate
 from invoiceflow.sandbox.params import LIST_PAGING, Bool, IntOrRange, Str
 from invoiceflow.sandbox.resources import billing
@@ -36,14 +36,13 @@ def create(call: Call) -> JSON:
     if params.get("invoice"):
         invoice = store.get("in", params["invoice"], param="invoice")
         if invoice["status"] != "draft":
-            raise not_in_state(
+            raise not_editable(
                 "Invoice items can only be added to draft invoices; invoice "
                 f"{invoice['id']} is {invoice['status']}."
             )
         if invoice["customer"] != customer["id"]:
-            raise not_in_state(
-                f"The invoice {invoice['id']} belongs to another customer.",
-                code="invoice_not_editable",
+            raise invalid(
+                f"The invoice {invoice['id']} belongs to another customer.", param="invoice"
             )
     item = billing.new_item(call, params, customer=customer, invoice=invoice)
     if "discountable" in params:

@@ -7,7 +7,14 @@ from typing import Any
 
 from invoiceflow.sandbox import search, shapes
 from invoiceflow.sandbox.context import Call, changed
-from invoiceflow.sandbox.errors import card_declined, invalid, missing_parameter, not_in_state
+from invoiceflow.sandbox.errors import (
+    card_declined,
+    exclusive,
+    invalid,
+    missing_parameter,
+    not_editable,
+    wrong_state,
+)
 from invoiceflow.sandbox.listing import paginate
 from invoiceflow.sandbox.params import (
     LIST_PAGING,
@@ -140,7 +147,7 @@ def update(call: Call, id: str) -> JSON:
     if invoice["status"] != "draft":
         for name in params:
             if name not in _FINALIZED_EDITABLE:
-                raise not_in_state(
+                raise not_editable(
                     f"Finalized invoices can't be updated in this way: `{name}` can only be "
                     f"changed while the invoice is a draft (this one is {invoice['status']}).",
                 )
@@ -157,7 +164,7 @@ def delete(call: Call, id: str) -> JSON:
     store = call.store
     invoice = store.get("in", id)
     if invoice["status"] != "draft":
-        raise not_in_state(
+        raise wrong_state(
             f"You can only delete draft invoices. This invoice is {invoice['status']}; void it "
             "or mark it uncollectible instead."
         )
@@ -197,7 +204,7 @@ def add_lines(call: Call, id: str) -> JSON:
     store = call.store
     invoice = store.get("in", id)
     if invoice["status"] != "draft":
-        raise not_in_state(
+        raise not_editable(
             f"You can only add lines to draft invoices. This invoice is {invoice['status']}."
         )
     lines: list[dict[str, Any]] = params["lines"]
@@ -242,7 +249,7 @@ def finalize(call: Call, id: str) -> JSON:
     params = read(call, {"auto_advance": Bool()})
     invoice = call.store.get("in", id)
     if invoice["status"] != "draft":
-        raise not_in_state(
+        raise wrong_state(
             "This invoice is already finalized, you can't re-finalize a non-draft invoice."
         )
     assign(invoice, params, ("auto_advance",))
@@ -258,7 +265,7 @@ def send(call: Call, id: str) -> JSON:
             "You can only manually send an invoice if its collection method is 'send_invoice'."
         )
     if invoice["status"] not in ("draft", "open"):
-        raise not_in_state(f"You can't send an invoice that is {invoice['status']}.")
+        raise wrong_state(f"You can't send an invoice that is {invoice['status']}.")
     if invoice["status"] == "draft":
         _finalize(call, invoice)  # Stripe finalizes a draft before sending it
     call.emit("invoice.sent", invoice)
@@ -277,16 +284,12 @@ def pay(call: Call, id: str) -> JSON:
     )
     invoice = call.store.get("in", id)
     if invoice["status"] == "paid":
-        raise not_in_state("Invoice is already paid", code="invoice_unexpected_state")
+        raise wrong_state("Invoice is already paid")
     if invoice["status"] == "void":
-        raise not_in_state(
-            "This invoice can no longer be paid: it is void.", code="invoice_unexpected_state"
-        )
+        raise wrong_state("This invoice can no longer be paid: it is void.")
     method = params.get("payment_method") or invoice["default_payment_method"]
     if params.get("paid_out_of_band") and "payment_method" in params:
-        raise invalid(
-            "You may only specify one of these parameters: paid_out_of_band, payment_method."
-        )
+        raise exclusive(["paid_out_of_band", "payment_method"])
     if not params.get("paid_out_of_band"):
         _check_payment_method(method)
     if invoice["status"] == "draft":
@@ -338,10 +341,9 @@ def _transition(
 ) -> JSON:
     invoice = call.store.get("in", id)
     if invoice["status"] not in allowed:
-        raise not_in_state(
+        raise wrong_state(
             f"You can only move an invoice to `{to}` when it is {' or '.join(allowed)}; "
-            f"this invoice is {invoice['status']}.",
-            code="invoice_unexpected_state",
+            f"this invoice is {invoice['status']}."
         )
     before = copy.deepcopy(invoice)
     invoice["status"] = to

@@ -7,7 +7,7 @@ from typing import Any
 
 from invoiceflow.sandbox import search, shapes
 from invoiceflow.sandbox.context import Call, changed
-from invoiceflow.sandbox.errors import invalid, missing_parameter
+from invoiceflow.sandbox.errors import exclusive, invalid, missing_parameter
 from invoiceflow.sandbox.listing import paginate
 from invoiceflow.sandbox.params import (
     LIST_PAGING,
@@ -82,7 +82,7 @@ def create(call: Call) -> JSON:
     params = read(call, _CREATE)
     store = call.store
     if "product" in params and "product_data" in params:
-        raise invalid("You may only specify one of these parameters: product, product_data.")
+        raise exclusive(["product", "product_data"])
     if "unit_amount" not in params and "unit_amount_decimal" not in params:
         raise missing_parameter("unit_amount")
     currency = params["currency"].lower()
