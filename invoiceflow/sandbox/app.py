@@ -44,8 +44,9 @@ _API_KEY = re.compile(r"^(sk|rk)_test_[A-Za-z0-9_]+$")
 _ID_SEGMENT = r"(?P<{name}>[^/]+)"
 # The request log is for tests and debugging; a long-running CLI sandbox keeps only this many.
 REQUEST_LOG_LIMIT = 100_000
-# Methods whose requests Stripe treats as writes (idempotency keys apply).
-_WRITE_METHODS = frozenset({"POST", "DELETE"})
+# Stripe applies idempotency keys to POST only: GET and DELETE are idempotent by
+# definition, so a key sent with them is ignored (neither saved nor replayed nor echoed).
+_KEYED_METHODS = frozenset({"POST"})
 
 
 @dataclass
@@ -154,7 +155,7 @@ class SandboxApp:
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
     ) -> Response:
         request_id = "req_" + self.store.token(14)
-        key = headers.get("idempotency-key") if method in _WRITE_METHODS else None
+        key = headers.get("idempotency-key") if method in _KEYED_METHODS else None
         entry: dict[str, Any] = {
             "method": method,
             "path": path,

@@ -6,6 +6,7 @@ would send, so the SDK maps it onto the same exception class it raises against S
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -86,7 +87,7 @@ def wrong_state(message: str) -> StripeError:
     return invalid(message)
 
 
-def exclusive(names: list[str], *, param: str | None = None) -> StripeError:
+def exclusive(names: Sequence[str], *, param: str | None = None) -> StripeError:
     return invalid(
         f"You may only specify one of these parameters: {', '.join(names)}.",
         param=param,

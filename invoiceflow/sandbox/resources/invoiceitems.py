@@ -7,7 +7,7 @@ import copy
 from invoiceflow.sandbox.context import Call, changed
 from invoiceflow.sandbox.errors import invalid, not_editable
 from invoiceflow.sandbox.listing import paginate
-from invoiceflow.sandbox.params import LIST_PAGING, Bool, IntOrRange, Str
+from invoiceflow.sandbox.params import LIST_PAGING, Bool, Currency, IntOrRange, Str
 from invoiceflow.sandbox.resources import billing
 from invoiceflow.sandbox.resources.common import Route, created_matches, read
 from invoiceflow.sandbox.store import JSON
@@ -16,7 +16,7 @@ _CREATE = {
     **billing.CHARGE_FIELDS,
     "customer": Str(required=True),
     "invoice": Str(),
-    "currency": Str(),
+    "currency": Currency(),
     "discountable": Bool(),
 }
 _LIST = {
