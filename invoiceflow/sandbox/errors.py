@@ -24,6 +24,7 @@ class StripeError(Exception):
         decline_code: str | None = None,
         headers: dict[str, str] | None = None,
         executed: bool = False,
+        payment_intent: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -32,6 +33,7 @@ class StripeError(Exception):
         self.code = code
         self.param = param
         self.decline_code = decline_code
+        self.payment_intent = payment_intent
         self.headers = headers or {}
         # True when the request ran and changed state before failing (a card decline
         # counts the attempt): Stripe saves such results under the idempotency key, while
@@ -47,7 +49,15 @@ class StripeError(Exception):
             error["param"] = self.param
         if self.decline_code is not None:
             error["decline_code"] = self.decline_code
+        if self.payment_intent is not None:
+            error["payment_intent"] = self.payment_intent
         return {"error": error}
+
+    def summary(self) -> dict[str, Any]:
+        """The error object without the PaymentIntent (for the intent's last_payment_error)."""
+        error: dict[str, Any] = self.body()["error"]
+        error.pop("payment_intent", None)
+        return error
 
 
 def invalid(message: str, *, param: str | None = None, code: str | None = None) -> StripeError:

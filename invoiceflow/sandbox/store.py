@@ -52,6 +52,8 @@ class Store:
     webhook_secrets: dict[str, str] = field(default_factory=dict)
     # Deleted customers stay retrievable as `{"id", "object", "deleted": true}` like Stripe's.
     deleted_customers: dict[str, JSON] = field(default_factory=dict)
+    # PaymentIntents of finalized invoices (not served on their own: no /v1/payment_intents).
+    payment_intents: dict[str, JSON] = field(default_factory=dict)
     # customer id -> its tax ids ({type, value}); Stripe shows them on invoices.
     tax_ids: dict[str, list[JSON]] = field(default_factory=dict)
     # (object id, field) -> value of an *includable* field: Stripe leaves these out of the
@@ -94,6 +96,7 @@ class Store:
         self.invoice_lines.clear()
         self.webhook_secrets.clear()
         self.deleted_customers.clear()
+        self.payment_intents.clear()
         self.tax_ids.clear()
         self.includable.clear()
 
