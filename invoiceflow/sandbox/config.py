@@ -29,7 +29,7 @@ FAULT_KINDS = (
 STALL_KINDS = ("stall_before_write", "stall_after_write")
 
 
-_BOOLEAN_KNOBS = frozenset({"webhook_reorder", "record_responses"})
+_BOOLEAN_KNOBS = frozenset({"webhook_reorder", "record_responses", "allow_remote_webhooks"})
 
 
 class ConfigError(ValueError):
@@ -90,6 +90,9 @@ class SandboxConfig:
     # Keep every API response body for `GET /_sandbox/responses` (schema tests). Off by
     # default: a long-running sandbox would otherwise hold every body it ever served.
     record_responses: bool = False
+    # Webhooks go to loopback addresses only (127.0.0.0/8, ::1, localhost) unless this is
+    # on: a sandbox must not POST test events to arbitrary hosts on the internet.
+    allow_remote_webhooks: bool = False
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply `changes` atomically: validate everything first, then assign."""

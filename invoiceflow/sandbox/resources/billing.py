@@ -221,3 +221,67 @@ def _item_currency(params: dict[str, Any], customer: JSON, invoice: JSON | None,
     if customer["currency"]:
         return str(customer["currency"])
     raise missing_parameter(param)
+
+
+def line_of(store: Store, item_id: str) -> str | None:
+    """The `il_` line showing an invoice item, if it is on an invoice."""
+    item = store.invoiceitems[item_id]
+    for line_id in store.invoice_lines.get(item["invoice"] or "", []):
+        if store.lines[line_id]["parent"]["invoice_item_details"]["invoice_item"] == item_id:
+            return line_id
+    return None
+
+
+def replace(call: Call, item: JSON, params: dict[str, Any]) -> JSON:
+    """Re-price an existing item from update parameters, keeping its id and invoice.
+
+    The charge is rebuilt from the item's current pricing overlaid with the parameters, so
+    `quantity` alone re-prices a priced item and `amount` alone replaces the amount.
+    """
+    store = call.store
+    charge: dict[str, Any] = {}
+    if not any(
+        name in params for name in ("pricing", "price_data", "amount", "unit_amount_decimal")
+    ):
+        price_details = item["pricing"].get("price_details")
+        if price_details:
+            charge["pricing"] = {"price": price_details["price"]}
+        elif "quantity" in params or "quantity_decimal" in params:
+            charge["unit_amount_decimal"] = Decimal(item["pricing"]["unit_amount_decimal"])
+            charge["currency"] = item["currency"]
+        else:
+            charge["amount"] = item["amount"]
+            charge["currency"] = item["currency"]
+    charge.update(params)
+    customer = store.customers.get(item["customer"]) or {"id": item["customer"], "currency": None}
+    invoice = store.invoices.get(item["invoice"] or "")
+    fresh = new_item(call, charge, customer=customer, invoice=invoice)
+    keep = ("id", "date", "invoice", "discountable", "metadata", "description", "period")
+    for name in keep:
+        fresh[name] = item[name]
+    if "description" in params:
+        fresh["description"] = params["description"] or None
+    if "period" in params:
+        fresh["period"] = {"start": params["period"]["start"], "end": params["period"]["end"]}
+    if "discountable" in params:
+        fresh["discountable"] = params["discountable"]
+    merge_metadata(fresh, params)
+    item.clear()
+    item.update(fresh)
+    line_id = line_of(store, item["id"])
+    if line_id is not None:
+        line = store.lines[line_id]
+        store.lines[line_id] = shapes.line_item(line_id, item, line["invoice"])
+    if invoice is not None:
+        refresh(store, invoice)
+    return item
+
+
+def detach(store: Store, item_id: str) -> None:
+    """Remove an item's line from its invoice (the item itself is the caller's business)."""
+    item = store.invoiceitems[item_id]
+    line_id = line_of(store, item_id)
+    if line_id is not None and item["invoice"] is not None:
+        store.invoice_lines[item["invoice"]].remove(line_id)
+        del store.lines[line_id]
+        refresh(store, store.invoices[item["invoice"]])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+from invoiceflow.sandbox import shapes
 from invoiceflow.sandbox.context import Call, changed
 from invoiceflow.sandbox.errors import invalid, not_editable
 from invoiceflow.sandbox.listing import paginate
@@ -19,6 +20,7 @@ _CREATE = {
     "currency": Currency(),
     "discountable": Bool(),
 }
+_UPDATE = {**billing.CHARGE_FIELDS, "discountable": Bool()}
 _LIST = {
     **LIST_PAGING,
     "customer": Str(),
@@ -63,6 +65,47 @@ def retrieve(call: Call, id: str) -> JSON:
     return call.store.get("ii", id)
 
 
+def update(call: Call, id: str) -> JSON:
+    params = read(call, _UPDATE)
+    store = call.store
+    item = store.get("ii", id)
+    invoice = _editable_invoice(call, item)
+    before = copy.deepcopy(item)
+    invoice_before = copy.deepcopy(invoice) if invoice else None
+    billing.replace(call, item, params)
+    call.emit("invoiceitem.updated", item, changed(before, item))
+    if invoice is not None and invoice_before is not None:
+        call.emit("invoice.updated", invoice, changed(invoice_before, invoice))
+    return item
+
+
+def delete(call: Call, id: str) -> JSON:
+    read(call, {})
+    store = call.store
+    item = store.get("ii", id)
+    invoice = _editable_invoice(call, item)
+    invoice_before = copy.deepcopy(invoice) if invoice else None
+    billing.detach(store, id)
+    del store.invoiceitems[id]
+    call.emit("invoiceitem.deleted", item)
+    if invoice is not None and invoice_before is not None:
+        call.emit("invoice.updated", invoice, changed(invoice_before, invoice))
+    return shapes.deleted(id, "invoiceitem")
+
+
+def _editable_invoice(call: Call, item: JSON) -> JSON | None:
+    """The draft invoice an item is on (None when pending); finalized ones refuse edits."""
+    if item["invoice"] is None:
+        return None
+    invoice = call.store.get("in", item["invoice"])
+    if invoice["status"] != "draft":
+        raise not_editable(
+            f"This invoice item is on invoice {invoice['id']}, which is {invoice['status']}; "
+            "only items of draft invoices can be changed."
+        )
+    return invoice
+
+
 def list_(call: Call) -> JSON:
     params = read(call, _LIST)
     selected = (
@@ -80,4 +123,6 @@ ROUTES = [
     Route("POST", "/v1/invoiceitems", create),
     Route("GET", "/v1/invoiceitems", list_),
     Route("GET", "/v1/invoiceitems/{id}", retrieve),
+    Route("POST", "/v1/invoiceitems/{id}", update),
+    Route("DELETE", "/v1/invoiceitems/{id}", delete),
 ]

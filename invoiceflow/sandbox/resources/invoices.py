@@ -12,6 +12,7 @@ from invoiceflow.sandbox.errors import (
     exclusive,
     invalid,
     missing_parameter,
+    no_such,
     not_editable,
     wrong_state,
 )
@@ -38,7 +39,7 @@ from invoiceflow.sandbox.resources.common import (
     merge_metadata,
     read,
 )
-from invoiceflow.sandbox.store import JSON, now
+from invoiceflow.sandbox.store import JSON, Store, now
 
 # Our invoice client sends add_lines in batches of 50, so the sandbox refuses bigger batches:
 # a batch that only works here would be a bug waiting for production.
@@ -137,6 +138,25 @@ _ADD_LINES = {
                 "invoice_item": Str(),
             }
         ),
+        required=True,
+    ),
+    "invoice_metadata": Metadata(),
+}
+_REMOVE_LINES = {
+    "lines": Arr(
+        Obj(
+            fields={
+                "id": Str(required=True),
+                "behavior": Enum(required=True, values=("delete", "unassign")),
+            }
+        ),
+        required=True,
+    ),
+    "invoice_metadata": Metadata(),
+}
+_UPDATE_LINES = {
+    "lines": Arr(
+        Obj(fields={**billing.CHARGE_FIELDS, "id": Str(required=True), "discountable": Bool()}),
         required=True,
     ),
     "invoice_metadata": Metadata(),
@@ -331,6 +351,68 @@ def add_lines(call: Call, id: str) -> JSON:
         call.emit("invoiceitem.created", item)
     call.emit("invoice.updated", invoice, changed(before, invoice))
     return invoice
+
+
+def remove_lines(call: Call, id: str) -> JSON:
+    """Take lines off a draft: `delete` deletes their items, `unassign` makes them pending."""
+    params = read(call, _REMOVE_LINES)
+    store = call.store
+    invoice = _draft_for_lines(store, id, "remove lines from")
+    targets = [
+        (_item_of_line(store, id, line["id"], index), line["behavior"])
+        for index, line in enumerate(params["lines"])
+    ]
+    before = copy.deepcopy(invoice)
+    for item_id, behavior in targets:
+        billing.detach(store, item_id)
+        item = store.invoiceitems[item_id]
+        if behavior == "delete":
+            del store.invoiceitems[item_id]
+            call.emit("invoiceitem.deleted", item)
+        else:
+            item["invoice"] = None
+            call.emit("invoiceitem.updated", item, {"invoice": id})
+    if "invoice_metadata" in params:
+        merge_metadata(invoice, {"metadata": params["invoice_metadata"]})
+    call.emit("invoice.updated", invoice, changed(before, invoice))
+    return invoice
+
+
+def update_lines(call: Call, id: str) -> JSON:
+    """Change lines of a draft in place; each line's item is re-priced like an update."""
+    params = read(call, _UPDATE_LINES)
+    store = call.store
+    invoice = _draft_for_lines(store, id, "update lines of")
+    targets = [
+        (_item_of_line(store, id, line["id"], index), line)
+        for index, line in enumerate(params["lines"])
+    ]
+    before = copy.deepcopy(invoice)
+    for item_id, line in targets:
+        item = store.invoiceitems[item_id]
+        item_before = copy.deepcopy(item)
+        billing.replace(call, item, {k: v for k, v in line.items() if k != "id"})
+        call.emit("invoiceitem.updated", item, changed(item_before, item))
+    if "invoice_metadata" in params:
+        merge_metadata(invoice, {"metadata": params["invoice_metadata"]})
+    call.emit("invoice.updated", invoice, changed(before, invoice))
+    return invoice
+
+
+def _draft_for_lines(store: Store, id: str, action: str) -> JSON:
+    invoice = store.get("in", id)
+    if invoice["status"] != "draft":
+        raise not_editable(
+            f"You can only {action} draft invoices. This invoice is {invoice['status']}."
+        )
+    return invoice
+
+
+def _item_of_line(store: Store, invoice_id: str, line_id: str, index: int) -> str:
+    if line_id not in store.invoice_lines.get(invoice_id, []):
+        raise no_such("line item", line_id, param=f"lines[{index}][id]")
+    item_id: str = store.lines[line_id]["parent"]["invoice_item_details"]["invoice_item"]
+    return item_id
 
 
 def list_lines(call: Call, id: str) -> JSON:
@@ -589,6 +671,8 @@ ROUTES = [
     Route("DELETE", "/v1/invoices/{id}", delete),
     Route("POST", "/v1/invoices/{id}/add_lines", add_lines),
     Route("GET", "/v1/invoices/{id}/lines", list_lines),
+    Route("POST", "/v1/invoices/{id}/remove_lines", remove_lines),
+    Route("POST", "/v1/invoices/{id}/update_lines", update_lines),
     Route("POST", "/v1/invoices/{id}/finalize", finalize),
     Route("POST", "/v1/invoices/{id}/send", send),
     Route("POST", "/v1/invoices/{id}/pay", pay),
