@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-SCHEMAS = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "stripe" / "endive-schemas.json"
-)
+SCHEMAS = Path(__file__).resolve().parents[2] / ".." / "shared" / "stripe" / "endive-schemas.json"
 # Stripe's API error object: the schema file has no top-level error type, but an invoice's
 # `last_finalization_error` is the very object Stripe sends as `{"error": {...}}`.
 ERROR_DEF = "resources~Invoices#Invoice.LastFinalizationError"

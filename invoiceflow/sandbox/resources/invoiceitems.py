@@ -70,10 +70,8 @@ def update(call: Call, id: str) -> JSON:
     store = call.store
     item = store.get("ii", id)
     invoice = _editable_invoice(call, item)
-    before = copy.deepcopy(item)
     invoice_before = copy.deepcopy(invoice) if invoice else None
-    billing.replace(call, item, params)
-    call.emit("invoiceitem.updated", item, changed(before, item))
+    billing.replace(call, item, params)  # Stripe has no invoiceitem.updated event
     if invoice is not None and invoice_before is not None:
         call.emit("invoice.updated", invoice, changed(invoice_before, invoice))
     return item

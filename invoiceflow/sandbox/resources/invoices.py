@@ -191,6 +191,7 @@ def create(call: Call) -> JSON:
     _apply_due_date(invoice, params)
     store.invoices[invoice["id"]] = invoice
     store.invoice_lines[invoice["id"]] = []
+    payments.no_payments(store, invoice)
     items = [item for item in pending if item["currency"] == currency] if include else []
     billing.attach(call, invoice, items)
     call.emit("invoice.created", invoice)
@@ -370,8 +371,7 @@ def remove_lines(call: Call, id: str) -> JSON:
             del store.invoiceitems[item_id]
             call.emit("invoiceitem.deleted", item)
         else:
-            item["invoice"] = None
-            call.emit("invoiceitem.updated", item, {"invoice": id})
+            item["invoice"] = None  # Stripe has no invoiceitem.updated event
     if "invoice_metadata" in params:
         merge_metadata(invoice, {"metadata": params["invoice_metadata"]})
     call.emit("invoice.updated", invoice, changed(before, invoice))
@@ -389,10 +389,10 @@ def update_lines(call: Call, id: str) -> JSON:
     ]
     before = copy.deepcopy(invoice)
     for item_id, line in targets:
-        item = store.invoiceitems[item_id]
-        item_before = copy.deepcopy(item)
-        billing.replace(call, item, {k: v for k, v in line.items() if k != "id"})
-        call.emit("invoiceitem.updated", item, changed(item_before, item))
+        # Stripe has no invoiceitem.updated event: only the invoice reports the change.
+        billing.replace(
+            call, store.invoiceitems[item_id], {k: v for k, v in line.items() if k != "id"}
+        )
     if "invoice_metadata" in params:
         merge_metadata(invoice, {"metadata": params["invoice_metadata"]})
     call.emit("invoice.updated", invoice, changed(before, invoice))

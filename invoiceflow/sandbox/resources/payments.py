@@ -11,6 +11,15 @@ from invoiceflow.sandbox import shapes
 from invoiceflow.sandbox.store import JSON, Store, now
 
 
+def no_payments(store: Store, invoice: JSON) -> None:
+    """A draft's `payments`: an empty list until finalization opens one."""
+    store.includable[(invoice["id"], "payments")] = _payments_list(invoice, [])
+
+
+def _payments_list(invoice: JSON, data: list[JSON]) -> JSON:
+    return shapes.list_of(data, f"/v1/invoice_payments?invoice={invoice['id']}", False)
+
+
 def open_payment(store: Store, invoice: JSON) -> None:
     """At finalization: the invoice's PaymentIntent and its default invoice payment."""
     created = now()
@@ -30,9 +39,7 @@ def open_payment(store: Store, invoice: JSON) -> None:
         "status_transitions": {"canceled_at": None, "paid_at": None},
     }
     store.payment_intents[intent["id"]] = intent
-    store.includable[(invoice["id"], "payments")] = shapes.list_of(
-        [payment], f"/v1/invoice_payments?invoice={invoice['id']}", False
-    )
+    store.includable[(invoice["id"], "payments")] = _payments_list(invoice, [payment])
 
 
 def settle(store: Store, invoice: JSON, *, succeeded: bool, payment_method: str | None) -> None:
