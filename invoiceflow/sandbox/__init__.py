@@ -9,6 +9,7 @@ Control plane (no API key, never faulted or rate-limited), wrapped by `RunningSa
     GET/POST /_sandbox/config          knobs (see config.py), scripted `faults`
     GET      /_sandbox/requests        request log: method, path, idempotency_key, status,
                                        replayed, fault, time (status null when dropped)
+    GET      /_sandbox/responses       API response bodies, while `record_responses` is on
     GET      /_sandbox/webhooks        webhook delivery attempts
     POST     /_sandbox/idempotency/expire   forget saved keys (Stripe's 24 h passing)
     DELETE   /_sandbox/data[?config=1] forget all state (and restore startup knobs)

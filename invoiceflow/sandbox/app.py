@@ -44,8 +44,9 @@ _API_KEY = re.compile(r"^(sk|rk)_test_[A-Za-z0-9_]+$")
 _ID_SEGMENT = r"(?P<{name}>[^/]+)"
 # The request log is for tests and debugging; a long-running CLI sandbox keeps only this many.
 REQUEST_LOG_LIMIT = 100_000
-# Methods whose requests Stripe treats as writes (idempotency keys apply).
-_WRITE_METHODS = frozenset({"POST", "DELETE"})
+# Stripe applies idempotency keys to POST only: GET and DELETE are idempotent by
+# definition, so a key sent with them is ignored (neither saved nor replayed nor echoed).
+_KEYED_METHODS = frozenset({"POST"})
 
 
 @dataclass
@@ -80,6 +81,8 @@ class SandboxApp:
         self.webhooks = Dispatcher(config, self.store, self.rng)
         self.store.listeners.append(self.webhooks.on_event)
         self.request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
+        # (method, path, status, body bytes), only while `record_responses` is on.
+        self.responses: deque[tuple[str, str, int, bytes]] = deque(maxlen=REQUEST_LOG_LIMIT)
         self.routes = [
             _CompiledRoute(
                 route.method,
@@ -153,7 +156,7 @@ class SandboxApp:
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
     ) -> Response:
         request_id = "req_" + self.store.token(14)
-        key = headers.get("idempotency-key") if method in _WRITE_METHODS else None
+        key = headers.get("idempotency-key") if method in _KEYED_METHODS else None
         entry: dict[str, Any] = {
             "method": method,
             "path": path,
@@ -177,6 +180,8 @@ class SandboxApp:
         except errors.StripeError as error:
             response = _error_response(error, base_headers)
         entry["status"] = None if response.drop else response.status
+        if self.config.record_responses and not response.drop:
+            self.responses.append((method, path, response.status, response.body))
         if entry["fault"] not in STALL_KINDS:  # stalls were logged when they began
             self.request_log.append(entry)
         return response
@@ -313,6 +318,8 @@ class SandboxApp:
             return Response.json(200, self.config.as_json())
         if (method, path) == ("GET", "/_sandbox/requests"):
             return Response.json(200, list(self.request_log))
+        if (method, path) == ("GET", "/_sandbox/responses"):
+            return Response.json(200, [_recorded(*item) for item in self.responses])
         if (method, path) == ("GET", "/_sandbox/webhooks"):
             return Response.json(200, list(self.webhooks.deliveries))
         if (method, path) == ("POST", "/_sandbox/idempotency/expire"):
@@ -330,6 +337,7 @@ class SandboxApp:
         self.idempotency.clear()
         self.limiter.clear()
         self.request_log.clear()
+        self.responses.clear()
         if reset_config:
             fresh = SandboxConfig()
             fresh.update(self.initial_config)
@@ -379,6 +387,10 @@ def _replayed(saved: Saved, request_id: str) -> Response:
             ("Original-Request", saved.request_id),
         ],
     )
+
+
+def _recorded(method: str, path: str, status: int, body: bytes) -> dict[str, Any]:
+    return {"method": method, "path": path, "status": status, "body": json.loads(body)}
 
 
 def _error_response(error: errors.StripeError, base_headers: list[tuple[str, str]]) -> Response:

@@ -42,6 +42,10 @@ def sandbox(
     ] = False,
     webhook_delay_ms: Annotated[float, typer.Option(help="Delay before each delivery.")] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Seed for ids and random faults.")] = None,
+    allow_remote_webhooks: Annotated[
+        bool,
+        typer.Option(help="Deliver webhooks to non-loopback hosts too (default: loopback only)."),
+    ] = False,
 ) -> None:
     """Serve a stateful Stripe API sandbox (test keys only), one log line per request."""
     from invoiceflow.sandbox.config import ConfigError
@@ -62,6 +66,7 @@ def sandbox(
             webhook_reorder=webhook_reorder,
             webhook_delay_ms=webhook_delay_ms,
             seed=seed,
+            allow_remote_webhooks=allow_remote_webhooks,
         )
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -29,6 +29,9 @@ FAULT_KINDS = (
 STALL_KINDS = ("stall_before_write", "stall_after_write")
 
 
+_BOOLEAN_KNOBS = frozenset({"webhook_reorder", "record_responses", "allow_remote_webhooks"})
+
+
 class ConfigError(ValueError):
     """A knob with an unknown name or an impossible value."""
 
@@ -88,6 +91,12 @@ class SandboxConfig:
     # run our side with a clock that is off from Stripe's.
     clock_offset_s: float = 0.0
     faults: list[ScriptedFault] = field(default_factory=list)
+    # Keep every API response body for `GET /_sandbox/responses` (schema tests). Off by
+    # default: a long-running sandbox would otherwise hold every body it ever served.
+    record_responses: bool = False
+    # Webhooks go to loopback addresses only (127.0.0.0/8, ::1, localhost) unless this is
+    # on: a sandbox must not POST test events to arbitrary hosts on the internet.
+    allow_remote_webhooks: bool = False
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply `changes` atomically: validate everything first, then assign."""
@@ -143,9 +152,9 @@ def _coerce(name: str, value: Any) -> Any:
             return [ScriptedFault(**fault) for fault in value]
         if name == "seed":
             return None if value is None else int(value)
-        if name == "webhook_reorder":
+        if name in _BOOLEAN_KNOBS:
             if not isinstance(value, bool):
-                raise ConfigError("webhook_reorder is a boolean")
+                raise ConfigError(f"{name} is a boolean")
             return value
         if name in ("webhook_max_attempts",):
             return int(value)

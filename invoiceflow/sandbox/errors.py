@@ -6,6 +6,7 @@ would send, so the SDK maps it onto the same exception class it raises against S
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -23,6 +24,7 @@ class StripeError(Exception):
         decline_code: str | None = None,
         headers: dict[str, str] | None = None,
         executed: bool = False,
+        payment_intent: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -31,6 +33,7 @@ class StripeError(Exception):
         self.code = code
         self.param = param
         self.decline_code = decline_code
+        self.payment_intent = payment_intent
         self.headers = headers or {}
         # True when the request ran and changed state before failing (a card decline
         # counts the attempt): Stripe saves such results under the idempotency key, while
@@ -46,7 +49,15 @@ class StripeError(Exception):
             error["param"] = self.param
         if self.decline_code is not None:
             error["decline_code"] = self.decline_code
+        if self.payment_intent is not None:
+            error["payment_intent"] = self.payment_intent
         return {"error": error}
+
+    def summary(self) -> dict[str, Any]:
+        """The error object without the PaymentIntent (for the intent's last_payment_error)."""
+        error: dict[str, Any] = self.body()["error"]
+        error.pop("payment_intent", None)
+        return error
 
 
 def invalid(message: str, *, param: str | None = None, code: str | None = None) -> StripeError:
@@ -72,9 +83,26 @@ def no_such(kind: str, object_id: str, *, param: str = "id") -> StripeError:
     )
 
 
-def not_in_state(message: str, *, code: str = "invoice_not_editable") -> StripeError:
-    """An action that is illegal for the object's current status (400, like Stripe)."""
-    return invalid(message, code=code)
+def not_editable(message: str) -> StripeError:
+    """A change to an invoice (or its items) that is no longer a draft.
+
+    Stripe reserves `invoice_not_editable` for exactly this; other illegal transitions
+    (paying a paid invoice, voiding a draft) are plain invalid requests without a code.
+    """
+    return invalid(message, code="invoice_not_editable")
+
+
+def wrong_state(message: str) -> StripeError:
+    """An action the object's current status forbids, other than editing (400, no code)."""
+    return invalid(message)
+
+
+def exclusive(names: Sequence[str], *, param: str | None = None) -> StripeError:
+    return invalid(
+        f"You may only specify one of these parameters: {', '.join(names)}.",
+        param=param,
+        code="parameters_exclusive",
+    )
 
 
 def unrecognized_url(method: str, path: str) -> StripeError:
@@ -118,6 +146,7 @@ def idempotency_in_flight() -> StripeError:
         "idempotency_error",
         "There is currently another in-progress request using this Stripe-Idempotency-Key "
         "(or one of its associated keys). Please try again later.",
+        code="idempotency_key_in_use",
         headers={"Stripe-Should-Retry": "true"},
     )
 

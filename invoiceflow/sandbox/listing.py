@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from invoiceflow.sandbox import shapes
-from invoiceflow.sandbox.errors import invalid
+from invoiceflow.sandbox.errors import exclusive, invalid
 from invoiceflow.sandbox.store import JSON, Store
 
 # Stripe's default page size when `limit` is absent.
@@ -25,9 +25,7 @@ def paginate(
     limit: int = params.get("limit", DEFAULT_LIMIT)
     after, before = params.get("starting_after"), params.get("ending_before")
     if after is not None and before is not None:
-        raise invalid(
-            "You may only specify one of these parameters: starting_after, ending_before."
-        )
+        raise exclusive(["starting_after", "ending_before"])
     position = {obj["id"]: index for index, obj in enumerate(ordered)}
     if after is not None:
         start = _cursor(position, after, "starting_after") + 1
@@ -62,6 +60,12 @@ def _expand_path(store: Store, node: Any, parts: list[str], path: str) -> None:
             _expand_path(store, item, parts, path)
         return
     head, rest = parts[0], parts[1:]
+    if isinstance(node, dict) and head not in node and not rest:
+        # An includable field (invoice.payments, price.tiers): present only when asked for.
+        included = store.includable.get((str(node.get("id")), head))
+        if included is not None:
+            node[head] = copy.deepcopy(included)
+            return
     if not isinstance(node, dict) or head not in node:
         raise invalid(f"This property cannot be expanded ({path}).", param="expand")
     value = node[head]

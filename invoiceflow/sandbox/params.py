@@ -7,11 +7,13 @@ code from passing here and failing against Stripe.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from invoiceflow.sandbox.currencies import SUPPORTED
 from invoiceflow.sandbox.errors import invalid, missing_parameter, unknown_parameter
 
 # Stripe's documented metadata limits.
@@ -46,6 +48,7 @@ class Kind:
                     f"attempt to unset a parameter; however '{name}' cannot be unset. You should "
                     f"remove '{name}' from your request or supply a non-empty value.",
                     param=name,
+                    code="parameter_invalid_empty",
                 )
             return UNSET
         return self.parse(value, name)
@@ -67,6 +70,36 @@ class Str(Kind):
 
 
 @dataclass(frozen=True)
+class Currency(Str):
+    """A three-letter code Stripe supports; stored lowercase as Stripe stores it."""
+
+    def parse(self, value: Any, name: str) -> str:
+        code = super().parse(value, name).lower()
+        if code not in SUPPORTED:
+            raise invalid(
+                f"Invalid currency: {code}. Stripe currently supports these currencies: "
+                f"{', '.join(sorted(SUPPORTED))}",
+                param=name,
+            )
+        return code
+
+
+# Stripe's check is loose too: one @, something on each side, a dot in the domain.
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True)
+class Email(Str):
+    max_length: int = 512
+
+    def parse(self, value: Any, name: str) -> str:
+        address = super().parse(value, name)
+        if not _EMAIL.match(address):
+            raise invalid(f"Invalid email address: {address}", param=name, code="email_invalid")
+        return address
+
+
+@dataclass(frozen=True)
 class Enum(Kind):
     values: tuple[str, ...] = ()
 
@@ -84,7 +117,9 @@ class Int(Kind):
     def parse(self, value: Any, name: str) -> int:
         digits = value.removeprefix("-") if isinstance(value, str) else ""
         if not (digits.isascii() and digits.isdigit()):
-            raise invalid(f"Invalid integer: {_show(value)}", param=name)
+            raise invalid(
+                f"Invalid integer: {_show(value)}", param=name, code="parameter_invalid_integer"
+            )
         number = int(value)
         if self.minimum is not None and number < self.minimum:
             raise invalid(
@@ -167,6 +202,32 @@ class Arr(Kind):
                 f"Invalid array: {name} can have at most {self.max_items} elements", param=name
             )
         return [self.item.check(item, f"{name}[{i}]") for i, item in enumerate(value)]
+
+
+@dataclass(frozen=True)
+class Keyed(Kind):
+    """A hash whose keys are data (`currency_options[eur][unit_amount]=…`), not names."""
+
+    key: Kind = field(default_factory=Str)
+    value: Kind = field(default_factory=Str)
+
+    def parse(self, value: Any, name: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise invalid(f"Invalid object: {_show(value)}", param=name)
+        return {
+            self.key.parse(key, f"{name}[{key}]"): self.value.check(item, f"{name}[{key}]")
+            for key, item in value.items()
+        }
+
+
+@dataclass(frozen=True)
+class UpTo(Kind):
+    """A tier's upper bound: a positive integer, or `inf` for the last tier."""
+
+    def parse(self, value: Any, name: str) -> int | None:
+        if value == "inf":
+            return None
+        return int(Int(minimum=1).parse(value, name))
 
 
 @dataclass(frozen=True)

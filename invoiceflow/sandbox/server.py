@@ -118,6 +118,11 @@ class RunningSandbox:
         result: list[dict[str, Any]] = self._control.get("/_sandbox/requests").json()
         return result
 
+    def responses(self) -> list[dict[str, Any]]:
+        """Recorded API responses (method, path, status, body); needs `record_responses`."""
+        result: list[dict[str, Any]] = self._control.get("/_sandbox/responses").json()
+        return result
+
     def webhook_deliveries(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._control.get("/_sandbox/webhooks").json()
         return result

@@ -50,6 +50,15 @@ class Store:
     webhook_endpoints: dict[str, JSON] = field(default_factory=dict)
     # Kept beside the endpoint: Stripe returns the secret only from the create call.
     webhook_secrets: dict[str, str] = field(default_factory=dict)
+    # Deleted customers stay retrievable as `{"id", "object", "deleted": true}` like Stripe's.
+    deleted_customers: dict[str, JSON] = field(default_factory=dict)
+    # PaymentIntents of finalized invoices (not served on their own: no /v1/payment_intents).
+    payment_intents: dict[str, JSON] = field(default_factory=dict)
+    # customer id -> its tax ids ({type, value}); Stripe shows them on invoices.
+    tax_ids: dict[str, list[JSON]] = field(default_factory=dict)
+    # (object id, field) -> value of an *includable* field: Stripe leaves these out of the
+    # object unless the request says `expand[]=<field>` (invoice.payments, price.tiers).
+    includable: dict[tuple[str, str], Any] = field(default_factory=dict)
     # Called with each new event (the webhook dispatcher subscribes here).
     listeners: list[Callable[[JSON], None]] = field(default_factory=list)
 
@@ -76,7 +85,7 @@ class Store:
         prefix = object_id.partition("_")[0]
         if prefix not in COLLECTIONS:
             return None
-        return self.collection(prefix).get(object_id)
+        return self.collection(prefix).get(object_id) or self.deleted_customers.get(object_id)
 
     def newest_first(self, prefix: str) -> Iterator[JSON]:
         return reversed(self.collection(prefix).values())
@@ -86,6 +95,10 @@ class Store:
             getattr(self, attribute).clear()
         self.invoice_lines.clear()
         self.webhook_secrets.clear()
+        self.deleted_customers.clear()
+        self.payment_intents.clear()
+        self.tax_ids.clear()
+        self.includable.clear()
 
 
 # Set from SandboxConfig.clock_offset_s (one sandbox per process in practice).

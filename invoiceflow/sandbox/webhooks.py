@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import random
@@ -16,6 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 
@@ -27,8 +29,24 @@ log = logging.getLogger("invoiceflow.sandbox")
 
 # Delivery attempts kept for `GET /_sandbox/webhooks`; older ones are forgotten.
 DELIVERY_LOG_LIMIT = 100_000
+# The delivery log's `error` for a webhook the loopback-only rule kept from being sent.
+REMOTE_REFUSED = "remote_webhooks_disabled"
 # Stripe's webhook User-Agent, so receivers that check it behave the same.
 USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
+
+
+def is_loopback(url: str) -> bool:
+    """True for http(s) URLs whose host is localhost or a loopback IP literal.
+
+    Host names other than `localhost` are not resolved: DNS could point them anywhere.
+    """
+    host = urlparse(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def sign(payload: bytes, secret: str, timestamp: int) -> str:
@@ -82,19 +100,13 @@ class Dispatcher:
         config = self.config
         if delay:
             await asyncio.sleep(delay)
+        if not (config.allow_remote_webhooks or is_loopback(url)):
+            log.warning("webhook to %s not sent: remote webhooks are disabled", url)
+            self._record(event, endpoint_id, 1, None, REMOTE_REFUSED)
+            return
         for attempt in range(1, config.webhook_max_attempts + 1):
             status, error = await self._post(url, secret, payload)
-            self.deliveries.append(
-                {
-                    "event": event["id"],
-                    "type": event["type"],
-                    "endpoint": endpoint_id,
-                    "attempt": attempt,
-                    "status": status,
-                    "error": error,
-                    "time": time.time(),
-                }
-            )
+            self._record(event, endpoint_id, attempt, status, error)
             if status is not None and 200 <= status < 300:
                 # Stripe counts endpoints still owed this event in `pending_webhooks`.
                 event["pending_webhooks"] = max(0, event["pending_webhooks"] - 1)
@@ -109,6 +121,21 @@ class Dispatcher:
             if attempt < config.webhook_max_attempts:
                 backoff = config.webhook_retry_base_ms * 2 ** (attempt - 1)
                 await asyncio.sleep(min(backoff, config.webhook_retry_max_ms) / 1000)
+
+    def _record(
+        self, event: JSON, endpoint_id: str, attempt: int, status: int | None, error: str | None
+    ) -> None:
+        self.deliveries.append(
+            {
+                "event": event["id"],
+                "type": event["type"],
+                "endpoint": endpoint_id,
+                "attempt": attempt,
+                "status": status,
+                "error": error,
+                "time": time.time(),
+            }
+        )
 
     async def _post(self, url: str, secret: str, payload: bytes) -> tuple[int | None, str | None]:
         if self._client is None:

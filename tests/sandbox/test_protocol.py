@@ -165,11 +165,13 @@ def test_in_flight_key_gets_409(sandbox: RunningSandbox) -> None:
         time.sleep(0.15)  # the slow request now holds the key while it "works"
         started = time.monotonic()
         concurrent = _post(sandbox, "/v1/customers", {"name": "x"}, key="k-4")
+        waited = time.monotonic() - started  # measured before joining the slow request
     finally:
         slow.join()
     assert concurrent.status_code == 409
-    assert time.monotonic() - started < 0.3  # refused up front, not after the latency
+    assert waited < 0.3  # refused up front, not after the latency
     assert concurrent.json()["error"]["type"] == "idempotency_error"
+    assert concurrent.json()["error"]["code"] == "idempotency_key_in_use"
     assert results[0].status_code == 200
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import re
 import string
+from typing import Any
 
 from invoiceflow.sandbox import search, shapes
 from invoiceflow.sandbox.context import Call, changed
@@ -11,12 +14,17 @@ from invoiceflow.sandbox.listing import paginate
 from invoiceflow.sandbox.params import (
     LIST_PAGING,
     SEARCH,
+    UNSET,
     Arr,
+    Email,
+    Enum,
+    Int,
     IntOrRange,
     Metadata,
     Obj,
     Str,
 )
+from invoiceflow.sandbox.resources import fields
 from invoiceflow.sandbox.resources.common import (
     Route,
     assign,
@@ -26,50 +34,84 @@ from invoiceflow.sandbox.resources.common import (
 )
 from invoiceflow.sandbox.store import JSON, now
 
-# Stripe's invoice prefixes are 3-12 uppercase letters or digits; generated ones have 8.
+# Stripe documents invoice prefixes as 3-12 uppercase letters or digits (the endive schema
+# only says "string"); generated ones have 8.
 INVOICE_PREFIX_LENGTH = 8
 _PREFIX_ALPHABET = string.ascii_uppercase + string.digits
+# Stripe accepts up to 25 tax ids per customer; types look like `eu_vat`, `us_ein`.
+MAX_TAX_IDS = 25
+_TAX_ID_TYPE = re.compile(r"^[a-z]{2}_[a-z_]+$")
 
-_ADDRESS = Obj(
-    fields={name: Str() for name in ("city", "country", "line1", "line2", "postal_code", "state")}
+_INVOICE_SETTINGS = Obj(
+    fields={
+        "custom_fields": fields.CUSTOM_FIELDS,
+        "default_payment_method": Str(),
+        "footer": Str(),
+        "rendering_options": Obj(
+            fields={"amount_tax_display": fields.AMOUNT_TAX_DISPLAY, "template": Str()}
+        ),
+    }
 )
 _FIELDS = {
-    "email": Str(max_length=512),
+    "email": Email(),
     "name": Str(max_length=256),
     "description": Str(),
     "phone": Str(max_length=20),
     "metadata": Metadata(),
-    "address": _ADDRESS,
+    "address": fields.ADDRESS,
     "preferred_locales": Arr(Str()),
     "invoice_prefix": Str(max_length=12),
+    "invoice_settings": _INVOICE_SETTINGS,
+    "shipping": fields.SHIPPING,
+    "tax_exempt": Enum(values=("exempt", "none", "reverse")),
+    "balance": Int(),
+    "next_invoice_sequence": Int(minimum=1),
+    "business_name": Str(max_length=150),
+}
+_CREATE = {
+    **_FIELDS,
+    "tax_id_data": Arr(
+        Obj(fields={"type": Str(required=True), "value": Str(required=True)}),
+        max_items=MAX_TAX_IDS,
+    ),
 }
 _LIST = {**LIST_PAGING, "email": Str(max_length=512), "created": IntOrRange()}
-_PLAIN_FIELDS = ("email", "name", "description", "phone", "preferred_locales")
+_PLAIN_FIELDS = (
+    "email",
+    "name",
+    "description",
+    "phone",
+    "preferred_locales",
+    "tax_exempt",
+    "balance",
+    "next_invoice_sequence",
+)
 SEARCH_FIELDS = ("email", "name", "phone", "metadata", "created")
 
 
 def create(call: Call) -> JSON:
-    params = read(call, _FIELDS)
+    params = read(call, _CREATE)
     store = call.store
     prefix = params.get("invoice_prefix") or "".join(
         store.rng.choices(_PREFIX_ALPHABET, k=INVOICE_PREFIX_LENGTH)
     )
     _check_prefix(prefix)
+    tax_ids = [_tax_id(datum, index) for index, datum in enumerate(params.get("tax_id_data", []))]
     customer = shapes.customer(store.new_id("cus"), now(), prefix)
-    assign(customer, params, _PLAIN_FIELDS)
-    if "address" in params:
-        customer["address"] = _address(params["address"])
-    merge_metadata(customer, params)
+    _apply(customer, params)
     store.customers[customer["id"]] = customer
+    if tax_ids:
+        store.tax_ids[customer["id"]] = tax_ids
     call.emit("customer.created", customer)
     return customer
 
 
 def retrieve(call: Call, id: str) -> JSON:
     read(call, {})
-    customer = call.store.customers.get(id)
+    store = call.store
+    customer = store.customers.get(id) or store.deleted_customers.get(id)
     if customer is None:
-        return call.store.get("cus", id)  # raises Stripe's 404
+        return store.get("cus", id)  # raises Stripe's 404
     return customer
 
 
@@ -78,21 +120,22 @@ def update(call: Call, id: str) -> JSON:
     customer = call.store.get("cus", id)
     if "invoice_prefix" in params:
         _check_prefix(params["invoice_prefix"])
-    before = dict(customer)
-    assign(customer, params, (*_PLAIN_FIELDS, "invoice_prefix"))
-    if "address" in params:
-        customer["address"] = _address(params["address"])
-    merge_metadata(customer, params)
+    before = copy.deepcopy(customer)
+    assign(customer, params, ("invoice_prefix",))
+    _apply(customer, params)
     call.emit("customer.updated", customer, changed(before, customer))
     return customer
 
 
 def delete(call: Call, id: str) -> JSON:
     read(call, {})
-    customer = call.store.get("cus", id)
-    del call.store.customers[id]
+    store = call.store
+    customer = store.get("cus", id)
+    del store.customers[id]
+    tombstone = shapes.deleted(id, "customer")
+    store.deleted_customers[id] = tombstone
     call.emit("customer.deleted", customer)
-    return shapes.deleted(id, "customer")
+    return tombstone
 
 
 def list_(call: Call) -> JSON:
@@ -123,11 +166,45 @@ def _check_prefix(prefix: object) -> None:
         )
 
 
-def _address(value: object) -> JSON | None:
-    if not isinstance(value, dict):
-        return None
-    fields = ("city", "country", "line1", "line2", "postal_code", "state")
-    return {name: value.get(name) for name in fields}
+def _apply(customer: JSON, params: dict[str, Any]) -> None:
+    """Set the fields create and update share (Stripe's clearing rules for each)."""
+    assign(customer, params, _PLAIN_FIELDS)
+    if "address" in params:
+        customer["address"] = fields.address(params["address"])
+    if "shipping" in params:
+        customer["shipping"] = fields.shipping(params["shipping"])
+    if params.get("business_name"):  # optional in the object: absent until set
+        customer["business_name"] = params["business_name"]
+    elif params.get("business_name") is UNSET:
+        customer.pop("business_name", None)
+    settings = params.get("invoice_settings")
+    if isinstance(settings, dict):
+        current = customer["invoice_settings"]
+        if "custom_fields" in settings:
+            current["custom_fields"] = fields.custom_fields(settings["custom_fields"])
+        assign(current, settings, ("default_payment_method", "footer"))
+        options = settings.get("rendering_options")
+        if options is UNSET:
+            current["rendering_options"] = None
+        elif isinstance(options, dict):
+            current["rendering_options"] = {
+                "amount_tax_display": _or_none(options.get("amount_tax_display")),
+                "template": _or_none(options.get("template")),
+            }
+    merge_metadata(customer, params)
+
+
+def _tax_id(datum: dict[str, Any], index: int) -> JSON:
+    if not _TAX_ID_TYPE.match(datum["type"]):
+        raise invalid(
+            f"Invalid value for tax_id_data[{index}][type]: {datum['type']}",
+            param=f"tax_id_data[{index}][type]",
+        )
+    return {"type": datum["type"], "value": datum["value"]}
+
+
+def _or_none(value: Any) -> Any:
+    return None if value is UNSET else value
 
 
 ROUTES = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from invoiceflow.sandbox.context import Call
-from invoiceflow.sandbox.errors import invalid
+from invoiceflow.sandbox.errors import exclusive
 from invoiceflow.sandbox.listing import paginate
 from invoiceflow.sandbox.params import LIST_PAGING, Arr, Bool, IntOrRange, Str
 from invoiceflow.sandbox.resources.common import Route, created_matches, read
@@ -29,7 +29,7 @@ def retrieve(call: Call, id: str) -> JSON:
 def list_(call: Call) -> JSON:
     params = read(call, _LIST)
     if "type" in params and "types" in params:
-        raise invalid("You may only specify one of these parameters: type, types.")
+        raise exclusive(["type", "types"])
     patterns = params.get("types") or ([params["type"]] if "type" in params else [])
     selected = (
         event

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 
+from invoiceflow.sandbox import shapes
 from invoiceflow.sandbox.context import Call, changed
-from invoiceflow.sandbox.errors import not_in_state
+from invoiceflow.sandbox.errors import invalid, not_editable
 from invoiceflow.sandbox.listing import paginate
-from invoiceflow.sandbox.params import LIST_PAGING, Bool, IntOrRange, Str
+from invoiceflow.sandbox.params import LIST_PAGING, Bool, Currency, IntOrRange, Str
 from invoiceflow.sandbox.resources import billing
 from invoiceflow.sandbox.resources.common import Route, created_matches, read
 from invoiceflow.sandbox.store import JSON
@@ -16,9 +17,10 @@ _CREATE = {
     **billing.CHARGE_FIELDS,
     "customer": Str(required=True),
     "invoice": Str(),
-    "currency": Str(),
+    "currency": Currency(),
     "discountable": Bool(),
 }
+_UPDATE = {**billing.CHARGE_FIELDS, "discountable": Bool()}
 _LIST = {
     **LIST_PAGING,
     "customer": Str(),
@@ -36,14 +38,13 @@ def create(call: Call) -> JSON:
     if params.get("invoice"):
         invoice = store.get("in", params["invoice"], param="invoice")
         if invoice["status"] != "draft":
-            raise not_in_state(
+            raise not_editable(
                 "Invoice items can only be added to draft invoices; invoice "
                 f"{invoice['id']} is {invoice['status']}."
             )
         if invoice["customer"] != customer["id"]:
-            raise not_in_state(
-                f"The invoice {invoice['id']} belongs to another customer.",
-                code="invoice_not_editable",
+            raise invalid(
+                f"The invoice {invoice['id']} belongs to another customer.", param="invoice"
             )
     item = billing.new_item(call, params, customer=customer, invoice=invoice)
     if "discountable" in params:
@@ -64,6 +65,45 @@ def retrieve(call: Call, id: str) -> JSON:
     return call.store.get("ii", id)
 
 
+def update(call: Call, id: str) -> JSON:
+    params = read(call, _UPDATE)
+    store = call.store
+    item = store.get("ii", id)
+    invoice = _editable_invoice(call, item)
+    invoice_before = copy.deepcopy(invoice) if invoice else None
+    billing.replace(call, item, params)  # Stripe has no invoiceitem.updated event
+    if invoice is not None and invoice_before is not None:
+        call.emit("invoice.updated", invoice, changed(invoice_before, invoice))
+    return item
+
+
+def delete(call: Call, id: str) -> JSON:
+    read(call, {})
+    store = call.store
+    item = store.get("ii", id)
+    invoice = _editable_invoice(call, item)
+    invoice_before = copy.deepcopy(invoice) if invoice else None
+    billing.detach(store, id)
+    del store.invoiceitems[id]
+    call.emit("invoiceitem.deleted", item)
+    if invoice is not None and invoice_before is not None:
+        call.emit("invoice.updated", invoice, changed(invoice_before, invoice))
+    return shapes.deleted(id, "invoiceitem")
+
+
+def _editable_invoice(call: Call, item: JSON) -> JSON | None:
+    """The draft invoice an item is on (None when pending); finalized ones refuse edits."""
+    if item["invoice"] is None:
+        return None
+    invoice = call.store.get("in", item["invoice"])
+    if invoice["status"] != "draft":
+        raise not_editable(
+            f"This invoice item is on invoice {invoice['id']}, which is {invoice['status']}; "
+            "only items of draft invoices can be changed."
+        )
+    return invoice
+
+
 def list_(call: Call) -> JSON:
     params = read(call, _LIST)
     selected = (
@@ -81,4 +121,6 @@ ROUTES = [
     Route("POST", "/v1/invoiceitems", create),
     Route("GET", "/v1/invoiceitems", list_),
     Route("GET", "/v1/invoiceitems/{id}", retrieve),
+    Route("POST", "/v1/invoiceitems/{id}", update),
+    Route("DELETE", "/v1/invoiceitems/{id}", delete),
 ]

@@ -5,9 +5,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from invoiceflow.sandbox import search, shapes
+from invoiceflow.sandbox import currencies, search, shapes
 from invoiceflow.sandbox.context import Call, changed
-from invoiceflow.sandbox.errors import card_declined, invalid, missing_parameter, not_in_state
+from invoiceflow.sandbox.errors import (
+    card_declined,
+    exclusive,
+    invalid,
+    missing_parameter,
+    no_such,
+    not_editable,
+    wrong_state,
+)
 from invoiceflow.sandbox.listing import paginate
 from invoiceflow.sandbox.params import (
     LIST_PAGING,
@@ -15,6 +23,7 @@ from invoiceflow.sandbox.params import (
     UNSET,
     Arr,
     Bool,
+    Currency,
     Enum,
     Int,
     IntOrRange,
@@ -22,7 +31,7 @@ from invoiceflow.sandbox.params import (
     Obj,
     Str,
 )
-from invoiceflow.sandbox.resources import billing
+from invoiceflow.sandbox.resources import billing, fields, payments
 from invoiceflow.sandbox.resources.common import (
     Route,
     assign,
@@ -30,7 +39,7 @@ from invoiceflow.sandbox.resources.common import (
     merge_metadata,
     read,
 )
-from invoiceflow.sandbox.store import JSON, now
+from invoiceflow.sandbox.store import JSON, Store, now
 
 # Our invoice client sends add_lines in batches of 50, so the sandbox refuses bigger batches:
 # a batch that only works here would be a bug waiting for production.
@@ -40,6 +49,17 @@ SECONDS_PER_DAY = 86_400
 AUTO_COLLECTION_DELAY = 3_600
 STATUSES = ("draft", "open", "paid", "uncollectible", "void")
 
+# Stripe's invoice payment method types (Invoice.PaymentSettings.PaymentMethodType).
+PAYMENT_METHOD_TYPES = tuple(
+    """
+    ach_credit_transfer ach_debit acss_debit affirm alipay amazon_pay au_becs_debit bacs_debit
+    bancontact billie blik boleto card cashapp crypto custom customer_balance eps fpx giropay
+    grabpay ideal jp_credit_transfer kakao_pay klarna konbini kr_card link mb_way multibanco
+    naver_pay nz_bank_account p24 pay_by_bank payco paynow paypal payto pix promptpay
+    revolut_pay satispay sepa_credit_transfer sepa_debit sequra sofort swish twint upi
+    us_bank_account wechat_pay
+    """.split()  # noqa: SIM905 - a word list reads better than 51 quoted strings
+)
 # Stripe's test payment methods: which succeed, which decline and how.
 _DECLINES = {
     "pm_card_chargeDeclined": ("generic_decline", "Your card was declined."),
@@ -51,7 +71,28 @@ _DECLINES = {
 _SUCCEEDS = {"pm_card_visa", "pm_card_mastercard", "pm_card_amex"}
 
 _COLLECTION = Enum(values=("charge_automatically", "send_invoice"))
+_ISSUER = Obj(fields={"type": Enum(required=True, values=("account", "self")), "account": Str()})
 _DRAFT_FIELDS = {
+    "custom_fields": fields.CUSTOM_FIELDS,
+    "rendering": Obj(
+        fields={
+            "amount_tax_display": fields.AMOUNT_TAX_DISPLAY,
+            "pdf": Obj(fields={"page_size": Enum(values=("a4", "auto", "letter"))}),
+            "template": Str(),
+            "template_version": Int(minimum=1),
+        }
+    ),
+    "payment_settings": Obj(
+        fields={
+            "default_mandate": Str(),
+            "payment_method_types": Arr(Enum(values=PAYMENT_METHOD_TYPES)),
+        }
+    ),
+    "number": Str(max_length=26),
+    "shipping_details": fields.SHIPPING,
+    "effective_at": Int(minimum=0),
+    "automatic_tax": Obj(fields={"enabled": Bool(required=True), "liability": _ISSUER}),
+    "issuer": _ISSUER,
     "collection_method": _COLLECTION,
     "days_until_due": Int(minimum=0),
     "due_date": Int(),
@@ -65,11 +106,13 @@ _DRAFT_FIELDS = {
 _CREATE = {
     **_DRAFT_FIELDS,
     "customer": Str(required=True),
-    "currency": Str(),
+    "currency": Currency(),
     "pending_invoice_items_behavior": Enum(values=("exclude", "include")),
 }
 # What Stripe still lets you edit once an invoice is finalized.
-_FINALIZED_EDITABLE = frozenset({"metadata", "description", "footer", "auto_advance", "expand"})
+_FINALIZED_EDITABLE = frozenset(
+    {"metadata", "description", "footer", "auto_advance", "custom_fields", "expand"}
+)
 _PLAIN_FIELDS = (
     "collection_method",
     "auto_advance",
@@ -99,6 +142,25 @@ _ADD_LINES = {
     ),
     "invoice_metadata": Metadata(),
 }
+_REMOVE_LINES = {
+    "lines": Arr(
+        Obj(
+            fields={
+                "id": Str(required=True),
+                "behavior": Enum(required=True, values=("delete", "unassign")),
+            }
+        ),
+        required=True,
+    ),
+    "invoice_metadata": Metadata(),
+}
+_UPDATE_LINES = {
+    "lines": Arr(
+        Obj(fields={**billing.CHARGE_FIELDS, "id": Str(required=True), "discountable": Bool()}),
+        required=True,
+    ),
+    "invoice_metadata": Metadata(),
+}
 SEARCH_FIELDS = ("customer", "status", "metadata", "number", "currency", "total", "created")
 
 
@@ -118,11 +180,18 @@ def create(call: Call) -> JSON:
         or (pending[0]["currency"] if include and pending else billing.DEFAULT_CURRENCY)
     )
     invoice = shapes.invoice(store.new_id("in"), now(), customer, currency)
-    assign(invoice, params, _PLAIN_FIELDS)
+    # Stripe starts from the customer's invoice settings; explicit parameters win.
+    settings = customer["invoice_settings"]
+    invoice["footer"] = settings["footer"]
+    invoice["custom_fields"] = copy.deepcopy(settings["custom_fields"])
+    invoice["customer_tax_ids"] = copy.deepcopy(store.tax_ids.get(customer["id"], []))
+    if settings["rendering_options"] is not None:
+        invoice["rendering"] = _rendering({**settings["rendering_options"]})
+    _apply_draft_fields(invoice, params)
     _apply_due_date(invoice, params)
-    merge_metadata(invoice, params)
     store.invoices[invoice["id"]] = invoice
     store.invoice_lines[invoice["id"]] = []
+    payments.no_payments(store, invoice)
     items = [item for item in pending if item["currency"] == currency] if include else []
     billing.attach(call, invoice, items)
     call.emit("invoice.created", invoice)
@@ -140,16 +209,71 @@ def update(call: Call, id: str) -> JSON:
     if invoice["status"] != "draft":
         for name in params:
             if name not in _FINALIZED_EDITABLE:
-                raise not_in_state(
+                raise not_editable(
                     f"Finalized invoices can't be updated in this way: `{name}` can only be "
                     f"changed while the invoice is a draft (this one is {invoice['status']}).",
                 )
     before = copy.deepcopy(invoice)
-    assign(invoice, params, _PLAIN_FIELDS)
+    _apply_draft_fields(invoice, params)
     _apply_due_date(invoice, params)
-    merge_metadata(invoice, params)
     call.emit("invoice.updated", invoice, changed(before, invoice))
     return invoice
+
+
+def _apply_draft_fields(invoice: JSON, params: dict[str, Any]) -> None:
+    assign(invoice, params, (*_PLAIN_FIELDS, "number", "effective_at"))
+    if "custom_fields" in params:
+        invoice["custom_fields"] = fields.custom_fields(params["custom_fields"])
+    if "shipping_details" in params:
+        invoice["shipping_details"] = fields.shipping(params["shipping_details"])
+    if "rendering" in params:
+        value = params["rendering"]
+        invoice["rendering"] = None if value is UNSET else _rendering(value)
+    if isinstance(params.get("payment_settings"), dict):
+        settings = params["payment_settings"]
+        current = invoice["payment_settings"]
+        assign(current, settings, ("default_mandate", "payment_method_types"))
+    if isinstance(params.get("issuer"), dict):
+        invoice["issuer"] = _issuer(params["issuer"], "issuer")
+    if isinstance(params.get("automatic_tax"), dict):
+        tax = params["automatic_tax"]
+        # The sandbox computes no tax: enabled automatic tax reports itself complete at 0.
+        invoice["automatic_tax"] = {
+            "disabled_reason": None,
+            "enabled": tax["enabled"],
+            "liability": (
+                _issuer(tax.get("liability", {"type": "self"}), "automatic_tax[liability]")
+                if tax["enabled"]
+                else None
+            ),
+            "provider": "stripe" if tax["enabled"] else None,
+            "status": "complete" if tax["enabled"] else None,
+        }
+    merge_metadata(invoice, params)
+
+
+def _rendering(value: dict[str, Any]) -> JSON:
+    pdf = value.get("pdf")
+    return {
+        "amount_tax_display": _or_none(value.get("amount_tax_display")),
+        "pdf": {"page_size": pdf.get("page_size", "auto")} if isinstance(pdf, dict) else None,
+        "template": _or_none(value.get("template")),
+        "template_version": _or_none(value.get("template_version")),
+    }
+
+
+def _issuer(value: dict[str, Any], param: str) -> JSON:
+    if value["type"] == "account":
+        if not value.get("account"):
+            raise missing_parameter(f"{param}[account]")
+        return {"type": "account", "account": value["account"]}
+    if value.get("account"):
+        raise invalid("`account` can only be set when `type=account`.", param=f"{param}[account]")
+    return {"type": "self"}
+
+
+def _or_none(value: Any) -> Any:
+    return None if value is UNSET else value
 
 
 def delete(call: Call, id: str) -> JSON:
@@ -157,7 +281,7 @@ def delete(call: Call, id: str) -> JSON:
     store = call.store
     invoice = store.get("in", id)
     if invoice["status"] != "draft":
-        raise not_in_state(
+        raise wrong_state(
             f"You can only delete draft invoices. This invoice is {invoice['status']}; void it "
             "or mark it uncollectible instead."
         )
@@ -197,7 +321,7 @@ def add_lines(call: Call, id: str) -> JSON:
     store = call.store
     invoice = store.get("in", id)
     if invoice["status"] != "draft":
-        raise not_in_state(
+        raise not_editable(
             f"You can only add lines to draft invoices. This invoice is {invoice['status']}."
         )
     lines: list[dict[str, Any]] = params["lines"]
@@ -230,6 +354,67 @@ def add_lines(call: Call, id: str) -> JSON:
     return invoice
 
 
+def remove_lines(call: Call, id: str) -> JSON:
+    """Take lines off a draft: `delete` deletes their items, `unassign` makes them pending."""
+    params = read(call, _REMOVE_LINES)
+    store = call.store
+    invoice = _draft_for_lines(store, id, "remove lines from")
+    targets = [
+        (_item_of_line(store, id, line["id"], index), line["behavior"])
+        for index, line in enumerate(params["lines"])
+    ]
+    before = copy.deepcopy(invoice)
+    for item_id, behavior in targets:
+        billing.detach(store, item_id)
+        item = store.invoiceitems[item_id]
+        if behavior == "delete":
+            del store.invoiceitems[item_id]
+            call.emit("invoiceitem.deleted", item)
+        else:
+            item["invoice"] = None  # Stripe has no invoiceitem.updated event
+    if "invoice_metadata" in params:
+        merge_metadata(invoice, {"metadata": params["invoice_metadata"]})
+    call.emit("invoice.updated", invoice, changed(before, invoice))
+    return invoice
+
+
+def update_lines(call: Call, id: str) -> JSON:
+    """Change lines of a draft in place; each line's item is re-priced like an update."""
+    params = read(call, _UPDATE_LINES)
+    store = call.store
+    invoice = _draft_for_lines(store, id, "update lines of")
+    targets = [
+        (_item_of_line(store, id, line["id"], index), line)
+        for index, line in enumerate(params["lines"])
+    ]
+    before = copy.deepcopy(invoice)
+    for item_id, line in targets:
+        # Stripe has no invoiceitem.updated event: only the invoice reports the change.
+        billing.replace(
+            call, store.invoiceitems[item_id], {k: v for k, v in line.items() if k != "id"}
+        )
+    if "invoice_metadata" in params:
+        merge_metadata(invoice, {"metadata": params["invoice_metadata"]})
+    call.emit("invoice.updated", invoice, changed(before, invoice))
+    return invoice
+
+
+def _draft_for_lines(store: Store, id: str, action: str) -> JSON:
+    invoice = store.get("in", id)
+    if invoice["status"] != "draft":
+        raise not_editable(
+            f"You can only {action} draft invoices. This invoice is {invoice['status']}."
+        )
+    return invoice
+
+
+def _item_of_line(store: Store, invoice_id: str, line_id: str, index: int) -> str:
+    if line_id not in store.invoice_lines.get(invoice_id, []):
+        raise no_such("line item", line_id, param=f"lines[{index}][id]")
+    item_id: str = store.lines[line_id]["parent"]["invoice_item_details"]["invoice_item"]
+    return item_id
+
+
 def list_lines(call: Call, id: str) -> JSON:
     params = read(call, LIST_PAGING)
     store = call.store
@@ -242,7 +427,7 @@ def finalize(call: Call, id: str) -> JSON:
     params = read(call, {"auto_advance": Bool()})
     invoice = call.store.get("in", id)
     if invoice["status"] != "draft":
-        raise not_in_state(
+        raise wrong_state(
             "This invoice is already finalized, you can't re-finalize a non-draft invoice."
         )
     assign(invoice, params, ("auto_advance",))
@@ -258,7 +443,7 @@ def send(call: Call, id: str) -> JSON:
             "You can only manually send an invoice if its collection method is 'send_invoice'."
         )
     if invoice["status"] not in ("draft", "open"):
-        raise not_in_state(f"You can't send an invoice that is {invoice['status']}.")
+        raise wrong_state(f"You can't send an invoice that is {invoice['status']}.")
     if invoice["status"] == "draft":
         _finalize(call, invoice)  # Stripe finalizes a draft before sending it
     call.emit("invoice.sent", invoice)
@@ -277,16 +462,12 @@ def pay(call: Call, id: str) -> JSON:
     )
     invoice = call.store.get("in", id)
     if invoice["status"] == "paid":
-        raise not_in_state("Invoice is already paid", code="invoice_unexpected_state")
+        raise wrong_state("Invoice is already paid")
     if invoice["status"] == "void":
-        raise not_in_state(
-            "This invoice can no longer be paid: it is void.", code="invoice_unexpected_state"
-        )
+        raise wrong_state("This invoice can no longer be paid: it is void.")
     method = params.get("payment_method") or invoice["default_payment_method"]
     if params.get("paid_out_of_band") and "payment_method" in params:
-        raise invalid(
-            "You may only specify one of these parameters: paid_out_of_band, payment_method."
-        )
+        raise exclusive(["paid_out_of_band", "payment_method"])
     if not params.get("paid_out_of_band"):
         _check_payment_method(method)
     if invoice["status"] == "draft":
@@ -294,6 +475,7 @@ def pay(call: Call, id: str) -> JSON:
         if invoice["status"] == "paid":  # a zero-amount invoice is paid on finalization
             return invoice
     if params.get("paid_out_of_band"):
+        payments.settle(call.store, invoice, succeeded=False, payment_method=None)
         _mark_paid(call, invoice, attempted=False)
         return invoice
     before = copy.deepcopy(invoice)
@@ -302,9 +484,13 @@ def pay(call: Call, id: str) -> JSON:
     if method in _DECLINES:
         decline_code, message = _DECLINES[method]
         invoice["next_payment_attempt"] = None
+        error = card_declined(decline_code, message)
+        # Stripe's card errors carry the invoice's PaymentIntent, its last error set.
+        error.payment_intent = copy.deepcopy(payments.decline(call.store, invoice, error.summary()))
         call.emit("invoice.payment_failed", invoice)
         call.emit("invoice.updated", invoice, changed(before, invoice))
-        raise card_declined(decline_code, message)
+        raise error
+    payments.settle(call.store, invoice, succeeded=True, payment_method=method)
     _mark_paid(call, invoice, attempted=True, before=before)
     return invoice
 
@@ -338,10 +524,9 @@ def _transition(
 ) -> JSON:
     invoice = call.store.get("in", id)
     if invoice["status"] not in allowed:
-        raise not_in_state(
+        raise wrong_state(
             f"You can only move an invoice to `{to}` when it is {' or '.join(allowed)}; "
-            f"this invoice is {invoice['status']}.",
-            code="invoice_unexpected_state",
+            f"this invoice is {invoice['status']}."
         )
     before = copy.deepcopy(invoice)
     invoice["status"] = to
@@ -349,6 +534,7 @@ def _transition(
     invoice["next_payment_attempt"] = None
     if to == "void":
         invoice["amount_remaining"] = 0
+        payments.settle(call.store, invoice, succeeded=False, payment_method=None)
     call.emit(event, invoice)
     call.emit("invoice.updated", invoice, changed(before, invoice))
     return invoice
@@ -357,16 +543,20 @@ def _transition(
 def _finalize(call: Call, invoice: JSON) -> None:
     store = call.store
     customer = store.customers.get(invoice["customer"])
-    prefix = customer["invoice_prefix"] if customer else "INVOICE"
-    sequence = customer["next_invoice_sequence"] if customer else 1
-    if customer is not None:
-        customer["next_invoice_sequence"] = sequence + 1
+    number = invoice["number"]
+    if number is None:  # a number set on the draft is used as is, without a sequence step
+        prefix = customer["invoice_prefix"] if customer else "INVOICE"
+        sequence = customer["next_invoice_sequence"] if customer else 1
+        if customer is not None:
+            customer["next_invoice_sequence"] = sequence + 1
+        number = f"{prefix}-{sequence:04d}"
     stamp = now()
     token = store.token(32)
+    _apply_customer_balance(call, invoice, customer)
     invoice.update(
         status="open",
-        number=f"{prefix}-{sequence:04d}",
-        effective_at=stamp,
+        number=number,
+        effective_at=invoice["effective_at"] or stamp,
         hosted_invoice_url=f"https://invoice.stripe.com/i/{shapes.ACCOUNT_ID}/test_{token}?s=ap",
         invoice_pdf=f"https://pay.stripe.com/invoice/{shapes.ACCOUNT_ID}/test_{token}/pdf?s=ap",
         webhooks_delivered_at=invoice["webhooks_delivered_at"] or stamp,
@@ -374,17 +564,59 @@ def _finalize(call: Call, invoice: JSON) -> None:
     invoice["status_transitions"]["finalized_at"] = stamp
     if invoice["collection_method"] == "charge_automatically" and invoice["auto_advance"]:
         invoice["next_payment_attempt"] = stamp + AUTO_COLLECTION_DELAY
+    minimum = currencies.minimum_charge(invoice["currency"])
+    below_minimum = 0 < invoice["amount_due"] < minimum and customer is not None
+    if below_minimum and customer is not None:
+        # Stripe will not charge below the currency's minimum: it marks the invoice paid
+        # and carries the amount to the customer's balance, owed on the next invoice.
+        _carry_to_balance(call, invoice, customer)
+    elif invoice["amount_due"] > 0:
+        payments.open_payment(store, invoice)
     call.emit("invoice.finalized", invoice)
-    if invoice["amount_due"] == 0:
+    if below_minimum:
+        _mark_paid(call, invoice, attempted=False, amount_paid=0)
+    elif invoice["amount_due"] == 0:
         # Stripe marks an invoice with nothing to collect as paid the moment it is finalized.
         _mark_paid(call, invoice, attempted=False)
 
 
-def _mark_paid(call: Call, invoice: JSON, *, attempted: bool, before: JSON | None = None) -> None:
+def _apply_customer_balance(call: Call, invoice: JSON, customer: JSON | None) -> None:
+    """Stripe applies the customer's balance (credit < 0, debit > 0) at finalization."""
+    if customer is None or not customer["balance"]:
+        invoice["ending_balance"] = customer["balance"] if customer else None
+        return
+    before = copy.deepcopy(customer)
+    starting = customer["balance"]
+    owed = invoice["total"] + starting
+    invoice.update(
+        starting_balance=starting,
+        amount_due=max(0, owed),
+        amount_remaining=max(0, owed),
+        ending_balance=min(0, owed),
+    )
+    customer["balance"] = invoice["ending_balance"]
+    call.emit("customer.updated", customer, changed(before, customer))
+
+
+def _carry_to_balance(call: Call, invoice: JSON, customer: JSON) -> None:
+    before = copy.deepcopy(customer)
+    customer["balance"] += invoice["amount_due"]
+    invoice["ending_balance"] = customer["balance"]
+    call.emit("customer.updated", customer, changed(before, customer))
+
+
+def _mark_paid(
+    call: Call,
+    invoice: JSON,
+    *,
+    attempted: bool,
+    before: JSON | None = None,
+    amount_paid: int | None = None,
+) -> None:
     before = before or copy.deepcopy(invoice)
     invoice.update(
         status="paid",
-        amount_paid=invoice["amount_due"],
+        amount_paid=invoice["amount_due"] if amount_paid is None else amount_paid,
         amount_remaining=0,
         next_payment_attempt=None,
     )
@@ -439,6 +671,8 @@ ROUTES = [
     Route("DELETE", "/v1/invoices/{id}", delete),
     Route("POST", "/v1/invoices/{id}/add_lines", add_lines),
     Route("GET", "/v1/invoices/{id}/lines", list_lines),
+    Route("POST", "/v1/invoices/{id}/remove_lines", remove_lines),
+    Route("POST", "/v1/invoices/{id}/update_lines", update_lines),
     Route("POST", "/v1/invoices/{id}/finalize", finalize),
     Route("POST", "/v1/invoices/{id}/send", send),
     Route("POST", "/v1/invoices/{id}/pay", pay),
