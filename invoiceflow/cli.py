@@ -18,9 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from invoiceflow.request import BillingRequest
+    from invoiceflow.status import RequestStatus
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -109,25 +113,40 @@ def invoice(
 
     try:  # a conflicting resubmission is refused before any flow run exists
         with database_errors():
-            ledger.submit(get_runtime().engine, request)
+            engine = get_runtime().engine
+            submitted = ledger.submit(engine, request)
     except ledger.RequestConflict as exc:
         raise fail(Exit.CONFLICT, str(exc)) from None
 
+    from invoiceflow.interrupt import InterruptGuard
+
+    # Ctrl-C from here on: one line naming the recovery point, exit 130, in seconds.
+    guard = InterruptGuard(engine, request.request_id, submitted.recovery_point)
+    guard.install()
+    try:
+        status = _run_flow(request, no_wait=no_wait, await_seconds=await_seconds, verbose=verbose)
+    except BaseException as exc:
+        guard.leave_if_interrupted()
+        if not isinstance(exc, Exception):
+            raise
+        from invoiceflow.retry import describe
+
+        raise fail(classify(exc), f"{request.request_id}: {describe(exc)}") from None
+    guard.leave_if_interrupted()  # a Ctrl-C that Prefect swallowed
+    guard.uninstall()
+    typer.echo(status.one_line())
+    raise typer.Exit(int(Exit.OK if status.delivered else Exit.UNEXPECTED))
+
+
+def _run_flow(
+    request: BillingRequest, *, no_wait: bool, await_seconds: float | None, verbose: bool
+) -> RequestStatus:
     from invoiceflow.prefect_env import configure_prefect
 
     configure_prefect(quiet_console=not verbose)
     from flows.invoice import invoice_flow
 
-    try:
-        status = invoice_flow(
-            request, wait_for_payment=not no_wait, await_paid_seconds=await_seconds
-        )
-    except Exception as exc:
-        from invoiceflow.retry import describe
-
-        raise fail(classify(exc), f"{request.request_id}: {describe(exc)}") from None
-    typer.echo(status.one_line())
-    raise typer.Exit(int(Exit.OK if status.delivered else Exit.UNEXPECTED))
+    return invoice_flow(request, wait_for_payment=not no_wait, await_paid_seconds=await_seconds)
 
 
 @app.command()
