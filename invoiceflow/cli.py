@@ -13,6 +13,7 @@ Exit codes (stable, for scripts and schedulers):
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,6 +102,8 @@ def invoice(
     from invoiceflow.request import RequestError, load_request
     from invoiceflow.settings import SettingsError, get_settings
 
+    if await_seconds is not None and not 0 <= await_seconds < math.inf:
+        raise fail(Exit.BAD_INPUT, "--await-seconds must be 0 or more seconds (0: don't wait)")
     try:
         request = load_request(request_file)
         settings = get_settings()
@@ -205,8 +208,13 @@ def db_upgrade() -> None:
 def demo() -> None:
     """Run realistic requests end to end against an in-process Stripe sandbox. Needs no setup."""
     from invoiceflow.demo import run_demo
+    from invoiceflow.settings import SettingsError
 
-    raise typer.Exit(run_demo())
+    try:  # the demo brings its own key, sandbox and database; the rest is the environment's
+        code = run_demo()
+    except SettingsError as exc:
+        raise fail(Exit.BAD_INPUT, str(exc)) from None
+    raise typer.Exit(code)
 
 
 def _register_subcommands() -> None:
