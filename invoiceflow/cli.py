@@ -123,20 +123,16 @@ def invoice(
 
     from invoiceflow.interrupt import InterruptGuard
 
-    # Ctrl-C from here on: one line naming the recovery point, exit 130, in seconds.
-    guard = InterruptGuard(engine, request.request_id, submitted.recovery_point)
-    guard.install()
     try:
-        status = _run_flow(request, no_wait=no_wait, await_seconds=await_seconds, verbose=verbose)
-    except BaseException as exc:
-        guard.leave_if_interrupted()
-        if not isinstance(exc, Exception):
-            raise
+        # Ctrl-C in here: one line naming the recovery point, exit 130, in seconds.
+        with InterruptGuard(engine, request.request_id, submitted.recovery_point):
+            status = _run_flow(
+                request, no_wait=no_wait, await_seconds=await_seconds, verbose=verbose
+            )
+    except Exception as exc:
         from invoiceflow.retry import describe
 
         raise fail(classify(exc), f"{request.request_id}: {describe(exc)}") from None
-    guard.leave_if_interrupted()  # a Ctrl-C that Prefect swallowed
-    guard.uninstall()
     typer.echo(status.one_line())
     raise typer.Exit(int(Exit.OK if status.delivered else Exit.UNEXPECTED))
 

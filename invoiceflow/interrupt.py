@@ -55,20 +55,19 @@ class InterruptGuard:
         # Our one line goes here; fd 2 itself is silenced once interrupted.
         self._stderr = os.dup(2)
 
-    def install(self) -> None:
+    def __enter__(self) -> InterruptGuard:
         self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
 
-    def uninstall(self) -> None:
-        """Back to the default handling once the flow is over (nothing left to stop)."""
+    def __exit__(self, *exc_info: object) -> None:
+        """The flow returned or raised (whatever Prefect made of a KeyboardInterrupt)."""
+        if self._interrupted.is_set():
+            self._unwound.set()
+            while True:  # the finishing thread ends the process
+                time.sleep(1)
+        # Back to the previous handling: nothing of ours is left to stop.
         signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
-
-    def leave_if_interrupted(self) -> None:
-        """Called by the main thread whenever the flow returns or raises."""
-        if not self._interrupted.is_set():
-            return
-        self._unwound.set()
-        while True:  # the finishing thread ends the process
-            time.sleep(1)
+        os.close(self._stderr)
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self._interrupted.is_set():  # a second Ctrl-C: no more grace
