@@ -13,14 +13,19 @@ Exit codes (stable, for scripts and schedulers):
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from invoiceflow.request import BillingRequest
+    from invoiceflow.status import RequestStatus
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -97,6 +102,8 @@ def invoice(
     from invoiceflow.request import RequestError, load_request
     from invoiceflow.settings import SettingsError, get_settings
 
+    if await_seconds is not None and not 0 <= await_seconds < math.inf:
+        raise fail(Exit.BAD_INPUT, "--await-seconds must be 0 or more seconds (0: don't wait)")
     try:
         request = load_request(request_file)
         settings = get_settings()
@@ -109,25 +116,36 @@ def invoice(
 
     try:  # a conflicting resubmission is refused before any flow run exists
         with database_errors():
-            ledger.submit(get_runtime().engine, request)
+            engine = get_runtime().engine
+            submitted = ledger.submit(engine, request)
     except ledger.RequestConflict as exc:
         raise fail(Exit.CONFLICT, str(exc)) from None
 
-    from invoiceflow.prefect_env import configure_prefect
-
-    configure_prefect(quiet_console=not verbose)
-    from flows.invoice import invoice_flow
+    from invoiceflow.interrupt import InterruptGuard
 
     try:
-        status = invoice_flow(
-            request, wait_for_payment=not no_wait, await_paid_seconds=await_seconds
-        )
+        # Ctrl-C in here: one line naming the recovery point, exit 130, in seconds.
+        with InterruptGuard(engine, request.request_id, submitted.recovery_point):
+            status = _run_flow(
+                request, no_wait=no_wait, await_seconds=await_seconds, verbose=verbose
+            )
     except Exception as exc:
         from invoiceflow.retry import describe
 
         raise fail(classify(exc), f"{request.request_id}: {describe(exc)}") from None
     typer.echo(status.one_line())
     raise typer.Exit(int(Exit.OK if status.delivered else Exit.UNEXPECTED))
+
+
+def _run_flow(
+    request: BillingRequest, *, no_wait: bool, await_seconds: float | None, verbose: bool
+) -> RequestStatus:
+    from invoiceflow.prefect_env import configure_prefect
+
+    configure_prefect(quiet_console=not verbose)
+    from flows.invoice import invoice_flow
+
+    return invoice_flow(request, wait_for_payment=not no_wait, await_paid_seconds=await_seconds)
 
 
 @app.command()
@@ -186,8 +204,13 @@ def db_upgrade() -> None:
 def demo() -> None:
     """Run realistic requests end to end against an in-process Stripe sandbox. Needs no setup."""
     from invoiceflow.demo import run_demo
+    from invoiceflow.settings import SettingsError
 
-    raise typer.Exit(run_demo())
+    try:  # the demo brings its own key, sandbox and database; the rest is the environment's
+        code = run_demo()
+    except SettingsError as exc:
+        raise fail(Exit.BAD_INPUT, str(exc)) from None
+    raise typer.Exit(code)
 
 
 def _register_subcommands() -> None:

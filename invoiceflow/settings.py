@@ -6,8 +6,13 @@ into an exception never shows them; validation errors never echo the input.
 
 from __future__ import annotations
 
+import json
+import re
 from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
 
+import pydantic_settings
 from pydantic import (
     AliasChoices,
     Field,
@@ -16,11 +21,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from invoiceflow.paths import default_database_url
+from invoiceflow.paths import default_database_path, default_database_url
 
 # Key prefixes Stripe issues. Anything else is a typo or a publishable key (pk_…),
 # which cannot create invoices.
@@ -40,6 +45,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         hide_input_in_errors=True,  # never echo a key back in an error
+        allow_inf_nan=False,  # an infinite lease or timeout is a typo, not a wish
     )
 
     stripe_api_key: SecretStr | None = Field(
@@ -79,8 +85,9 @@ class Settings(BaseSettings):
         default=8.0, gt=0, validation_alias=AliasChoices("INVOICEFLOW_RETRY_MAX_DELAY_SECONDS")
     )
     # Prefect task retries, after the in-task ones gave up: spread out to ride
-    # over a Stripe incident of a minute or two.
-    task_retry_delays_seconds: list[float] = Field(
+    # over a Stripe incident of a minute or two. Read as `5,30,90` or JSON
+    # `[5, 30, 90]` by `_delays` (NoDecode: not JSON-only, as lists would be).
+    task_retry_delays_seconds: Annotated[list[float], NoDecode] = Field(
         default=[5.0, 30.0, 90.0],
         validation_alias=AliasChoices("INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS"),
     )
@@ -115,6 +122,13 @@ class Settings(BaseSettings):
             )
         return value.rstrip("/")
 
+    @field_validator("task_retry_delays_seconds", mode="before")
+    @classmethod
+    def _delays(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return _parse_delays(value)
+
     @field_validator("stripe_webhook_secret")
     @classmethod
     def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
@@ -139,6 +153,7 @@ class Settings(BaseSettings):
                 f"INVOICEFLOW_DATABASE_URL backend {url.get_backend_name()!r} is not supported; "
                 "use sqlite:///… or postgresql+psycopg://…"
             )
+        _require_sqlite_directory(url.get_backend_name(), url.database)
         return value
 
     @model_validator(mode="after")
@@ -169,10 +184,69 @@ class Settings(BaseSettings):
         return self.stripe_webhook_secret.get_secret_value()
 
 
+_DELAYS_HINT = "use seconds separated by commas, e.g. 5,30,90 (or JSON: [5, 30, 90]; [] for none)"
+
+
+def _parse_delays(text: str) -> list[float]:
+    """INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS as `5,30,90` or `[5, 30, 90]`."""
+    name = "INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS"
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(f"{name} is not a valid JSON list; {_DELAYS_HINT}") from None
+        if not isinstance(entries, list):
+            raise ValueError(f"{name}: {_DELAYS_HINT}")
+    else:
+        entries = [entry.strip() for entry in text.split(",")]
+    delays = []
+    for position, entry in enumerate(entries, start=1):
+        if entry == "" or entry is None or isinstance(entry, bool):
+            raise ValueError(f"{name}: entry {position} is empty; {_DELAYS_HINT}")
+        try:
+            delay = float(entry)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: entry {position} is not a number; {_DELAYS_HINT}") from None
+        if not 0 <= delay < float("inf"):
+            raise ValueError(f"{name}: entry {position} must be 0 or more seconds; {_DELAYS_HINT}")
+        delays.append(delay)
+    return delays
+
+
+def _require_sqlite_directory(backend: str, database: str | None) -> None:
+    """SQLite creates the file but not its directory: name a missing one now rather
+    than fail later with 'unable to open database file'."""
+    if backend != "sqlite" or not database or database == ":memory:":
+        return
+    if database.startswith("file:"):  # a URI filename: SQLite's to interpret
+        return
+    if Path(database) == default_database_path():  # ours: made on first use
+        return
+    directory = Path(database).expanduser().parent
+    if not directory.is_dir():
+        raise ValueError(
+            f"INVOICEFLOW_DATABASE_URL: directory {str(directory)!r} does not exist; "
+            "create it or point the URL at an existing one"
+        )
+
+
+def _field_error(exc: pydantic_settings.SettingsError) -> str:
+    """pydantic-settings' own parse errors name the field; we name the variable."""
+    match = re.search(r'field "(\w+)"', str(exc))
+    field = Settings.model_fields.get(match.group(1)) if match else None
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, AliasChoices):
+        return f"{alias.choices[0]} cannot be parsed; check its format"
+    return "a setting cannot be parsed; check the INVOICEFLOW_* and STRIPE_* variables"
+
+
 def load_settings() -> Settings:
     """Read settings, turning pydantic's report into one line per bad variable."""
     try:
         return Settings()
+    except pydantic_settings.SettingsError as exc:
+        raise SettingsError(_field_error(exc)) from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

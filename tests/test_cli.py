@@ -8,6 +8,7 @@ invoiceflow` in a subprocess against the sandbox and a real Prefect server.
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -531,3 +532,106 @@ def test_a_permanent_stripe_refusal_exits_4_and_records_the_failure(
     assert status["state"] == "failed"
     assert status["stripe_invoice_id"] is None
     assert "is archived in Stripe" in status["last_error"]
+
+
+# --- 7. configuration mistakes people make: one line, exit 2, no traceback ------------
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_negative_await_seconds_is_refused_naming_the_option(
+    value: str, cli: Invoke, sandbox: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    path = write_request(tmp_path, valid_request())
+
+    result = cli("invoice", str(path), f"--await-seconds={value}")
+
+    assert_refused_untouched(result, sandbox, sqlite_url)
+    assert result.stderr == "error: --await-seconds must be 0 or more seconds (0: don't wait)\n"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS", "5,-30", "entry 2 must be 0 or more seconds"),
+        ("INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS", "5,,30", "entry 2 is empty"),
+        ("INVOICEFLOW_LEASE_SECONDS", "abc", "Input should be a valid number"),
+        ("INVOICEFLOW_DATABASE_URL", "sqlite:///{tmp}/missing/x.db", "does not exist"),
+    ],
+)
+@pytest.mark.parametrize("command", ["invoice", "status", "db-upgrade"])
+def test_bad_settings_are_one_line_in_every_command(
+    command: str,
+    variable: str,
+    value: str,
+    message: str,
+    cli: Invoke,
+    sandbox: Any,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(variable, value.format(tmp=tmp_path))
+    if command == "invoice":
+        args = ["invoice", str(write_request(tmp_path, valid_request())), "--no-wait"]
+    else:
+        args = command.split("-")
+
+    result = cli(*args)
+
+    assert_refused_untouched(result, sandbox, sqlite_url)
+    assert result.stderr.startswith(f"error: {variable}: ")
+    assert message in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["invoice", "demo"])
+def test_a_bad_setting_read_when_the_flow_is_imported_is_one_line(
+    command: str, sandbox: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    """tasks/billing.py reads the retry delays at import; a fresh process, where that
+    import really happens, still gets one line and exit 2."""
+    env = app_env(sandbox.url, sqlite_url, INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS="5,-30")
+    request_file = write_request(tmp_path, valid_request())
+    args = ["invoice", str(request_file)] if command == "invoice" else ["demo"]
+
+    result = run_cli(*args, env=env, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS: entry 2 must be 0 or more seconds"
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    assert sandbox.requests() == []
+    assert [p.name for p in tmp_path.iterdir()] == ["req.json"], "a database appeared"
+
+
+def test_sandbox_on_a_busy_port_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = run_cli("sandbox", "--port", str(port), env={}, timeout=60)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"error: port {port} on 127.0.0.1 is in use; pass --port N (0 = any free port)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "-1"], "error: --port must be 0-65535, got -1 (0 = any free port)\n"),
+        (
+            ["--port", "0", "--rate-limit", "bogus"],
+            "error: invalid value for rate_limit: 'bogus'\n",
+        ),
+    ],
+)
+def test_sandbox_bad_options_are_one_line(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["sandbox", *args])
+
+    assert (result.exit_code, result.stderr, result.stdout) == (2, message, "")

@@ -82,3 +82,99 @@ def test_sandbox_url_and_test_key_are_accepted(monkeypatch: pytest.MonkeyPatch) 
     settings = load_settings()
     assert settings.stripe_api_base == "http://127.0.0.1:12111"
     assert settings.require_webhook_secret() == "whsec_abc"
+
+
+# --- INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS: the comma form people type, or JSON ---------
+
+DELAYS = "INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS"
+
+
+@pytest.mark.parametrize(
+    ("value", "delays"),
+    [
+        ("5,30", [5.0, 30.0]),
+        (" 5, 30 ,90 ", [5.0, 30.0, 90.0]),
+        ("0.5", [0.5]),
+        ("[5, 30]", [5.0, 30.0]),
+        ("[]", []),
+        ("0", [0.0]),
+    ],
+)
+def test_task_retry_delays_accept_commas_and_json(
+    monkeypatch: pytest.MonkeyPatch, value: str, delays: list[float]
+) -> None:
+    monkeypatch.setenv(DELAYS, value)
+    assert load_settings().task_retry_delays_seconds == delays
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("5,-1", "entry 2 must be 0 or more seconds"),
+        ("[5, -1]", "entry 2 must be 0 or more seconds"),
+        ("5,,30", "entry 2 is empty"),
+        ("5,30,", "entry 3 is empty"),
+        ("", "entry 1 is empty"),
+        ("5,soon", "entry 2 is not a number"),
+        ("5,inf", "entry 2 must be 0 or more seconds"),
+        ("[5, null]", "entry 2 is empty"),
+        ("[5, 30", "is not a valid JSON list"),
+        ('{"a": 1}', "entry 1 is not a number"),
+    ],
+)
+def test_task_retry_delays_refused_in_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    monkeypatch.setenv(DELAYS, value)
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert message.startswith(DELAYS), message
+    assert problem in message
+    assert "e.g. 5,30,90" in message
+    assert "\n" not in message
+
+
+# --- other settings: a bad value is one line naming the variable -----------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("INVOICEFLOW_LEASE_SECONDS", "abc", "INVOICEFLOW_LEASE_SECONDS: Input should be a valid"),
+        ("INVOICEFLOW_LEASE_SECONDS", "inf", "INVOICEFLOW_LEASE_SECONDS: Input should be a finite"),
+        ("INVOICEFLOW_STRIPE_TIMEOUT_SECONDS", "nan", "INVOICEFLOW_STRIPE_TIMEOUT_SECONDS"),
+        ("INVOICEFLOW_AWAIT_PAID_SECONDS", "-5", "INVOICEFLOW_AWAIT_PAID_SECONDS"),
+        ("INVOICEFLOW_RETRY_ATTEMPTS", "2.5", "INVOICEFLOW_RETRY_ATTEMPTS"),
+        ("INVOICEFLOW_RETRY_BASE_DELAY_SECONDS", "0", "INVOICEFLOW_RETRY_BASE_DELAY_SECONDS"),
+    ],
+)
+def test_bad_numbers_are_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=re.escape(message)) as refused:
+        load_settings()
+    assert "\n" not in str(refused.value)
+
+
+def test_sqlite_file_in_a_missing_directory_is_named_at_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-dir"
+    monkeypatch.setenv("INVOICEFLOW_DATABASE_URL", f"sqlite:///{missing}/invoiceflow.db")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value) == (
+        f"INVOICEFLOW_DATABASE_URL: directory '{missing}' does not exist; "
+        "create it or point the URL at an existing one"
+    )
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///invoiceflow.db"])
+def test_sqlite_urls_without_a_missing_directory_are_fine(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("INVOICEFLOW_DATABASE_URL", url)
+    assert load_settings().database_url == url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Annotated
 
@@ -51,6 +52,8 @@ def sandbox(
     from invoiceflow.sandbox.config import ConfigError
     from invoiceflow.sandbox.server import serve_forever
 
+    if not 0 <= port <= 65535:
+        _refuse(f"--port must be 0-65535, got {port} (0 = any free port)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         serve_forever(
@@ -69,4 +72,21 @@ def sandbox(
             allow_remote_webhooks=allow_remote_webhooks,
         )
     except ConfigError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        _refuse(str(exc))
+    except OSError as exc:  # binding the socket: say which, and what to pass instead
+        _refuse(_listen_error(exc, host, port))
+
+
+def _refuse(message: str) -> None:
+    """One line and exit 2, like every other configuration error of the CLI."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _listen_error(exc: OSError, host: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is in use; pass --port N (0 = any free port)"
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on port {port}; use one above 1023 (0 = any free port)"
+    reason = exc.strerror or str(exc)
+    return f"cannot listen on {host}:{port}: {reason}; check --host and --port"
