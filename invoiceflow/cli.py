@@ -143,6 +143,10 @@ def _run_flow(
     from invoiceflow.prefect_env import configure_prefect
 
     configure_prefect(quiet_console=not verbose)
+    if not verbose:  # -v shows them with the rest of the run's log
+        from invoiceflow import progress
+
+        progress.print_to_stderr()  # no silent waits: leases, Stripe retries, payment
     from flows.invoice import invoice_flow
 
     return invoice_flow(request, wait_for_payment=not no_wait, await_paid_seconds=await_seconds)
@@ -154,6 +158,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show each request's recovery point, Stripe invoice, amount and hosted URL."""
+    from sqlalchemy.engine import make_url
+
     from invoiceflow import ledger
     from invoiceflow.db.engine import get_engine
     from invoiceflow.settings import SettingsError, get_settings
@@ -170,6 +176,9 @@ def status(
             if request_id is not None
             else list(ledger.list_requests(engine))
         )
+    # Which ledger this is, on stderr (stdout stays the report, or pure JSON).
+    shown = make_url(database_url).render_as_string(hide_password=True)
+    typer.echo(f"database: {shown}", err=True)
     if rows == [None]:
         raise fail(Exit.BAD_INPUT, f"no request {request_id!r}")
     statuses = [RequestStatus.from_row(row) for row in rows if row is not None]

@@ -419,8 +419,18 @@ def test_status_of_an_unknown_request_exits_2(cli: Invoke) -> None:
     result = cli("status", "no-such-request")
 
     assert result.exit_code == 2
-    assert result.stderr == "error: no request 'no-such-request'\n"
+    assert result.stderr.splitlines()[-1] == "error: no request 'no-such-request'"
     assert result.stdout == ""
+
+
+def test_status_names_the_database_it_reads(cli: Invoke, sqlite_url: str) -> None:
+    """A ledger that moved (cron from another directory, a new container) is
+    spotted at a glance: status says which one it read, on stderr."""
+    plain, as_json = cli("status"), cli("status", "--json")
+
+    for result in (plain, as_json):
+        assert result.stderr == f"database: {sqlite_url}\n"
+    assert json.loads(as_json.stdout) == []
 
 
 def test_status_of_an_empty_database(cli: Invoke) -> None:
@@ -635,3 +645,22 @@ def test_sandbox_bad_options_are_one_line(args: list[str], message: str) -> None
     result = CliRunner().invoke(app, ["sandbox", *args])
 
     assert (result.exit_code, result.stderr, result.stdout) == (2, message, "")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_stripe_retries_are_said_on_stderr_without_verbose(
+    sandbox: Any, database_url: str, tmp_path: Path
+) -> None:
+    """No silent waits: a throttled Stripe shows up as one line per retry."""
+    sandbox.configure(
+        faults=[{"method": "POST", "path": "^/v1/invoices$", "when": "status_429", "times": 2}]
+    )
+    path = write_request(tmp_path, valid_request("acme:retried"))
+
+    result = run_cli("invoice", str(path), "--no-wait", env=app_env(sandbox.url, database_url))
+
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("… Stripe: ")]
+    assert len(notes) == 2, result.stderr
+    assert "create invoice for acme:retried" in notes[0] and "retry 1" in notes[0]
