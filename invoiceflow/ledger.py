@@ -277,8 +277,13 @@ def locked(
         row = lock_row(session, request_id)
         if row is None:
             raise RequestNotFound(f"no request {request_id!r}")
-        if row.lease_owner != owner or (row.lease_expires_at or 0) < time.time():
-            raise LeaseLost(f"request {request_id!r} is no longer leased to this run")
+        # Ownership, not the clock, decides: a lease that lapsed (a starved
+        # renewal thread on a busy machine) while nobody took it is still
+        # ours, and nobody can take it while we hold the row.
+        if row.lease_owner != owner:
+            raise LeaseLost(
+                f"request {request_id!r} was taken over by another run; this run stopped"
+            )
         yield session, row
 
 
