@@ -82,3 +82,14 @@ def test_sandbox_url_and_test_key_are_accepted(monkeypatch: pytest.MonkeyPatch) 
     settings = load_settings()
     assert settings.stripe_api_base == "http://127.0.0.1:12111"
     assert settings.require_webhook_secret() == "whsec_abc"
+
+
+def test_webhook_secrets_rotate_as_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_old, whsec_new")
+    settings = load_settings()
+    assert settings.require_webhook_secrets() == ["whsec_old", "whsec_new"]
+    assert "whsec_old" not in repr(settings)
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_old,oops_secret")
+    with pytest.raises(SettingsError, match="STRIPE_WEBHOOK_SECRET") as failed:
+        load_settings()
+    assert "oops_secret" not in str(failed.value) and "whsec_old" not in str(failed.value)
