@@ -144,7 +144,10 @@ def insert_if_absent(session: Session, model: type[Any], key: str, **values: Any
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         statement = sqlite_insert(model)
+    # RETURNING, not rowcount: an ORM session reports -1 rows for this statement.
     result = session.execute(
-        statement.values(**values).on_conflict_do_nothing(index_elements=[key])
+        statement.values(**values)
+        .on_conflict_do_nothing(index_elements=[key])
+        .returning(getattr(model, key))
     )
-    return bool(getattr(result, "rowcount", 0) == 1)
+    return result.first() is not None

@@ -87,5 +87,6 @@ def mark_settle_started(engine: Engine, event_id: str) -> bool:
             .where(col(InboxEvent.event_id) == event_id)
             .where(col(InboxEvent.settle_started_at).is_(None))
             .values(settle_started_at=utcnow())
+            .returning(col(InboxEvent.event_id))
         )
-        return bool(getattr(result, "rowcount", 0) == 1)
+        return result.first() is not None
