@@ -159,9 +159,13 @@ def test_paid_in_stripe_before_our_ledger_saw_it_sent(
             .where(BillingRequestRow.request_id == request_id)  # type: ignore[arg-type]
             .values(recovery_point="failed", progress_point="finalized", last_error="boom")
         )
+    # A run holds the request's lease: the payment is recorded all the same (the
+    # row lock serialises us with it; no lease is needed to record Stripe's fact).
+    assert ledger.acquire_lease(receiver.engine, request_id, "another-run", 300)
     assert receiver.post(genuine.body, genuine.signature).json()["outcome"] == "applied"
     row = ledger.require(receiver.engine, request_id)
     assert row.point is RecoveryPoint.PAID and row.progress is RecoveryPoint.PAID
+    assert row.lease_owner == "another-run"  # untouched: it is that run's to release
     assert row.last_error is None
     [paid] = [e for e in ledger.audit_trail(receiver.engine, request_id) if e.to_point == "paid"]
     assert paid.from_point == "failed"
