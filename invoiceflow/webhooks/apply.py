@@ -161,7 +161,8 @@ def _apply(
         if row.point.is_terminal:
             return Outcome("unchanged", f"payment failure after {row.point.value}")
         reason = decline_reason(invoice)
-        row.last_error = reason[:2000]
+        if row.point is not RecoveryPoint.FAILED:  # keep a failed run's own reason in front
+            row.last_error = reason[:2000]
         ledger.note(session, row, "payment failed", reason=reason, event=event_id)
         return Outcome("recorded", reason)
     return Outcome("unchanged", f"{type_} moves nothing")
