@@ -321,6 +321,38 @@ def rewind(
     _audit(session, row.request_id, previous, to, message, detail)
 
 
+# Stripe's invoice status machine past `open`: paid and void are final, an
+# uncollectible invoice may still be paid or voided.
+_SETTLES_FROM_UNCOLLECTIBLE = (RecoveryPoint.PAID, RecoveryPoint.VOID)
+
+
+def settle(
+    session: Session,
+    row: BillingRequestRow,
+    to: RecoveryPoint,
+    message: str,
+    **detail: Any,
+) -> bool:
+    """Record a settlement Stripe reported (paid, void, uncollectible), in the caller's
+    transaction, which holds the row lock; False when it would not move the request forward.
+
+    No lease is needed: this records Stripe's fact, not a run's work, and the row
+    lock serialises it with any run. A request at any earlier point (even failed,
+    or never recorded as sent) is settled: the payment happened either way.
+    """
+    current = row.point
+    if current in (RecoveryPoint.PAID, RecoveryPoint.VOID) or current is to:
+        return False
+    if current is RecoveryPoint.UNCOLLECTIBLE and to not in _SETTLES_FROM_UNCOLLECTIBLE:
+        return False
+    row.progress_point = row.recovery_point = to.value
+    row.last_error = None
+    row.updated_at = utcnow()
+    session.add(row)
+    _audit(session, row.request_id, current, to, message, detail)
+    return True
+
+
 def note(session: Session, row: BillingRequestRow, message: str, **detail: Any) -> None:
     """Audit something that happened to the request without moving it."""
     row.updated_at = utcnow()

@@ -132,9 +132,14 @@ class Settings(BaseSettings):
     @field_validator("stripe_webhook_secret")
     @classmethod
     def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith("whsec_"):
+        if value is None:
+            return None
+        # During a rotation Stripe signs with both the old and the new secret.
+        secrets = value.get_secret_value().split(",")
+        if not all(secret.strip().startswith("whsec_") for secret in secrets):
             raise ValueError(
-                "STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret (whsec_…)"
+                "STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret (whsec_…), "
+                "or several separated by commas while rotating"
             )
         return value
 
@@ -182,6 +187,10 @@ class Settings(BaseSettings):
                 "STRIPE_WEBHOOK_SECRET is not set; use the endpoint's whsec_… secret"
             )
         return self.stripe_webhook_secret.get_secret_value()
+
+    def require_webhook_secrets(self) -> list[str]:
+        """Every signing secret accepted now (one, or the old and new ones while rotating)."""
+        return [secret.strip() for secret in self.require_webhook_secret().split(",")]
 
 
 _DELAYS_HINT = "use seconds separated by commas, e.g. 5,30,90 (or JSON: [5, 30, 90]; [] for none)"

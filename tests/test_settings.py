@@ -178,3 +178,14 @@ def test_sqlite_urls_without_a_missing_directory_are_fine(
 ) -> None:
     monkeypatch.setenv("INVOICEFLOW_DATABASE_URL", url)
     assert load_settings().database_url == url
+
+
+def test_webhook_secrets_rotate_as_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_old, whsec_new")
+    settings = load_settings()
+    assert settings.require_webhook_secrets() == ["whsec_old", "whsec_new"]
+    assert "whsec_old" not in repr(settings)
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_old,oops_secret")
+    with pytest.raises(SettingsError, match="STRIPE_WEBHOOK_SECRET") as failed:
+        load_settings()
+    assert "oops_secret" not in str(failed.value) and "whsec_old" not in str(failed.value)

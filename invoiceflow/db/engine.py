@@ -129,8 +129,8 @@ def reading(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def insert_if_absent(session: Session, model: type[Any], key: str, **values: Any) -> None:
-    """INSERT … ON CONFLICT (key) DO NOTHING, in the caller's transaction.
+def insert_if_absent(session: Session, model: type[Any], key: str, **values: Any) -> bool:
+    """INSERT … ON CONFLICT (key) DO NOTHING, in the caller's transaction; True if inserted.
 
     Two runs inserting the same first row at once both succeed; the caller then
     reads the row (under a lock) and works with whichever insert won.
@@ -144,4 +144,10 @@ def insert_if_absent(session: Session, model: type[Any], key: str, **values: Any
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         statement = sqlite_insert(model)
-    session.execute(statement.values(**values).on_conflict_do_nothing(index_elements=[key]))
+    # RETURNING, not rowcount: an ORM session reports -1 rows for this statement.
+    result = session.execute(
+        statement.values(**values)
+        .on_conflict_do_nothing(index_elements=[key])
+        .returning(getattr(model, key))
+    )
+    return result.first() is not None

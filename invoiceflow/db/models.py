@@ -91,6 +91,8 @@ class BillingRequestRow(SQLModel, table=True):
     invoice_number: str | None = Field(default=None, max_length=255)
     invoice_status: str | None = Field(default=None, max_length=32)
     amount_due: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    # What Stripe reports as paid (webhook `invoice.paid`); a cache, like amount_due.
+    amount_paid: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     hosted_invoice_url: str | None = Field(default=None, max_length=2048)
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=2000)

@@ -1,0 +1,109 @@
+"""The receiver: `POST /webhooks/stripe` and `GET /healthz`, a small Starlette app.
+
+2xx only once the event is committed; 400 for anything that is not a fresh,
+correctly signed, readable event (Stripe stops retrying those, and nothing
+changed); 503 when storing failed, so Stripe redelivers later. Reasons are
+short and never contain a secret, a signature or the body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from invoiceflow.db.engine import get_engine
+from invoiceflow.settings import Settings
+from invoiceflow.stripe_api import make_client
+from invoiceflow.webhooks.apply import MalformedEvent, ReadInvoice, parse_event, receive
+from invoiceflow.webhooks.signature import SignatureError, verify
+
+log = logging.getLogger(__name__)
+
+# Stripe's events are a few KiB; anything this large is not one of them.
+MAX_BODY_BYTES = 256 * 1024
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
+    """The receiver for `settings` (STRIPE_WEBHOOK_SECRET required; STRIPE_API_KEY
+    optional, used to re-read an invoice when an event is ambiguous)."""
+    secrets = settings.require_webhook_secrets()
+    db = engine if engine is not None else get_engine(settings.database_url)
+    read_invoice = _invoice_reader(settings) if settings.stripe_api_key else None
+
+    async def stripe_webhook(request: Request) -> JSONResponse:
+        body = await _read_capped(request, MAX_BODY_BYTES)
+        if body is None:
+            return _refuse(f"body larger than {MAX_BODY_BYTES} bytes")
+        try:
+            verify(body, request.headers.get("stripe-signature"), secrets)
+            event = json.loads(body)
+            event_id, type_, _created, _obj = parse_event(event)
+        except (SignatureError, MalformedEvent) as exc:
+            return _refuse(str(exc))
+        except ValueError:  # JSON or UTF-8 decoding
+            return _refuse("body is not valid JSON")
+        try:
+            outcome = await run_in_threadpool(receive, db, event, read_invoice)
+        except Exception as exc:
+            # Not committed: a non-2xx makes Stripe deliver it again later.
+            log.error(
+                "could not store Stripe event %s (%s): %s", event_id, type_, type(exc).__name__
+            )
+            return JSONResponse({"error": "could not store the event; retry later"}, 503)
+        log.info("Stripe event %s (%s): %s", event_id, type_, outcome.text)
+        return JSONResponse({"id": event_id, "outcome": outcome.kind})
+
+    async def healthz(_request: Request) -> JSONResponse:
+        try:
+            await run_in_threadpool(_ping, db)
+        except Exception as exc:
+            return JSONResponse({"ok": False, "database": type(exc).__name__}, 503)
+        return JSONResponse({"ok": True})
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to exceed `limit` (never buffered whole)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _refuse(reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, 400)
+
+
+def _ping(engine: Engine) -> None:
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def _invoice_reader(settings: Settings) -> ReadInvoice:
+    client = make_client(settings)
+
+    def read(invoice_id: str) -> Mapping[str, Any]:
+        return client.v1.invoices.retrieve(invoice_id).to_dict()
+
+    return read

@@ -1,0 +1,208 @@
+"""The webhook receiver end to end: the real invoice flow, the sandbox signing and
+delivering to our receiver over HTTP, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import stripe
+from sqlalchemy import text
+
+from invoiceflow import ledger
+from invoiceflow.db.models import RecoveryPoint
+from invoiceflow.status import RequestStatus
+from invoiceflow.webhooks import inbox
+from tests.helpers import invoices_for, make_request, wait_for
+from tests.webhooks import (
+    Receiver,
+    delivered_ok,
+    event_of,
+    inbox_rows,
+    moves_to,
+    registered_receiver,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_api", "configured")
+
+
+@pytest.fixture
+def receiver(
+    stripe_client: stripe.StripeClient, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> Any:
+    with registered_receiver(stripe_client, monkeypatch, database_url) as running:
+        yield running
+
+
+def _sent_invoice(client: stripe.StripeClient, name: str) -> tuple[str, str]:
+    """Run the real flow up to `sent`; the request id and its Stripe invoice id."""
+    from flows.invoice import invoice_flow
+
+    request = make_request(f"req-{name}-{uuid.uuid4().hex[:8]}")
+    assert invoice_flow(request, wait_for_payment=False).state is RecoveryPoint.SENT
+    [invoice] = invoices_for(client, request.request_id)
+    return request.request_id, invoice.id
+
+
+def _point(receiver: Receiver, request_id: str) -> RecoveryPoint:
+    return RequestStatus.from_row(ledger.require(receiver.engine, request_id)).state
+
+
+def _wait_point(receiver: Receiver, request_id: str, point: RecoveryPoint) -> None:
+    wait_for(lambda: _point(receiver, request_id) is point, f"{request_id} to be {point.value}")
+
+
+def _as_utc(moment: datetime | None) -> datetime:
+    assert moment is not None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite drops the zone
+
+
+def test_paid_out_of_band_applied_once_though_delivered_three_times(
+    sandbox: Any, stripe_client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    sandbox.configure(webhook_duplicate=1.0)  # every event delivered twice
+    request_id, invoice_id = _sent_invoice(stripe_client, "oob")
+    paid = stripe_client.v1.invoices.pay(invoice_id, {"paid_out_of_band": True})
+
+    # What `invoiceflow status` reads: paid, within the wait (generous on a busy machine).
+    wait_for(lambda: _point(receiver, request_id) is RecoveryPoint.PAID, "paid", timeout=5)
+    wait_for(lambda: delivered_ok(sandbox, "invoice.paid") == 2, "both copies answered 2xx")
+    third = receiver.post_signed(event_of(stripe_client, "invoice.paid", invoice_id))
+    assert third.status_code == 200 and third.json()["outcome"] == "duplicate"
+
+    row = ledger.require(receiver.engine, request_id)
+    assert moves_to(receiver.engine, request_id, "paid") == 1
+    assert row.amount_paid == paid.amount_paid == row.total_amount
+    assert row.invoice_status == "paid"
+    assert paid.status_transitions.paid_at is not None
+    assert _as_utc(row.paid_at) == datetime.fromtimestamp(paid.status_transitions.paid_at, UTC)
+    [stored] = inbox_rows(receiver.engine, "invoice.paid")
+    assert stored.request_id == request_id and stored.invoice_id == invoice_id
+    assert stored.outcome.startswith("applied") and stored.needs_settle
+    assert [e.event_id for e in inbox.pending_settles(receiver.engine)] == [stored.event_id]
+    assert inbox.mark_settle_started(receiver.engine, stored.event_id)
+    assert not inbox.mark_settle_started(receiver.engine, stored.event_id)
+    assert inbox.pending_settles(receiver.engine) == []
+    # Every event the sandbox emitted is kept exactly once, ours or not.
+    emitted = {e.id for e in stripe_client.v1.events.list({"limit": 100}).auto_paging_iter()}
+    wait_for(lambda: {r.event_id for r in inbox_rows(receiver.engine)} == emitted, "every event")
+
+
+def test_shuffled_and_delayed_card_payment_and_a_late_finalized(
+    sandbox: Any, stripe_client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    sandbox.configure(webhook_reorder=True, webhook_reorder_window_ms=400, webhook_delay_ms=200)
+    request_id, invoice_id = _sent_invoice(stripe_client, "card")
+    stripe_client.v1.invoices.pay(invoice_id, {"payment_method": "pm_card_visa"})
+    _wait_point(receiver, request_id, RecoveryPoint.PAID)
+    emitted = {e.id for e in stripe_client.v1.events.list({"limit": 100}).auto_paging_iter()}
+    wait_for(lambda: {r.event_id for r in inbox_rows(receiver.engine)} == emitted, "every event")
+
+    # A finalized event arriving after the payment (a new id, so not a duplicate).
+    late = event_of(stripe_client, "invoice.finalized", invoice_id)
+    late["id"] = "evt_late_finalized"
+    trail = len(ledger.audit_trail(receiver.engine, request_id))
+    answer = receiver.post_signed(late)
+    assert answer.status_code == 200 and answer.json()["outcome"] == "unchanged"
+    late_void = event_of(stripe_client, "invoice.paid", invoice_id)
+    late_void.update(id="evt_late_void", type="invoice.voided")
+    late_void["data"]["object"]["status"] = "void"
+    assert receiver.post_signed(late_void).json()["outcome"] == "unchanged"
+    assert _point(receiver, request_id) is RecoveryPoint.PAID
+    assert len(ledger.audit_trail(receiver.engine, request_id)) == trail
+    assert moves_to(receiver.engine, request_id, "paid") == 1
+
+
+def test_declined_then_paid(
+    sandbox: Any, stripe_client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    request_id, invoice_id = _sent_invoice(stripe_client, "declined")
+    with pytest.raises(stripe.CardError):
+        stripe_client.v1.invoices.pay(invoice_id, {"payment_method": "pm_card_chargeDeclined"})
+    wait_for(lambda: inbox_rows(receiver.engine, "invoice.payment_failed"), "the failure")
+    row = ledger.require(receiver.engine, request_id)
+    assert row.point is RecoveryPoint.SENT  # still collectible
+    assert row.last_error == "payment failed (attempt 1)"
+    notes = [
+        e for e in ledger.audit_trail(receiver.engine, request_id) if e.message == "payment failed"
+    ]
+    assert len(notes) == 1 and notes[0].detail["reason"] == row.last_error
+
+    stripe_client.v1.invoices.pay(invoice_id, {"payment_method": "pm_card_visa"})
+    _wait_point(receiver, request_id, RecoveryPoint.PAID)
+    assert moves_to(receiver.engine, request_id, "paid") == 1
+    assert ledger.require(receiver.engine, request_id).last_error is None
+
+
+def test_voided_is_void(
+    sandbox: Any, stripe_client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    request_id, invoice_id = _sent_invoice(stripe_client, "void")
+    stripe_client.v1.invoices.void_invoice(invoice_id)
+    _wait_point(receiver, request_id, RecoveryPoint.VOID)
+    assert moves_to(receiver.engine, request_id, "void") == 1
+    assert ledger.require(receiver.engine, request_id).invoice_status == "void"
+
+
+def test_uncollectible_then_paid_as_stripe_allows(
+    sandbox: Any, stripe_client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    request_id, invoice_id = _sent_invoice(stripe_client, "uncollectible")
+    stripe_client.v1.invoices.mark_uncollectible(invoice_id)
+    _wait_point(receiver, request_id, RecoveryPoint.UNCOLLECTIBLE)
+    stripe_client.v1.invoices.pay(invoice_id, {"paid_out_of_band": True})
+    _wait_point(receiver, request_id, RecoveryPoint.PAID)
+    trail = [e.to_point for e in ledger.audit_trail(receiver.engine, request_id) if e.to_point]
+    assert trail[-2:] == ["uncollectible", "paid"]
+
+
+def test_events_not_about_our_invoices_are_stored_and_ignored(
+    sandbox: Any, stripe_client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    request_id, invoice_id = _sent_invoice(stripe_client, "others")
+    customer = stripe_client.v1.customers.create({"email": "other@example.com"})
+    for metadata in ({}, {"invoiceflow_request_id": "someone-elses-request"}):
+        other = stripe_client.v1.invoices.create(
+            {
+                "customer": customer.id,
+                "collection_method": "send_invoice",
+                "days_until_due": 7,
+                "metadata": metadata,
+            }
+        )
+        stripe_client.v1.invoices.pay(other.id, {"paid_out_of_band": True})
+    wait_for(lambda: len(inbox_rows(receiver.engine, "invoice.paid")) == 2, "both payments")
+    for stored in inbox_rows(receiver.engine, "invoice.paid"):
+        assert stored.request_id is None and stored.outcome.startswith("ignored")
+    [created] = inbox_rows(receiver.engine, "customer.created")[-1:]
+    assert created.outcome.startswith("ignored")
+
+    unknown = event_of(stripe_client, "invoice.finalized", invoice_id)
+    unknown.update(id="evt_unknown_type", type="invoice.something_new")
+    answer = receiver.post_signed(unknown)
+    assert answer.status_code == 200 and answer.json()["outcome"] == "unchanged"
+    assert inbox.get(receiver.engine, "evt_unknown_type") is not None
+    assert _point(receiver, request_id) is RecoveryPoint.SENT
+
+
+def test_a_storage_failure_answers_5xx_and_stripe_redelivers(
+    sandbox: Any, stripe_client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    sandbox.configure(webhook_retry_base_ms=200, webhook_retry_max_ms=400)
+    request_id, invoice_id = _sent_invoice(stripe_client, "dbdown")
+    with receiver.engine.begin() as connection:  # the inbox is gone: every insert fails
+        connection.execute(text("ALTER TABLE webhook_event RENAME TO webhook_event_away"))
+    stripe_client.v1.invoices.pay(invoice_id, {"paid_out_of_band": True})
+    wait_for(
+        lambda: any(
+            d["type"] == "invoice.paid" and d["status"] == 503 for d in sandbox.webhook_deliveries()
+        ),
+        "a 503 for invoice.paid",
+    )
+    assert _point(receiver, request_id) is RecoveryPoint.SENT
+    with receiver.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE webhook_event_away RENAME TO webhook_event"))
+    _wait_point(receiver, request_id, RecoveryPoint.PAID)
+    assert moves_to(receiver.engine, request_id, "paid") == 1
