@@ -125,12 +125,12 @@ def test_duplicates_and_reordering(client: stripe.StripeClient, sandbox: Running
 
 
 def test_delivery_delay(client: stripe.StripeClient, sandbox: RunningSandbox) -> None:
-    sandbox.configure(webhook_delay_ms=300)
+    sandbox.configure(webhook_delay_ms=2000)
     with webhook_receiver() as receiver:
         client.v1.webhook_endpoints.create({"url": receiver.url, "enabled_events": ["*"]})
         started = time.monotonic()
         client.v1.customers.create({"name": "C"})
-        assert time.monotonic() - started < 0.2  # the API response does not wait
+        # The API answered before the delivery: had it waited, the event would be in.
         assert receiver.received == []
         receiver.wait_for(1)
-        assert time.monotonic() - started >= 0.28
+        assert time.monotonic() - started >= 1.95
