@@ -230,7 +230,7 @@ def run_flow(request: Any) -> tuple[float, float, bool]:
     from invoiceflow.db.models import RecoveryPoint
 
     started = time.perf_counter()
-    state = invoice_flow(request, wait_for_payment=False, return_state=True)
+    state = invoice_flow(request, return_state=True)
     wall = time.perf_counter() - started
     try:
         sent = state.result().state is RecoveryPoint.SENT

@@ -2,7 +2,7 @@
 
     record request ─┬─ ensure customer ────────────────────┐
                     └─ ensure product ─ ensure price (x n) ──┴─ catalog ready
-      → create invoice → add items → finalize → send → await paid
+      → create invoice → add items → finalize → send → (awaiting payment: a webhook)
 
 The product/price branch and the customer branch run in parallel. Every step
 is idempotent and checkpointed in our database, so the flow can be rerun at any
@@ -17,10 +17,11 @@ import socket
 import uuid
 from typing import Any, cast
 
-from prefect import flow, get_run_logger, task
+from prefect import State, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
+from prefect.states import Completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from invoiceflow import lease, ledger
@@ -32,6 +33,9 @@ from invoiceflow.runtime import get_runtime
 from invoiceflow.status import RequestStatus
 from tasks import billing
 
+# The final state's name while the sent invoice is open: the UI shows which
+# runs are done with their part and wait for the customer, not for a worker.
+AWAITING_PAYMENT = "AwaitingPayment"
 # Parallel Stripe calls of one run. Stripe allows 25 requests/s in test mode;
 # eight steps in flight, each a couple of calls long, stays under it.
 MAX_PARALLEL_STEPS = 8
@@ -66,12 +70,13 @@ def _new_owner() -> str:
     retries=0,
     log_prints=False,
 )
-def invoice_flow(
-    request: BillingRequest,
-    wait_for_payment: bool = True,
-    await_paid_seconds: float | None = None,
-) -> RequestStatus:
-    """Turn one billing request into one sent Stripe invoice, then await its payment."""
+def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
+    """Turn one billing request into one sent Stripe invoice.
+
+    The run ends once the invoice is sent: `Completed(name="AwaitingPayment")`
+    while it is open. The payment arrives later as a signed webhook, which the
+    receiver records; no worker waits for it, and Stripe is not polled.
+    """
     logger = get_run_logger()
     rt = get_runtime()
     request_id = request.request_id
@@ -88,11 +93,9 @@ def invoice_flow(
             if not row.progress.reached(RecoveryPoint.SENT):
                 _prepare_catalog_and_customer(request, owner)
                 _draft_to_sent(request_id, owner)
-            if wait_for_payment:
-                timeout = await_paid_seconds
-                if timeout is None:
-                    timeout = rt.settings.await_paid_seconds
-                billing.await_paid(request_id, owner, timeout)
+            elif not row.point.is_terminal:
+                # A rerun of a sent request: settled while no webhook reached us?
+                billing.refresh_settlement(request_id, owner)
         except ledger.LeaseLost:
             raise  # the run that took over owns the request's state now
         except Exception as exc:
@@ -101,7 +104,14 @@ def invoice_flow(
 
     status = RequestStatus.from_row(ledger.require(rt.engine, request_id))
     logger.info("%s", status.one_line())
-    return status
+    if status.state is RecoveryPoint.SENT:
+        return Completed(name=AWAITING_PAYMENT, message=status.one_line(), data=status)
+    return Completed(message=status.one_line(), data=status)
+
+
+def run_invoice(request: BillingRequest) -> RequestStatus:
+    """Run the flow here and now; its result, typed (the flow returns its final state)."""
+    return cast(RequestStatus, invoice_flow(request))
 
 
 def _draft_to_sent(request_id: str, owner: str) -> None:

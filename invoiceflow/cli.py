@@ -147,9 +147,20 @@ def _run_flow(
         from invoiceflow import progress
 
         progress.print_to_stderr()  # no silent waits: leases, Stripe retries, payment
-    from flows.invoice import invoice_flow
+    from flows.invoice import run_invoice
 
-    return invoice_flow(request, wait_for_payment=not no_wait, await_paid_seconds=await_seconds)
+    status = run_invoice(request)
+    if no_wait or status.state.is_terminal:
+        return status
+    # The run is over (no worker waits for a payment); the payment arrives as a
+    # signed webhook that the receiver records, so watch our database for it.
+    from invoiceflow import awaiting
+    from invoiceflow.runtime import get_runtime
+    from invoiceflow.status import RequestStatus
+
+    rt = get_runtime()
+    timeout = rt.settings.await_paid_seconds if await_seconds is None else await_seconds
+    return RequestStatus.from_row(awaiting.until_settled(rt.engine, request.request_id, timeout))
 
 
 @app.command()

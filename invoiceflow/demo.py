@@ -103,8 +103,32 @@ def run_demo() -> int:
 
 
 def _run(sandbox: Any) -> int:
-    from flows.invoice import invoice_flow
-    from invoiceflow import ledger
+    from invoiceflow.runtime import get_runtime
+
+    client = get_runtime().stripe
+    # Our webhook receiver, in this process, registered with the sandbox: the
+    # payment below reaches us as Stripe's signed `invoice.paid` event.
+    endpoint = client.v1.webhook_endpoints.create(
+        {"url": "http://127.0.0.1:9/not-yet", "enabled_events": ["invoice.paid", "invoice.voided"]}
+    )
+    os.environ["STRIPE_WEBHOOK_SECRET"] = endpoint.secret or ""
+    from invoiceflow.runtime import reset_runtime
+    from invoiceflow.settings import get_settings
+    from invoiceflow.webhooks.app import create_app
+    from invoiceflow.webhooks.server import running
+
+    reset_runtime()
+    with running(create_app(get_settings())) as receiver:
+        get_runtime().stripe.v1.webhook_endpoints.update(
+            endpoint.id, {"url": f"{receiver}/webhooks/stripe"}
+        )
+        _say(f"Webhook receiver on {receiver}/webhooks/stripe (signed events from the sandbox)")
+        return _run_requests(sandbox)
+
+
+def _run_requests(sandbox: Any) -> int:
+    from flows.invoice import run_invoice
+    from invoiceflow import awaiting, ledger
     from invoiceflow.runtime import get_runtime
 
     requests = [parse_request(data) for data in REQUESTS]
@@ -120,17 +144,20 @@ def _run(sandbox: Any) -> int:
             f"→ {request.request_id}: {len(request.items)} line(s), "
             f"{format_minor_units(request.total_amount(), request.currency)}"
         )
-        invoice_flow(request, wait_for_payment=False)
+        run_invoice(request)
 
     acme = requests[0]
-    invoice_id = ledger.require(get_runtime().engine, acme.request_id).stripe_invoice_id
+    engine = get_runtime().engine
+    invoice_id = ledger.require(engine, acme.request_id).stripe_invoice_id
     assert invoice_id is not None
-    _say(f"→ Acme pays {invoice_id} by card")
+    _say(f"→ Acme pays {invoice_id} by card; the signed webhook records it")
     client.v1.invoices.pay(invoice_id, {"payment_method": "pm_card_visa"})
+    paid = awaiting.until_settled(engine, acme.request_id, timeout_seconds=30)
+    _say(f"  {acme.request_id}: {paid.recovery_point} (from Stripe's invoice.paid webhook)")
 
     writes_before = _writes(sandbox)
-    _say(f"→ {acme.request_id} submitted again (same content): resumes, awaits the payment")
-    invoice_flow(acme, wait_for_payment=True, await_paid_seconds=10)
+    _say(f"→ {acme.request_id} submitted again (same content): nothing left to do")
+    run_invoice(acme)
     repeat_writes = _writes(sandbox) - writes_before
 
     changed = parse_request({**REQUESTS[0], "items": REQUESTS[0]["items"][:1]})

@@ -17,7 +17,6 @@ Each step is an atomic phase in the rocket-rides sense:
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -25,7 +24,7 @@ from functools import partial
 
 import stripe
 
-from invoiceflow import catalog, customers, fresh, ledger, progress
+from invoiceflow import catalog, customers, fresh, ledger
 from invoiceflow.db.models import BillingRequestRow, PriceMap, RecoveryPoint, RequestLine, utcnow
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import call_with_retries
@@ -49,11 +48,6 @@ PAGE_SIZE = 100
 # Stripe keeps events for 30 days; an `invoice.sent` older than this margin
 # may already be gone, so its absence proves nothing.
 EVENT_RETENTION = timedelta(days=29)
-# Polling a sent invoice for payment: start quick (the demo pays at once), back
-# off to this ceiling so a long wait costs few requests.
-AWAIT_POLL_FIRST_SECONDS = 0.5
-AWAIT_POLL_MAX_SECONDS = 15.0
-AWAIT_NOTE_SECONDS = 15.0
 
 
 class InvoiceMismatch(RuntimeError):
@@ -603,34 +597,19 @@ _SETTLED = {
 }
 
 
-def await_paid(rt: Runtime, request_id: str, owner: str, timeout_seconds: float) -> RecoveryPoint:
-    """Poll the sent invoice until it settles or `timeout_seconds` pass. Reads only."""
+def refresh_settlement(rt: Runtime, request_id: str, owner: str) -> RecoveryPoint:
+    """A rerun of a sent request: one read of the invoice, in case it settled while
+    no webhook reached us (the receiver was down). Never a loop: waiting for a
+    payment is the webhook receiver's job, not a worker's."""
     row = ledger.require(rt.engine, request_id)
     if row.point.is_terminal:
         return row.point
-    invoice_id = _invoice_id(row)
-    deadline = time.monotonic() + timeout_seconds
-    pause = AWAIT_POLL_FIRST_SECONDS
-    said = progress.Throttle(every=AWAIT_NOTE_SECONDS)
-    while True:
-        invoice = _retrieve(rt, invoice_id)
-        settled = _SETTLED.get(invoice.status or "")
-        if settled is not None:
-            record_settlement(rt, request_id, owner, invoice, settled)
-            return settled
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            log.info("Invoice %s is %s; still awaiting payment", invoice_id, invoice.status)
-            return RecoveryPoint(ledger.require(rt.engine, request_id).recovery_point)
-        if said.due():
-            progress.note(
-                "awaiting payment of invoice %s (%s); up to %.0fs more",
-                invoice_id,
-                request_id,
-                remaining,
-            )
-        time.sleep(min(pause, remaining))
-        pause = min(pause * 2, AWAIT_POLL_MAX_SECONDS)
+    invoice = _retrieve(rt, _invoice_id(row))
+    settled = _SETTLED.get(invoice.status or "")
+    if settled is None:
+        return row.point
+    record_settlement(rt, request_id, owner, invoice, settled)
+    return settled
 
 
 def record_settlement(

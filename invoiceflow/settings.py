@@ -91,7 +91,8 @@ class Settings(BaseSettings):
         default=[5.0, 30.0, 90.0],
         validation_alias=AliasChoices("INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS"),
     )
-    # How long `await_paid` polls before leaving the request in `sent`.
+    # How long `invoiceflow invoice` watches our database for the payment (which
+    # the webhook receiver records) before reporting the request still `sent`.
     await_paid_seconds: float = Field(
         default=60.0, ge=0, validation_alias=AliasChoices("INVOICEFLOW_AWAIT_PAID_SECONDS")
     )

@@ -104,29 +104,20 @@ def send(request_id: str, owner: str) -> None:
     invoicing.send(get_runtime(), request_id, owner)
 
 
-# Reads only; its own loop already backs off, so no task retries beyond the
-# transient ones, and the timeout covers the longest wait we allow.
-@task(
-    name="await-paid",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
-def await_paid(request_id: str, owner: str, timeout_seconds: float) -> str:
-    point: RecoveryPoint = invoicing.await_paid(get_runtime(), request_id, owner, timeout_seconds)
+@_step("refresh-settlement")
+def refresh_settlement(request_id: str, owner: str) -> str:
+    point: RecoveryPoint = invoicing.refresh_settlement(get_runtime(), request_id, owner)
     return point.value
 
 
 __all__ = [
     "add_items",
-    "await_paid",
     "create_invoice",
     "ensure_customer",
     "ensure_price",
     "ensure_product",
     "finalize",
     "mark_catalog_ready",
+    "refresh_settlement",
     "send",
 ]

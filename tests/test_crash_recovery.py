@@ -84,7 +84,7 @@ def test_crash_then_rerun_yields_exactly_one_invoice(
     if expire_keys:
         sandbox.expire_idempotency_keys()
 
-    status = invoice_flow(request, wait_for_payment=False)
+    status = invoice_flow(request)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     invoice = assert_exactly_one_invoice(stripe_client, request)

@@ -86,11 +86,11 @@ def test_a_later_request_with_a_new_email_updates_the_stripe_customer_first(
     from flows.invoice import invoice_flow
 
     first = make_request(f"moved-a-{uuid.uuid4().hex[:8]}", customer="initech")
-    assert invoice_flow(first, wait_for_payment=False).state is RecoveryPoint.SENT
+    assert invoice_flow(first).state is RecoveryPoint.SENT
     moved = {"id": "initech", "email": "ap@initech-new.example", "name": "Initech AG"}
     second = make_request(f"moved-b-{uuid.uuid4().hex[:8]}", customer=moved)
 
-    status = invoice_flow(second, wait_for_payment=False)
+    status = invoice_flow(second)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     [customer] = stripe_client.v1.customers.list({"limit": 10}).data
@@ -112,12 +112,12 @@ def test_each_line_reads_as_the_request_says_even_for_a_known_sku(
     from flows.invoice import invoice_flow
 
     first = make_request(f"named-a-{uuid.uuid4().hex[:8]}")
-    assert invoice_flow(first, wait_for_payment=False).state is RecoveryPoint.SENT
+    assert invoice_flow(first).state is RecoveryPoint.SENT
     items = [item.model_dump(mode="json") for item in first.items]
     items[0]["name"] = "Senior consulting hour"
     second = make_request(f"named-b-{uuid.uuid4().hex[:8]}", items=items)
 
-    assert invoice_flow(second, wait_for_payment=False).state is RecoveryPoint.SENT
+    assert invoice_flow(second).state is RecoveryPoint.SENT
 
     [invoice] = invoices_for(stripe_client, second.request_id)
     lines = stripe_client.v1.invoices.line_items.list(invoice.id, {"limit": 10}).data
@@ -138,7 +138,7 @@ def test_two_skus_never_share_a_stripe_product(
     ]
     request = make_request(f"skus-{uuid.uuid4().hex[:8]}", items=items)
 
-    assert invoice_flow(request, wait_for_payment=False).state is RecoveryPoint.SENT
+    assert invoice_flow(request).state is RecoveryPoint.SENT
 
     [invoice] = invoices_for(stripe_client, request.request_id)
     lines = stripe_client.v1.invoices.line_items.list(invoice.id, {"limit": 10}).data

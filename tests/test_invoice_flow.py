@@ -34,7 +34,7 @@ def test_one_request_becomes_one_sent_invoice_and_a_rerun_writes_nothing(
 
     # Unique per run: the Prefect server (and its run names) outlives each database.
     request = make_request(f"req-{uuid.uuid4().hex[:8]}")
-    status = invoice_flow(request, wait_for_payment=False)
+    status = invoice_flow(request)
 
     assert status.state is RecoveryPoint.SENT
     invoice = assert_exactly_one_invoice(stripe_client, request)
@@ -58,7 +58,7 @@ def test_one_request_becomes_one_sent_invoice_and_a_rerun_writes_nothing(
     assert all(write.idempotency_key.startswith("invoiceflow:") for write in recorded)
 
     before = len(writes(sandbox))
-    again = invoice_flow(request, wait_for_payment=False)
+    again = invoice_flow(request)
     assert again.state is RecoveryPoint.SENT
     assert len(writes(sandbox)) == before, "a rerun of a finished request wrote to Stripe"
     assert _flow_run_states(f"invoice-{request.request_id}") == ["COMPLETED", "COMPLETED"]
@@ -105,24 +105,40 @@ def _flow_run_states(name: str) -> list[str]:
     return [run.state_type.value for run in _flow_runs(name) if run.state_type]
 
 
-def test_await_paid_records_the_payment(sandbox: Any, stripe_client: stripe.StripeClient) -> None:
+def test_a_sent_invoice_ends_the_run_awaiting_payment(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    """No worker waits for a payment: the run ends at `sent`, in a state the UI names."""
+    from flows.invoice import AWAITING_PAYMENT, invoice_flow
+
+    request = make_request(f"req-awaiting-{uuid.uuid4().hex[:8]}")
+    state = invoice_flow(request, return_state=True)
+
+    assert state.is_completed() and state.name == AWAITING_PAYMENT
+    assert state.result().state is RecoveryPoint.SENT
+    [run] = _flow_runs(f"invoice-{request.request_id}")
+    assert run.state is not None and run.state.name == AWAITING_PAYMENT
+
+
+def test_a_rerun_picks_up_a_payment_no_webhook_brought(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    """The receiver was down when the customer paid: a rerun reads the invoice once."""
     from flows.invoice import invoice_flow
 
-    request = make_request("req-paid")
-    invoice_flow(request, wait_for_payment=False)
+    request = make_request(f"req-paid-{uuid.uuid4().hex[:8]}")
+    invoice_flow(request)
     invoice_id = invoices_for(stripe_client, request.request_id)[0].id
+    stripe_client.v1.invoices.pay(invoice_id, {"payment_method": "pm_card_visa"})
+    before = len(writes(sandbox))
 
-    payer = threading.Timer(
-        0.3, lambda: stripe_client.v1.invoices.pay(invoice_id, {"payment_method": "pm_card_visa"})
-    )
-    payer.start()
-    status = invoice_flow(request, wait_for_payment=True, await_paid_seconds=15)
-    payer.join()
+    state = invoice_flow(request, return_state=True)
 
-    assert status.state is RecoveryPoint.PAID
+    status = state.result()
+    assert status.state is RecoveryPoint.PAID and state.name == "Completed"
     assert status.invoice_status == "paid"
-    row = ledger.require(get_runtime().engine, request.request_id)
-    assert row.paid_at is not None
+    assert ledger.require(get_runtime().engine, request.request_id).paid_at is not None
+    assert len(writes(sandbox)) == before
 
 
 def test_thirty_percent_transient_faults_still_one_invoice_each(
@@ -138,7 +154,7 @@ def test_thirty_percent_transient_faults_still_one_invoice_each(
         for n in range(6)
     ]
     for request in requests:
-        status = invoice_flow(request, wait_for_payment=False)
+        status = invoice_flow(request)
         assert status.state is RecoveryPoint.SENT, status.last_error
     sandbox.configure(fail_before_write=0, fail_after_write=0, drop_after_write=0)
 
@@ -158,14 +174,14 @@ def test_resubmission_with_changed_content_is_a_conflict(
     from flows.invoice import invoice_flow
 
     request = make_request("req-conflict")
-    invoice_flow(request, wait_for_payment=False)
+    invoice_flow(request)
     before = len(writes(sandbox))
 
     changed = make_request(
         "req-conflict", items=[{"sku": "travel", "name": "Travel", "unit_amount": 1}]
     )
     with pytest.raises(ledger.RequestConflict, match="different content"):
-        invoice_flow(changed, wait_for_payment=False)
+        invoice_flow(changed)
 
     assert len(writes(sandbox)) == before
     assert_exactly_one_invoice(stripe_client, request)
@@ -184,7 +200,7 @@ def test_two_concurrent_runs_of_one_request_make_one_invoice(
 
     def run() -> None:
         try:
-            results.append(invoice_flow(request, wait_for_payment=False))
+            results.append(invoice_flow(request))
         except BaseException as exc:
             errors.append(exc)
 
@@ -210,7 +226,7 @@ def test_an_invoice_edited_behind_our_back_is_never_finalized(
         faults=[{"method": "POST", "path": "/finalize$", "when": "status_409", "times": 100}]
     )
     with pytest.raises(stripe.StripeError):
-        invoice_flow(request, wait_for_payment=False)
+        invoice_flow(request)
     invoice = invoices_for(stripe_client, request.request_id)[0]
     # ...and meanwhile someone adds a line in the Dashboard.
     price = stripe_client.v1.prices.list({"limit": 1}).data[0]
@@ -222,7 +238,7 @@ def test_an_invoice_edited_behind_our_back_is_never_finalized(
     from invoiceflow.invoicing import InvoiceMismatch
 
     with pytest.raises(InvoiceMismatch):
-        invoice_flow(request, wait_for_payment=False)
+        invoice_flow(request)
     assert stripe_client.v1.invoices.retrieve(invoice.id).status == "draft"
     row = ledger.require(get_runtime().engine, request.request_id)
     assert row.point is RecoveryPoint.FAILED
@@ -245,7 +261,7 @@ def test_250_lines_go_in_as_few_calls_as_stripe_allows(
         for n in range(250)
     ]
     request = make_request("req-250", items=items)
-    status = invoice_flow(request, wait_for_payment=False)
+    status = invoice_flow(request)
 
     assert status.state is RecoveryPoint.SENT
     assert_exactly_one_invoice(stripe_client, request)

@@ -190,7 +190,7 @@ def test_a_paused_run_that_lost_its_lease_makes_no_further_write(
         )
         time.sleep(2.5)  # A's lease lapses while it is paused
 
-        status = invoice_flow(request, wait_for_payment=False)  # run B
+        status = invoice_flow(request)  # run B
         assert status.state is RecoveryPoint.SENT, status.last_error
         writes_after_b = len(writes(sandbox))
     finally:

@@ -47,7 +47,7 @@ def test_a_fresh_ledger_after_the_key_window_finds_the_invoice_instead_of_a_seco
     from flows.invoice import invoice_flow
 
     request = make_request(f"fresh-{uuid.uuid4().hex[:8]}")
-    assert invoice_flow(request, wait_for_payment=False).state is RecoveryPoint.SENT
+    assert invoice_flow(request).state is RecoveryPoint.SENT
     sandbox.expire_idempotency_keys()
     before = len(writes(sandbox))
 
@@ -80,7 +80,7 @@ def test_a_fresh_ledger_resumes_a_run_that_died_after_stripe_made_the_invoice(
     sandbox.expire_idempotency_keys()
 
     _use_database(monkeypatch, f"sqlite:///{tmp_path / 'other-worker.db'}")
-    status = invoice_flow(request, wait_for_payment=False)
+    status = invoice_flow(request)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     assert_exactly_one_invoice(stripe_client, request)
@@ -102,12 +102,12 @@ def test_a_draft_deleted_before_we_recorded_it_is_made_anew_not_stuck(
     [ghost] = invoices_for(stripe_client, request.request_id)
     stripe_client.v1.invoices.delete(ghost.id)
 
-    status = invoice_flow(request, wait_for_payment=False)
+    status = invoice_flow(request)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     invoice = assert_exactly_one_invoice(stripe_client, request)
     assert invoice.id != ghost.id
-    again = invoice_flow(request, wait_for_payment=False)
+    again = invoice_flow(request)
     assert again.state is RecoveryPoint.SENT and again.stripe_invoice_id == invoice.id
 
 
@@ -126,7 +126,7 @@ def test_a_recorded_draft_deleted_in_the_dashboard_is_replaced(
     assert recorded is not None
     stripe_client.v1.invoices.delete(recorded)
 
-    status = invoice_flow(request, wait_for_payment=False)
+    status = invoice_flow(request)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     invoice = assert_exactly_one_invoice(stripe_client, request)
@@ -149,7 +149,7 @@ def test_an_invoice_voided_before_it_was_sent_ends_void_and_is_never_sent(
     [invoice] = invoices_for(stripe_client, request.request_id)
     stripe_client.v1.invoices.void_invoice(invoice.id)
 
-    status = invoice_flow(request, wait_for_payment=False)
+    status = invoice_flow(request)
 
     assert status.state is RecoveryPoint.VOID, status.last_error
     assert sent_events(stripe_client, invoice.id) == 0
@@ -163,12 +163,12 @@ def test_a_customer_deleted_in_stripe_is_resolved_again(
     from flows.invoice import invoice_flow
 
     first = make_request(f"cust-a-{uuid.uuid4().hex[:8]}", customer="globex")
-    assert invoice_flow(first, wait_for_payment=False).state is RecoveryPoint.SENT
+    assert invoice_flow(first).state is RecoveryPoint.SENT
     [gone] = stripe_client.v1.customers.list({"limit": 10}).data
     stripe_client.v1.customers.delete(gone.id)
 
     second = make_request(f"cust-b-{uuid.uuid4().hex[:8]}", customer="globex")
-    status = invoice_flow(second, wait_for_payment=False)
+    status = invoice_flow(second)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     invoice = assert_exactly_one_invoice(stripe_client, second)
@@ -188,7 +188,7 @@ def test_stripe_clock_behind_ours_never_sends_twice(
         faults=[{"method": "POST", "path": "/send$", "when": "after_write"}],
     )
     request = make_request(f"skew-{uuid.uuid4().hex[:8]}")
-    status = invoice_flow(request, wait_for_payment=False)
+    status = invoice_flow(request)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     invoice = assert_exactly_one_invoice(stripe_client, request)  # one invoice.sent event
@@ -203,11 +203,11 @@ def test_maps_from_another_account_heal_themselves(
     from flows.invoice import invoice_flow
 
     first = make_request(f"old-account-{uuid.uuid4().hex[:8]}")
-    assert invoice_flow(first, wait_for_payment=False).state is RecoveryPoint.SENT
+    assert invoice_flow(first).state is RecoveryPoint.SENT
     sandbox.reset()  # a brand-new, empty Stripe account behind the same ledger
 
     second = make_request(f"new-account-{uuid.uuid4().hex[:8]}")
-    status = invoice_flow(second, wait_for_payment=False)
+    status = invoice_flow(second)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     assert_exactly_one_invoice(stripe_client, second)
@@ -219,13 +219,13 @@ def test_an_archived_price_is_refused_with_what_to_do(
     from flows.invoice import invoice_flow
 
     first = make_request(f"archived-a-{uuid.uuid4().hex[:8]}")
-    assert invoice_flow(first, wait_for_payment=False).state is RecoveryPoint.SENT
+    assert invoice_flow(first).state is RecoveryPoint.SENT
     [price] = stripe_client.v1.prices.list({"lookup_keys": ["invoiceflow:travel:usd:4825"]}).data
     stripe_client.v1.prices.update(price.id, {"active": False})
 
     second = make_request(f"archived-b-{uuid.uuid4().hex[:8]}")
     with pytest.raises(Exception, match="reactivate it in the Dashboard"):
-        invoice_flow(second, wait_for_payment=False)
+        invoice_flow(second)
 
     row = ledger.require(get_runtime().engine, second.request_id)
     assert row.point is RecoveryPoint.FAILED

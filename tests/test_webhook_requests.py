@@ -55,7 +55,7 @@ def _paid_delivery(
     from flows.invoice import invoice_flow
 
     request = make_request(f"req-in-{uuid.uuid4().hex[:8]}")
-    invoice_flow(request, wait_for_payment=False)
+    invoice_flow(request)
     [invoice] = invoices_for(client, request.request_id)
     client.v1.invoices.pay(invoice.id, how)
     deadline = time.monotonic() + 30

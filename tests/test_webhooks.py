@@ -41,7 +41,7 @@ def _sent_invoice(client: stripe.StripeClient, name: str) -> tuple[str, str]:
     from flows.invoice import invoice_flow
 
     request = make_request(f"req-{name}-{uuid.uuid4().hex[:8]}")
-    assert invoice_flow(request, wait_for_payment=False).state is RecoveryPoint.SENT
+    assert invoice_flow(request).state is RecoveryPoint.SENT
     [invoice] = invoices_for(client, request.request_id)
     return request.request_id, invoice.id
 
@@ -206,3 +206,53 @@ def test_a_storage_failure_answers_5xx_and_stripe_redelivers(
         connection.execute(text("ALTER TABLE webhook_event_away RENAME TO webhook_event"))
     _wait_point(receiver, request_id, RecoveryPoint.PAID)
     assert moves_to(receiver.engine, request_id, "paid") == 1
+
+
+@pytest.mark.slow
+def test_the_cli_awaits_the_payment_by_watching_our_database_not_stripe(
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    receiver: Receiver,
+    database_url: str,
+    tmp_path: Any,
+) -> None:
+    """`invoiceflow invoice` without --no-wait: the flow run ends at `sent`, the
+    CLI watches our ledger, the customer pays, the signed webhook lands, and the
+    CLI reports paid — without one read of the invoice from Stripe meanwhile."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, app_env
+
+    request = make_request(f"req-cli-wait-{uuid.uuid4().hex[:8]}")
+    request_file = tmp_path / "request.json"
+    request_file.write_text(json.dumps(request.model_dump(mode="json")))
+    env = app_env(sandbox.url, database_url, INVOICEFLOW_AWAIT_PAID_SECONDS="300")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoiceflow", "invoice", str(request_file)],
+        env={**os.environ, **env},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: (row := ledger.load(receiver.engine, request.request_id)) is not None
+            and row.point is RecoveryPoint.SENT,
+            "the run to send the invoice",
+        )
+        [invoice] = invoices_for(stripe_client, request.request_id)
+        stripe_client.v1.invoices.pay(invoice.id, {"payment_method": "pm_card_visa"})
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+
+    assert process.returncode == 0, err
+    assert out.startswith(f"{request.request_id}: paid"), out
+    log = sandbox.requests()
+    sent_at = max(i for i, e in enumerate(log) if e["path"].endswith("/send"))
+    polled = [e for e in log[sent_at:] if e["method"] == "GET" and invoice.id in e["path"]]
+    assert polled == [], "Stripe was polled while the invoice was open"
