@@ -17,16 +17,18 @@ import socket
 import uuid
 from typing import Any, cast
 
-from prefect import State, flow, get_run_logger, task
+from prefect import State, flow, get_run_logger, tags, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from invoiceflow import lease, ledger
+from invoiceflow import lease, ledger, story
 from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.invoicing import DraftGone
+from invoiceflow.outcomes import failure_message
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import describe
 from invoiceflow.runtime import get_runtime
@@ -96,22 +98,43 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
             elif not row.point.is_terminal:
                 # A rerun of a sent request: settled while no webhook reached us?
                 billing.refresh_settlement(request_id, owner)
-        except ledger.LeaseLost:
-            raise  # the run that took over owns the request's state now
+        except ledger.LeaseLost as exc:
+            # The run that took over owns the request's state now.
+            return Failed(message=failure_message(exc), data=exc)
         except Exception as exc:
             _record_failure(request_id, owner, exc)
-            raise
+            _publish_story(request_id)
+            # The run's page says why in business terms; calling the flow
+            # still raises `exc` itself.
+            return Failed(message=failure_message(exc), data=exc)
 
     status = RequestStatus.from_row(ledger.require(rt.engine, request_id))
     logger.info("%s", status.one_line())
+    _publish_story(request_id)
     if status.state is RecoveryPoint.SENT:
         return Completed(name=AWAITING_PAYMENT, message=status.one_line(), data=status)
     return Completed(message=status.one_line(), data=status)
 
 
-def run_invoice(request: BillingRequest) -> RequestStatus:
-    """Run the flow here and now; its result, typed (the flow returns its final state)."""
-    return cast(RequestStatus, invoice_flow(request))
+def run_invoice(request: BillingRequest, trigger: str = "cli") -> RequestStatus:
+    """Run the flow here and now, tagged for the UI; its result, typed (the flow
+    returns its final state)."""
+    with tags(*story.run_tags(request, trigger)):
+        return cast(RequestStatus, invoice_flow(request))
+
+
+def _publish_story(request_id: str) -> None:
+    """The request's markdown artifact, a new version per run. Never fails the run."""
+    engine = get_runtime().engine
+    try:
+        row = ledger.require(engine, request_id)
+        create_markdown_artifact(
+            markdown=story.markdown(row, ledger.lines(engine, request_id)),
+            key=story.artifact_key(request_id),
+            description=f"{request_id}: {row.recovery_point}",
+        )
+    except Exception:
+        get_run_logger().warning("Could not publish the story of %s", request_id, exc_info=True)
 
 
 def _draft_to_sent(request_id: str, owner: str) -> None:

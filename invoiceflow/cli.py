@@ -17,11 +17,12 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from invoiceflow.outcomes import Exit, classify
 
 if TYPE_CHECKING:
     from invoiceflow.request import BillingRequest
@@ -44,43 +45,9 @@ def database_errors() -> Iterator[None]:
         raise fail(Exit.TEMPORARY, f"database unreachable: {reason}") from None
 
 
-class Exit(IntEnum):
-    OK = 0
-    UNEXPECTED = 1
-    BAD_INPUT = 2
-    CONFLICT = 3
-    REFUSED = 4
-    TEMPORARY = 5
-    BUSY = 6
-
-
 def fail(code: Exit, message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(int(code))
-
-
-def classify(exc: BaseException) -> Exit:
-    """Map a failure to the exit code that tells the caller what to do next."""
-    from sqlalchemy.exc import OperationalError
-
-    from invoiceflow import catalog, invoicing, ledger
-    from invoiceflow.request import RequestError
-    from invoiceflow.retry import is_transient
-    from invoiceflow.settings import SettingsError
-
-    if isinstance(exc, RequestError | SettingsError):
-        return Exit.BAD_INPUT
-    if isinstance(exc, ledger.RequestConflict):
-        return Exit.CONFLICT
-    if isinstance(exc, ledger.RequestBusy | ledger.LeaseLost):
-        return Exit.BUSY
-    if is_transient(exc) or isinstance(exc, OperationalError):
-        return Exit.TEMPORARY
-    import stripe
-
-    if isinstance(exc, stripe.StripeError | invoicing.InvoiceMismatch | catalog.ArchivedPrice):
-        return Exit.REFUSED
-    return Exit.UNEXPECTED
 
 
 @app.command()
@@ -149,7 +116,7 @@ def _run_flow(
         progress.print_to_stderr()  # no silent waits: leases, Stripe retries, payment
     from flows.invoice import run_invoice
 
-    status = run_invoice(request)
+    status = run_invoice(request, trigger="cli")
     if no_wait or status.state.is_terminal:
         return status
     # The run is over (no worker waits for a payment); the payment arrives as a

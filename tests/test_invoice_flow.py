@@ -267,3 +267,37 @@ def test_250_lines_go_in_as_few_calls_as_stripe_allows(
     assert_exactly_one_invoice(stripe_client, request)
     add_calls = [e for e in sandbox.requests() if e["path"].endswith("/add_lines")]
     assert len(add_calls) == 250 // LINES_PER_ADD_CALL == 5
+
+
+def test_the_ui_tells_each_invoices_story(sandbox: Any, stripe_client: stripe.StripeClient) -> None:
+    """Runs are tagged by trigger, customer and currency; each request has a
+    markdown artifact (a version per run); a failed run says why in one line."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.invoice import run_invoice
+    from invoiceflow.story import artifact_key
+
+    request = make_request(f"Story:{uuid.uuid4().hex[:8]}", customer="globex")
+    status = run_invoice(request, trigger="cli")
+    [run] = _flow_runs(f"invoice-{request.request_id}")
+    assert {"trigger:cli", "customer:globex", "currency:usd"} <= set(run.tags)
+    key = artifact_key(request.request_id)
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+    story = str(artifact.data)
+    assert f"**Status:** sent · **Stripe invoice:** `{status.stripe_invoice_id}`" in story
+    assert "Consulting hour (`consulting-hour`)" in story and "**Total:** 568.18 USD" in story
+    assert "sk_test" not in story
+
+    [price] = stripe_client.v1.prices.list({"lookup_keys": ["invoiceflow:travel:usd:4825"]}).data
+    stripe_client.v1.prices.update(price.id, {"active": False})
+    refused = make_request(f"story-refused-{uuid.uuid4().hex[:8]}", customer="globex")
+    with pytest.raises(Exception, match="archived"):
+        run_invoice(refused)
+    [failed] = _flow_runs(f"invoice-{refused.request_id}")
+    assert failed.state is not None and failed.state.is_failed()
+    assert "reactivate it in the Dashboard" in (failed.state.message or "")
+    assert "Stripe refused it for good" in (failed.state.message or "")

@@ -240,8 +240,10 @@ def test_the_cli_awaits_the_payment_by_watching_our_database_not_stripe(
     )
     try:
         wait_for(
-            lambda: (row := ledger.load(receiver.engine, request.request_id)) is not None
-            and row.point is RecoveryPoint.SENT,
+            lambda: (
+                (row := ledger.load(receiver.engine, request.request_id)) is not None
+                and row.point is RecoveryPoint.SENT
+            ),
             "the run to send the invoice",
         )
         [invoice] = invoices_for(stripe_client, request.request_id)

@@ -1,0 +1,65 @@
+"""How a run ended, in the terms its caller acts on: the CLI's exit codes and
+the one-line reason a failed run shows in the Prefect UI."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Exit(IntEnum):
+    """Exit codes of `invoiceflow invoice`, stable for scripts and schedulers."""
+
+    OK = 0
+    UNEXPECTED = 1
+    BAD_INPUT = 2
+    CONFLICT = 3
+    REFUSED = 4
+    TEMPORARY = 5
+    BUSY = 6
+
+
+# What the operator should do, by outcome (the README's exit-code table).
+ADVICE = {
+    Exit.UNEXPECTED: "unexpected error; read the run's log",
+    Exit.BAD_INPUT: "bad input or configuration; fix it and resubmit",
+    Exit.CONFLICT: "request_id already used for other content; use a new request_id",
+    Exit.REFUSED: "Stripe refused it for good; fix it in Stripe or the request, then rerun",
+    Exit.TEMPORARY: "temporary failure, retries exhausted; rerun later, it resumes",
+    Exit.BUSY: "another run holds this request; it finishes it",
+}
+
+
+def classify(exc: BaseException) -> Exit:
+    """Map a failure to the exit code that tells the caller what to do next."""
+    import stripe
+    from sqlalchemy.exc import OperationalError
+
+    from invoiceflow import catalog, invoicing, ledger
+    from invoiceflow.request import RequestError
+    from invoiceflow.retry import is_transient
+    from invoiceflow.settings import SettingsError
+
+    if isinstance(exc, RequestError | SettingsError):
+        return Exit.BAD_INPUT
+    if isinstance(exc, ledger.RequestConflict):
+        return Exit.CONFLICT
+    if isinstance(exc, ledger.RequestBusy | ledger.LeaseLost):
+        return Exit.BUSY
+    if is_transient(exc) or isinstance(exc, OperationalError):
+        return Exit.TEMPORARY
+    refused = (
+        stripe.StripeError,
+        invoicing.InvoiceMismatch,
+        invoicing.SendUnverifiable,
+        catalog.ArchivedPrice,
+    )
+    if isinstance(exc, refused):
+        return Exit.REFUSED
+    return Exit.UNEXPECTED
+
+
+def failure_message(exc: BaseException) -> str:
+    """One line for a failed run's state: what happened, then what to do."""
+    from invoiceflow.retry import describe
+
+    return f"{describe(exc)} — {ADVICE[classify(exc)]}"

@@ -1,0 +1,68 @@
+"""The invoice's story as the Prefect UI shows it: run tags and a markdown
+artifact per request.
+
+The artifact is keyed by the request, so each run (and, later, each `settle`)
+adds a version and the UI's artifact page shows the request's history. It
+holds business data only — customer, lines, totals, status, hosted link —
+never a key or a secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from invoiceflow.db.models import BillingRequestRow, RequestLine
+from invoiceflow.money import format_minor_units
+from invoiceflow.request import BillingRequest
+
+# Prefect artifact keys: lowercase letters, digits and dashes only.
+_KEY_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+def run_tags(request: BillingRequest, trigger: str) -> list[str]:
+    """Tags an operator filters runs by: who triggered it, the customer, the currency."""
+    return [f"trigger:{trigger}", f"customer:{request.customer.id}", f"currency:{request.currency}"]
+
+
+def artifact_key(request_id: str) -> str:
+    """A valid artifact key per request, distinct for distinct request ids."""
+    readable = _KEY_UNSAFE.sub("-", request_id.lower()).strip("-")[:40]
+    if readable == request_id:
+        return f"invoice-{readable}"
+    digest = hashlib.sha256(request_id.encode()).hexdigest()[:10]
+    return f"invoice-{readable}-{digest}"
+
+
+def markdown(row: BillingRequestRow, lines: list[RequestLine]) -> str:
+    """The request as finance reads it."""
+    customer = row.payload["customer"]
+
+    def money(amount: int) -> str:
+        return format_minor_units(amount, row.currency)
+
+    invoice = row.stripe_invoice_id or "not created yet"
+    number = f" ({row.invoice_number})" if row.invoice_number else ""
+    link = f"[hosted invoice]({row.hosted_invoice_url})" if row.hosted_invoice_url else "—"
+    out = [
+        f"# Invoice for `{row.request_id}`",
+        "",
+        f"**Status:** {row.recovery_point} · **Stripe invoice:** `{invoice}`{number} · {link}",
+        "",
+        f"**Customer:** {customer['name']} <{customer['email']}> (`{row.customer_key}`)",
+        "",
+        "| # | item | quantity | unit | amount |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for line in lines:
+        out.append(
+            f"| {line.position} | {line.name} (`{line.sku}`) | {line.quantity} "
+            f"| {money(line.unit_amount)} | {money(line.unit_amount * line.quantity)} |"
+        )
+    total = f"**Total:** {money(row.total_amount)}"
+    if row.amount_due is not None:
+        total += f" · **Amount due:** {money(row.amount_due)}"
+    out += ["", total]
+    if row.last_error:
+        out += ["", f"**Last error:** {row.last_error}"]
+    return "\n".join(out) + "\n"
