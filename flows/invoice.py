@@ -28,6 +28,7 @@ from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.invoicing import DraftGone
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import describe
+from invoiceflow.run_tags import tag_current_run
 from invoiceflow.runtime import get_runtime
 from invoiceflow.status import RequestStatus
 from tasks import billing
@@ -75,6 +76,7 @@ def invoice_flow(
     logger = get_run_logger()
     rt = get_runtime()
     request_id = request.request_id
+    tag_current_run(request)  # trigger:<cli|ui|schedule>, customer:<id>, currency:<ccy>
     record_request(request)
 
     owner = _new_owner()

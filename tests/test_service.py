@@ -146,6 +146,12 @@ def test_a_run_started_as_the_ui_does_makes_one_invoice(service: Service) -> Non
     )
     assert run.state is not None and run.state.is_completed(), f"{run.state!r}\n{service.output()}"
     assert_exactly_one_invoice(service.stripe, request)
+    tags = _tags(run.id)
+    assert {"trigger:ui", f"customer:{customer}", "currency:usd"} <= tags, tags
+
+
+def _tags(run_id: uuid.UUID) -> set[str]:
+    return set(_flow_run(str(run_id)).tags)
 
 
 def test_post_invoices_starts_one_run_and_a_repeat_returns_the_same_run(
@@ -160,6 +166,7 @@ def test_post_invoices_starts_one_run_and_a_repeat_returns_the_same_run(
     run_id = first.json()["flow_run_id"]
     run = _wait_final(run_id, service)
     assert {"trigger:http", f"customer:{customer}", "currency:usd"} <= set(run.tags)
+    assert not any(tag in run.tags for tag in ("trigger:ui", "trigger:cli"))
     assert_exactly_one_invoice(service.stripe, request)
 
     again = service.post(body)
@@ -252,3 +259,16 @@ def test_serve_without_a_prefect_server_exits_2_in_one_line(tmp_path: Path) -> N
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: PREFECT_API_URL is not set; start a server with")
+
+
+@pytest.mark.usefixtures("prefect_api", "configured")
+def test_a_direct_flow_call_is_tagged_as_cli() -> None:
+    from flows.invoice import invoice_flow
+
+    request_id, customer = _unique("cli")
+    state = invoice_flow(
+        make_request(request_id, customer), wait_for_payment=False, return_state=True
+    )
+    run_id = state.state_details.flow_run_id
+    tags = _tags(run_id)
+    assert {"trigger:cli", f"customer:{customer}", "currency:usd"} <= tags, tags

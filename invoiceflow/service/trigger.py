@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from invoiceflow import ledger
 from invoiceflow.request import BillingRequest, RequestError, parse_request
+from invoiceflow.run_tags import tags_for
 from invoiceflow.service.deployments import INVOICE_DEPLOYMENT
 from invoiceflow.settings import Settings
 
@@ -103,16 +104,12 @@ async def _start_run(request: BillingRequest) -> tuple[str, str]:
         run = await client.create_flow_run_from_deployment(
             deployment.id,
             parameters={"request": request.model_dump(mode="json")},
-            tags=run_tags(request, trigger="http"),
+            tags=tags_for(request, trigger="http"),
             # Prefect returns the existing run for a key it has seen: a repeated
             # POST never starts a second run of the same request.
             idempotency_key=request.request_id,
         )
     return str(run.id), run.state.type.value if run.state else "UNKNOWN"
-
-
-def run_tags(request: BillingRequest, trigger: str) -> list[str]:
-    return [f"trigger:{trigger}", f"customer:{request.customer.id}", f"currency:{request.currency}"]
 
 
 def _errors(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
