@@ -68,15 +68,13 @@ def _answers(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def service(
-    prefect_api: str, sandbox_server: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Service]:
-    workdir = tmp_path_factory.mktemp("serve")  # not the repository: entrypoints must not care
+@contextlib.contextmanager
+def _running_service(prefect_api: str, sandbox_url: str, workdir: Path) -> Iterator[Service]:
+    """`invoiceflow serve` in a subprocess, answering; killed with its flow runs after."""
     port = _free_port()
     env = {
         **os.environ,
-        **app_env(sandbox_server.url, f"sqlite:///{workdir / 'invoiceflow.db'}"),
+        **app_env(sandbox_url, f"sqlite:///{workdir / 'invoiceflow.db'}"),
         "INVOICEFLOW_TRIGGER_TOKEN": TOKEN,
         "PREFECT_API_URL": prefect_api,
     }
@@ -85,14 +83,14 @@ def service(
         process = subprocess.Popen(
             [sys.executable, "-m", "invoiceflow", "serve", "--port", str(port)],
             env=env,
-            cwd=workdir,
+            cwd=workdir,  # not the repository: the entrypoint must not depend on it
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its flow-run subprocesses share its process group
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     client = stripe.StripeClient(
-        TEST_KEY, base_addresses={"api": sandbox_server.url}, max_network_retries=0
+        TEST_KEY, base_addresses={"api": sandbox_url}, max_network_retries=0
     )
     running = Service(process, f"http://127.0.0.1:{port}", log, client)
     try:
@@ -110,6 +108,14 @@ def service(
         with contextlib.suppress(ProcessLookupError):  # what is left of its group: flow runs
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def service(
+    prefect_api: str, sandbox_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    with _running_service(prefect_api, sandbox_server.url, tmp_path_factory.mktemp("serve")) as s:
+        yield s
 
 
 def _flow_run(run_id: str) -> Any:
@@ -236,6 +242,13 @@ def test_sigterm_stops_it_cleanly_and_leaves_the_deployment_unpaused(service: Se
     assert "Traceback" not in service.output(), service.output()
     with get_client(sync_client=True) as client:
         assert client.read_deployment_by_name("invoice/invoice").paused is False
+
+
+def test_ctrl_c_stops_it_cleanly(prefect_api: str, sandbox_server: Any, tmp_path: Path) -> None:
+    with _running_service(prefect_api, sandbox_server.url, tmp_path) as running:
+        running.process.send_signal(signal.SIGINT)
+        assert running.process.wait(timeout=60) == 0, running.output()
+        assert "Traceback" not in running.output(), running.output()
 
 
 def test_serve_without_a_prefect_server_exits_2_in_one_line(tmp_path: Path) -> None:

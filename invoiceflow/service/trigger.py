@@ -62,7 +62,8 @@ def create_trigger_app(settings: Settings) -> Starlette:
         try:
             run_id, state = await _start_run(request)
         except Exception as exc:  # Prefect down or overloaded: the caller retries
-            logger.warning("could not start a run for %s: %s", request.request_id, type(exc))
+            name = type(exc).__name__
+            logger.warning("could not start a run for %s: %s", request.request_id, name)
             return _errors(503, "Prefect API unavailable; retry (the same request is safe)")
         logger.info("request %s: flow run %s (%s)", request.request_id, run_id, state)
         payload = {"flow_run_id": run_id, "request_id": request.request_id, "state": state}
