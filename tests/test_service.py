@@ -239,7 +239,10 @@ def test_sigterm_stops_it_cleanly_and_leaves_the_deployment_unpaused(service: Se
 
     service.process.send_signal(signal.SIGTERM)
     assert service.process.wait(timeout=60) == 0, service.output()
-    assert "Traceback" not in service.output(), service.output()
+    output = service.log.read_text(errors="replace")
+    assert "Traceback" not in output, output
+    assert "serving deployment invoice/invoice; POST http://127.0.0.1:" in output
+    assert TOKEN not in output and TEST_KEY not in output  # nor anything logged by its runs
     with get_client(sync_client=True) as client:
         assert client.read_deployment_by_name("invoice/invoice").paused is False
 
