@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -24,6 +25,9 @@ logger = logging.getLogger("invoiceflow.service")
 # threads of Stripe calls; Prefect's SQLite-backed server answers 503 at about
 # eight concurrent runs, so stay well under that.
 RUN_LIMIT = 4
+# How often the runner asks for runs to start. Prefect's default (10 s) is a
+# long wait for a POST /invoices caller; PREFECT_RUNNER_POLL_FREQUENCY overrides.
+POLL_SECONDS = 2.0
 
 
 class _Server(uvicorn.Server):
@@ -53,7 +57,10 @@ async def serve(app: ASGIApp, sock: socket.socket, on_ready: Callable[[], None])
 
     # pause_on_shutdown=False: a stop (a deploy, a restart) must not pause the
     # deployments' schedules nor delete their scheduled runs.
-    runner = Runner(name="invoiceflow", pause_on_shutdown=False, limit=RUN_LIMIT)
+    poll = None if os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY") else POLL_SECONDS
+    runner = Runner(
+        name="invoiceflow", pause_on_shutdown=False, limit=RUN_LIMIT, query_seconds=poll
+    )
     for deployment in await build_deployments():
         await runner.aadd_deployment(deployment)
     server = _Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
