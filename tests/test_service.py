@@ -141,7 +141,13 @@ def _unique(prefix: str) -> tuple[str, str]:
 
 
 def test_a_run_started_as_the_ui_does_makes_one_invoice(service: Service) -> None:
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
+
+    with get_client(sync_client=True) as client:
+        schema = client.read_deployment_by_name("invoice/invoice").parameter_openapi_schema
+    # The parameter is the pydantic model: "Custom run" in the UI shows its form.
+    assert schema["properties"]["request"]["$ref"].endswith("/BillingRequest")
 
     request_id, customer = _unique("ui")
     request = make_request(request_id, customer)
@@ -233,6 +239,21 @@ def test_a_bad_body_lists_every_problem_at_once(service: Service) -> None:
     assert too_big.status_code == 413
 
 
+def test_identical_posts_at_once_share_one_run(service: Service) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    request_id, customer = _unique("race")
+    request = make_request(request_id, customer)
+    body = request.model_dump(mode="json")
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: service.post(body), range(4)))
+    assert [r.status_code for r in responses] == [202] * 4, [r.text for r in responses]
+    run_ids = {r.json()["flow_run_id"] for r in responses}
+    assert len(run_ids) == 1
+    _wait_final(run_ids.pop(), service)
+    assert_exactly_one_invoice(service.stripe, request)
+
+
 def test_sigterm_stops_it_cleanly_and_leaves_the_deployment_unpaused(service: Service) -> None:
     # Last in this module: it ends the module's serve process.
     from prefect.client.orchestration import get_client
@@ -254,27 +275,48 @@ def test_ctrl_c_stops_it_cleanly(prefect_api: str, sandbox_server: Any, tmp_path
         assert "Traceback" not in running.output(), running.output()
 
 
-def test_serve_without_a_prefect_server_exits_2_in_one_line(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
-    env.update(
+def _refused(tmp_path: Path, *args: str, **env: str) -> str:
+    """Run `invoiceflow serve`, expecting exit 2 and one line on stderr; that line."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+    full_env.update(
         PREFECT_HOME=str(tmp_path / "prefect"),  # no profile that names a server
         INVOICEFLOW_TRIGGER_TOKEN=TOKEN,
         STRIPE_API_KEY=TEST_KEY,
+        INVOICEFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'invoiceflow.db'}",
     )
+    full_env.update(env)
     done = subprocess.run(
-        [sys.executable, "-m", "invoiceflow", "serve", "--port", "0"],
-        env=env,
+        [sys.executable, "-m", "invoiceflow", "serve", *args],
+        env={k: v for k, v in full_env.items() if v},  # "" means: unset it
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert done.returncode == 2
-    assert done.stdout == ""
+    assert (done.returncode, done.stdout) == (2, ""), done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("error: PREFECT_API_URL is not set; start a server with")
+    return lines[0]
+
+
+def test_serve_without_a_prefect_server_exits_2_in_one_line(tmp_path: Path) -> None:
+    line = _refused(tmp_path, "--port", "0")
+    assert line.startswith("error: PREFECT_API_URL is not set; start a server with")
+
+
+def test_serve_without_a_token_or_with_a_taken_port_exits_2_in_one_line(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    line = _refused(tmp_path, PREFECT_API_URL=prefect_api, INVOICEFLOW_TRIGGER_TOKEN="")
+    assert line.startswith("error: INVOICEFLOW_TRIGGER_TOKEN is not set")
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        line = _refused(tmp_path, "--port", port, PREFECT_API_URL=prefect_api)
+    assert line == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 @pytest.mark.usefixtures("prefect_api", "configured")
