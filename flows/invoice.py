@@ -17,7 +17,7 @@ import socket
 import uuid
 from typing import Any, cast
 
-from prefect import State, flow, get_run_logger, tags, task
+from prefect import State, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
@@ -31,6 +31,7 @@ from invoiceflow.invoicing import DraftGone
 from invoiceflow.outcomes import failure_message
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import describe
+from invoiceflow.run_tags import tag_current_run
 from invoiceflow.runtime import get_runtime
 from invoiceflow.status import RequestStatus
 from tasks import billing
@@ -82,6 +83,7 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
     logger = get_run_logger()
     rt = get_runtime()
     request_id = request.request_id
+    tag_current_run(request)  # trigger:<cli|ui|schedule>, customer:<id>, currency:<ccy>
     record_request(request)
 
     owner = _new_owner()
@@ -116,11 +118,9 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
     return Completed(message=status.one_line(), data=status)
 
 
-def run_invoice(request: BillingRequest, trigger: str = "cli") -> RequestStatus:
-    """Run the flow here and now, tagged for the UI; its result, typed (the flow
-    returns its final state)."""
-    with tags(*story.run_tags(request, trigger)):
-        return cast(RequestStatus, invoice_flow(request))
+def run_invoice(request: BillingRequest) -> RequestStatus:
+    """Run the flow here and now; its result, typed (the flow returns its final state)."""
+    return cast(RequestStatus, invoice_flow(request))
 
 
 def _publish_story(request_id: str) -> None:

@@ -116,7 +116,7 @@ def _run_flow(
         progress.print_to_stderr()  # no silent waits: leases, Stripe retries, payment
     from flows.invoice import run_invoice
 
-    status = run_invoice(request, trigger="cli")
+    status = run_invoice(request)
     if no_wait or status.state.is_terminal:
         return status
     # The run is over (no worker waits for a payment); the payment arrives as a
@@ -198,6 +198,60 @@ def demo() -> None:
     except SettingsError as exc:
         raise fail(Exit.BAD_INPUT, str(exc)) from None
     raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address of the HTTP endpoints.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the HTTP endpoints.")] = 8080,
+) -> None:
+    """Serve the deployments (UI and API runs) and POST /invoices, until SIGINT/SIGTERM.
+
+    Needs a real Prefect server (PREFECT_API_URL), STRIPE_API_KEY and
+    INVOICEFLOW_TRIGGER_TOKEN. Flow runs execute in subprocesses of this one.
+    """
+    import asyncio
+
+    from invoiceflow.prefect_env import configure_prefect
+    from invoiceflow.settings import SettingsError, get_settings
+
+    configure_prefect()
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise fail(
+            Exit.BAD_INPUT,
+            "PREFECT_API_URL is not set; start a server with 'prefect server start' and "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api (a temporary server would "
+            "lose the deployments and their runs when this process stops)",
+        )
+    if not 0 <= port <= 65535:
+        raise fail(Exit.BAD_INPUT, f"--port must be 0-65535, got {port}")
+    try:
+        settings = get_settings()
+        settings.require_stripe_key()
+        settings.require_trigger_token()
+    except SettingsError as exc:
+        raise fail(Exit.BAD_INPUT, str(exc)) from None
+
+    from invoiceflow.service.app import build_app
+    from invoiceflow.service.run import bind
+    from invoiceflow.service.run import serve as run_service
+
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise fail(Exit.BAD_INPUT, str(exc)) from None
+    bound_host, bound_port = sock.getsockname()[:2]
+
+    def ready() -> None:
+        typer.echo(
+            f"serving deployment invoice/invoice; POST http://{bound_host}:{bound_port}/invoices",
+            err=True,
+        )
+
+    with sock:
+        asyncio.run(run_service(build_app(settings), sock, ready))
 
 
 def _register_subcommands() -> None:

@@ -34,6 +34,8 @@ _LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 
 _SUPPORTED_DB_BACKENDS = ("sqlite", "postgresql")
 
+MIN_TRIGGER_TOKEN_LENGTH = 16
+
 
 class SettingsError(ValueError):
     """A setting is missing or malformed. The message names the variable and the fix."""
@@ -56,6 +58,11 @@ class Settings(BaseSettings):
     )
     stripe_webhook_secret: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET")
+    )
+    # Bearer token of `invoiceflow serve`'s POST /invoices; the trigger refuses
+    # every request while it is unset.
+    trigger_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("INVOICEFLOW_TRIGGER_TOKEN")
     )
     database_url: str = Field(
         default_factory=default_database_url,
@@ -144,6 +151,18 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("trigger_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # Short tokens can be guessed over HTTP; say how to make a good one.
+        if value is not None and len(value.get_secret_value()) < MIN_TRIGGER_TOKEN_LENGTH:
+            raise ValueError(
+                f"INVOICEFLOW_TRIGGER_TOKEN must be at least {MIN_TRIGGER_TOKEN_LENGTH} "
+                "characters; generate one with `python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`"
+            )
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -181,6 +200,14 @@ class Settings(BaseSettings):
                 "`invoiceflow demo` which needs no configuration"
             )
         return self.stripe_api_key.get_secret_value()
+
+    def require_trigger_token(self) -> str:
+        if self.trigger_token is None:
+            raise SettingsError(
+                "INVOICEFLOW_TRIGGER_TOKEN is not set; it guards POST /invoices (generate "
+                "one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        return self.trigger_token.get_secret_value()
 
     def require_webhook_secret(self) -> str:
         if self.stripe_webhook_secret is None:

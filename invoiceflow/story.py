@@ -1,5 +1,4 @@
-"""The invoice's story as the Prefect UI shows it: run tags and a markdown
-artifact per request.
+"""The invoice's story as the Prefect UI shows it: a markdown artifact per request.
 
 The artifact is keyed by the request, so each run (and, later, each `settle`)
 adds a version and the UI's artifact page shows the request's history. It
@@ -14,15 +13,9 @@ import re
 
 from invoiceflow.db.models import BillingRequestRow, RequestLine
 from invoiceflow.money import format_minor_units
-from invoiceflow.request import BillingRequest
 
 # Prefect artifact keys: lowercase letters, digits and dashes only.
 _KEY_UNSAFE = re.compile(r"[^a-z0-9-]+")
-
-
-def run_tags(request: BillingRequest, trigger: str) -> list[str]:
-    """Tags an operator filters runs by: who triggered it, the customer, the currency."""
-    return [f"trigger:{trigger}", f"customer:{request.customer.id}", f"currency:{request.currency}"]
 
 
 def artifact_key(request_id: str) -> str:

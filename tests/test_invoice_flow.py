@@ -279,7 +279,7 @@ def test_the_ui_tells_each_invoices_story(sandbox: Any, stripe_client: stripe.St
     from invoiceflow.story import artifact_key
 
     request = make_request(f"Story:{uuid.uuid4().hex[:8]}", customer="globex")
-    status = run_invoice(request, trigger="cli")
+    status = run_invoice(request)
     [run] = _flow_runs(f"invoice-{request.request_id}")
     assert {"trigger:cli", "customer:globex", "currency:usd"} <= set(run.tags)
     key = artifact_key(request.request_id)

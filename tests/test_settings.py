@@ -20,6 +20,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
         "STRIPE_WEBHOOK_SECRET",
         "INVOICEFLOW_DATABASE_URL",
         "INVOICEFLOW_ALLOW_LIVE",
+        "INVOICEFLOW_TRIGGER_TOKEN",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no stray .env
@@ -189,3 +190,21 @@ def test_webhook_secrets_rotate_as_a_comma_separated_list(monkeypatch: pytest.Mo
     with pytest.raises(SettingsError, match="STRIPE_WEBHOOK_SECRET") as failed:
         load_settings()
     assert "oops_secret" not in str(failed.value) and "whsec_old" not in str(failed.value)
+
+
+def test_trigger_token_is_secret_and_long_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match="INVOICEFLOW_TRIGGER_TOKEN is not set"):
+        load_settings().require_trigger_token()
+
+    monkeypatch.setenv("INVOICEFLOW_TRIGGER_TOKEN", "short-Secret")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert "INVOICEFLOW_TRIGGER_TOKEN must be at least 16 characters" in message
+    assert "short-Secret" not in message and "\n" not in message
+
+    token = "a-long-enough-Secret-token"
+    monkeypatch.setenv("INVOICEFLOW_TRIGGER_TOKEN", token)
+    settings = load_settings()
+    assert settings.require_trigger_token() == token
+    assert token not in repr(settings) and token not in str(settings)

@@ -1,0 +1,97 @@
+"""Run Prefect's runner (the deployments) and uvicorn (the HTTP app) in one loop.
+
+Either stopping stops the other: SIGINT/SIGTERM stop both, and if one of them
+fails the process does not stay half alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from invoiceflow.service.deployments import build_deployments
+
+logger = logging.getLogger("invoiceflow.service")
+
+# Flow runs this process executes at once. Each is a subprocess with a few
+# threads of Stripe calls; Prefect's SQLite-backed server answers 503 at about
+# eight concurrent runs, so stay well under that.
+RUN_LIMIT = 4
+# How often the runner asks for runs to start. Prefect's default (10 s) is a
+# long wait for a POST /invoices caller; PREFECT_RUNNER_POLL_FREQUENCY overrides.
+POLL_SECONDS = 2.0
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The signals are ours to handle (see `serve`): uvicorn's own handling
+        # would re-raise them after its shutdown and kill the runner mid-stop.
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything starts: a taken port fails the
+    command at once, in one line, not after the runner is up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+async def serve(app: ASGIApp, sock: socket.socket, on_ready: Callable[[], None]) -> None:
+    from prefect.runner import Runner
+
+    # pause_on_shutdown=False: a stop (a deploy, a restart) must not pause the
+    # deployments' schedules nor delete their scheduled runs.
+    poll = None if os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY") else POLL_SECONDS
+    runner = Runner(
+        name="invoiceflow", pause_on_shutdown=False, limit=RUN_LIMIT, query_seconds=poll
+    )
+    for deployment in await build_deployments():
+        await runner.aadd_deployment(deployment)
+    server = _Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    served = asyncio.create_task(runner.start(), name="prefect-runner")
+    web = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+
+    stopping: list[asyncio.Task[None]] = []  # held, so the stop is not garbage-collected
+
+    def stop() -> None:
+        server.should_exit = True
+        if runner.started and not runner.stopping:
+            runner.stopping = True
+            stopping.append(asyncio.create_task(runner.astop()))
+        elif not runner.started:
+            served.cancel()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # Runner.start installs its own SIGTERM handler too; `stop` tolerates both.
+        loop.add_signal_handler(signum, stop)
+    try:
+        while not (server.started or web.done()):
+            await asyncio.sleep(0.05)
+        if server.started:
+            on_ready()
+        done, _ = await asyncio.wait({served, web}, return_when=asyncio.FIRST_COMPLETED)
+        stop()
+        await asyncio.gather(served, web, *stopping, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,118 @@
+"""POST /invoices: start the invoice deployment for one billing request.
+
+    401  missing or wrong bearer token (checked before the body is read)
+    413  body over MAX_BODY_BYTES
+    400  not JSON, or not a valid request: {"errors": [every problem, one line each]}
+    409  request_id already submitted with other content
+    503  Prefect's API unreachable (safe to retry: the run is keyed by request_id)
+    202  {"flow_run_id", "request_id", "state"}: the run was created (or already existed)
+
+The run executes wherever the deployment is served, never in this process.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from invoiceflow import ledger
+from invoiceflow.request import BillingRequest, RequestError, parse_request
+from invoiceflow.run_tags import tags_for
+from invoiceflow.service.deployments import INVOICE_DEPLOYMENT
+from invoiceflow.settings import Settings
+
+logger = logging.getLogger("invoiceflow.service")
+
+# A full request of 250 lines with long names and descriptions is ~200 KB.
+MAX_BODY_BYTES = 512 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_trigger_app(settings: Settings) -> Starlette:
+    token = settings.trigger_token
+
+    async def start_invoice(http: Request) -> JSONResponse:
+        if token is None or not _authorized(http, token.get_secret_value()):
+            return _errors(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        try:
+            body = await _read_capped(http)
+        except _TooLarge:
+            return _errors(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        try:
+            request = parse_request(json.loads(body))
+        except json.JSONDecodeError as exc:
+            return _errors(400, f"body is not valid JSON: {exc.msg} at position {exc.pos}")
+        except RequestError as exc:
+            return JSONResponse({"errors": [str(p) for p in exc.problems]}, status_code=400)
+        try:
+            await run_in_threadpool(_submit, request)
+        except ledger.RequestConflict as exc:
+            return _errors(409, str(exc))
+        try:
+            run_id, state = await _start_run(request)
+        except Exception as exc:  # Prefect down or overloaded: the caller retries
+            name = type(exc).__name__
+            logger.warning("could not start a run for %s: %s", request.request_id, name)
+            return _errors(503, "Prefect API unavailable; retry (the same request is safe)")
+        logger.info("request %s: flow run %s (%s)", request.request_id, run_id, state)
+        payload = {"flow_run_id": run_id, "request_id": request.request_id, "state": state}
+        return JSONResponse(payload, status_code=202)
+
+    return Starlette(routes=[Route("/invoices", start_invoice, methods=["POST"])])
+
+
+def _authorized(http: Request, token: str) -> bool:
+    given = http.headers.get("authorization", "")
+    # Constant time: the comparison must not tell how much of a guess was right.
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+async def _read_capped(http: Request) -> bytes:
+    declared = http.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _TooLarge  # refused before a byte of it is read
+    body = bytearray()
+    async for chunk in http.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _TooLarge
+    return bytes(body)
+
+
+def _submit(request: BillingRequest) -> None:
+    """Record the request now, so a conflicting resubmission is refused before any run."""
+    from invoiceflow.runtime import get_runtime
+
+    ledger.submit(get_runtime().engine, request)
+
+
+async def _start_run(request: BillingRequest) -> tuple[str, str]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name(INVOICE_DEPLOYMENT)
+        run = await client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={"request": request.model_dump(mode="json")},
+            tags=tags_for(request, trigger="http"),
+            # Prefect returns the existing run for a key it has seen: a repeated
+            # POST never starts a second run of the same request.
+            idempotency_key=request.request_id,
+        )
+    return str(run.id), run.state.type.value if run.state else "UNKNOWN"
+
+
+def _errors(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    content: dict[str, Any] = {"errors": [message]}
+    return JSONResponse(content, status_code=status, headers=headers)

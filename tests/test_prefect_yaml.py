@@ -1,0 +1,52 @@
+"""deployments/prefect.yaml registers the same `invoice` deployment as `serve`.
+
+It runs `prefect deploy --all` against a Prefect server of its own, in a child
+process: registering invoice/invoice on the session's server would point the
+served deployment at a work pool that no worker serves.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+_SCRIPT = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    from invoiceflow.local_prefect import local_prefect_server
+
+    def run(*args):
+        done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=sys.argv[1],
+                              capture_output=True, text=True, env=os.environ.copy())
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    with local_prefect_server():
+        run("work-pool", "create", "invoiceflow", "--type", "process")
+        run("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+        from prefect.client.orchestration import get_client
+        with get_client(sync_client=True) as client:
+            d = client.read_deployment_by_name("invoice/invoice")
+            print(json.dumps({"entrypoint": d.entrypoint, "pool": d.work_pool_name,
+                              "request": d.parameter_openapi_schema["properties"]["request"]}))
+    """
+)
+
+
+def test_prefect_deploy_all_registers_the_invoice_deployment() -> None:
+    env_script = [sys.executable, "-c", _SCRIPT, str(REPO)]
+    done = subprocess.run(env_script, capture_output=True, text=True, timeout=400, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    registered = json.loads(done.stdout.strip().splitlines()[-1])
+    assert registered["entrypoint"] == "flows.invoice.invoice_flow"
+    assert registered["pool"] == "invoiceflow"
+    # The parameter is the pydantic model: the UI's Custom run shows its form.
+    assert registered["request"]["$ref"].endswith("/BillingRequest")
