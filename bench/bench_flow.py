@@ -17,7 +17,7 @@ records it (Running to Completed). They differ by Prefect's engine overhead, mos
 teardown: Prefect 3.9 joins a heartbeat thread that sleeps in 1 s steps, so a sync flow
 run returns at the next whole second after it started.
 
-Each run stops after `send` (wait_for_payment=False): waiting for a customer to pay is not
+Each run stops after `send` (the flow never waits for a payment): waiting for one is not
 the pipeline's time. Prefect's own server is started unless PREFECT_API_URL is set; the
 database is a temporary SQLite file unless --database-url names a PostgreSQL server, in
 which case a database of its own is created there and dropped afterwards. Retries use the

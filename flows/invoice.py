@@ -105,14 +105,14 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
             return Failed(message=failure_message(exc), data=exc)
         except Exception as exc:
             _record_failure(request_id, owner, exc)
-            _publish_story(request_id)
+            publish_story(request_id)
             # The run's page says why in business terms; calling the flow
             # still raises `exc` itself.
             return Failed(message=failure_message(exc), data=exc)
 
     status = RequestStatus.from_row(ledger.require(rt.engine, request_id))
     logger.info("%s", status.one_line())
-    _publish_story(request_id)
+    publish_story(request_id)
     if status.state is RecoveryPoint.SENT:
         return Completed(name=AWAITING_PAYMENT, message=status.one_line(), data=status)
     return Completed(message=status.one_line(), data=status)
@@ -123,7 +123,7 @@ def run_invoice(request: BillingRequest) -> RequestStatus:
     return cast(RequestStatus, invoice_flow(request))
 
 
-def _publish_story(request_id: str) -> None:
+def publish_story(request_id: str) -> None:
     """The request's markdown artifact, a new version per run. Never fails the run."""
     engine = get_runtime().engine
     try:

@@ -205,10 +205,11 @@ def serve(
     host: Annotated[str, typer.Option(help="Address of the HTTP endpoints.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the HTTP endpoints.")] = 8080,
 ) -> None:
-    """Serve the deployments (UI and API runs) and POST /invoices, until SIGINT/SIGTERM.
+    """Serve the deployments, POST /invoices and POST /webhooks/stripe, until SIGINT/SIGTERM.
 
-    Needs a real Prefect server (PREFECT_API_URL), STRIPE_API_KEY and
-    INVOICEFLOW_TRIGGER_TOKEN. Flow runs execute in subprocesses of this one.
+    Needs a real Prefect server (PREFECT_API_URL), STRIPE_API_KEY,
+    INVOICEFLOW_TRIGGER_TOKEN and STRIPE_WEBHOOK_SECRET. Flow runs execute in
+    subprocesses of this one; a sweeper starts one `settle` run per payment event.
     """
     import asyncio
 
@@ -231,9 +232,11 @@ def serve(
         settings = get_settings()
         settings.require_stripe_key()
         settings.require_trigger_token()
+        settings.require_webhook_secrets()  # payments arrive only as signed events
     except SettingsError as exc:
         raise fail(Exit.BAD_INPUT, str(exc)) from None
 
+    from invoiceflow.db.engine import get_engine
     from invoiceflow.service.app import build_app
     from invoiceflow.service.run import bind
     from invoiceflow.service.run import serve as run_service
@@ -245,13 +248,16 @@ def serve(
     bound_host, bound_port = sock.getsockname()[:2]
 
     def ready() -> None:
+        base = f"http://{bound_host}:{bound_port}"
         typer.echo(
-            f"serving deployment invoice/invoice; POST http://{bound_host}:{bound_port}/invoices",
+            f"serving deployments invoice/invoice and settle/settle; "
+            f"POST {base}/invoices, POST {base}/webhooks/stripe",
             err=True,
         )
 
-    with sock:
-        asyncio.run(run_service(build_app(settings), sock, ready))
+    with sock, database_errors():
+        engine = get_engine(settings.database_url)
+        asyncio.run(run_service(build_app(settings), sock, ready, engine))
 
 
 def _register_subcommands() -> None:

@@ -40,6 +40,7 @@ class Service:
     url: str
     log: Path
     stripe: stripe.StripeClient
+    workdir: Path
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -70,12 +71,20 @@ def _answers(url: str) -> bool:
 
 @contextlib.contextmanager
 def _running_service(prefect_api: str, sandbox_url: str, workdir: Path) -> Iterator[Service]:
-    """`invoiceflow serve` in a subprocess, answering; killed with its flow runs after."""
+    """`invoiceflow serve` in a subprocess, answering, registered in the sandbox as
+    the webhook endpoint for invoice events; killed with its flow runs after."""
     port = _free_port()
+    client = stripe.StripeClient(
+        TEST_KEY, base_addresses={"api": sandbox_url}, max_network_retries=0
+    )
+    endpoint = client.v1.webhook_endpoints.create(
+        {"url": f"http://127.0.0.1:{port}/webhooks/stripe", "enabled_events": ["invoice.paid"]}
+    )
     env = {
         **os.environ,
         **app_env(sandbox_url, f"sqlite:///{workdir / 'invoiceflow.db'}"),
         "INVOICEFLOW_TRIGGER_TOKEN": TOKEN,
+        "STRIPE_WEBHOOK_SECRET": endpoint.secret or "",
         "PREFECT_API_URL": prefect_api,
     }
     log = workdir / "serve.log"
@@ -89,10 +98,7 @@ def _running_service(prefect_api: str, sandbox_url: str, workdir: Path) -> Itera
             start_new_session=True,  # its flow-run subprocesses share its process group
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-    client = stripe.StripeClient(
-        TEST_KEY, base_addresses={"api": sandbox_url}, max_network_retries=0
-    )
-    running = Service(process, f"http://127.0.0.1:{port}", log, client)
+    running = Service(process, f"http://127.0.0.1:{port}", log, client, workdir)
     try:
         deadline = time.monotonic() + 180
         while not _answers(running.url):
@@ -254,6 +260,51 @@ def test_identical_posts_at_once_share_one_run(service: Service) -> None:
     assert_exactly_one_invoice(service.stripe, request)
 
 
+def test_a_payment_arrives_by_webhook_and_one_settle_run_tells_the_end(
+    service: Service,
+) -> None:
+    """POST /invoices → sent; the customer pays; Stripe's signed event reaches
+    serve's receiver, which records `paid`; the sweeper starts exactly one
+    `settle` run for the event, and it completes."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    from invoiceflow import ledger
+    from invoiceflow.db.engine import get_engine
+    from invoiceflow.db.models import RecoveryPoint
+    from invoiceflow.webhooks import inbox
+
+    request_id, customer = _unique("paid-by-webhook")
+    posted = service.post(make_request(request_id, customer).model_dump(mode="json"))
+    assert posted.status_code == 202, posted.text
+    _wait_final(posted.json()["flow_run_id"], service)
+    [invoice] = invoices_for(service.stripe, request_id)
+
+    service.stripe.v1.invoices.pay(invoice.id, {"payment_method": "pm_card_visa"})
+
+    engine = get_engine(f"sqlite:///{service.workdir / 'invoiceflow.db'}")
+    wait_for(
+        lambda: ledger.require(engine, request_id).point is RecoveryPoint.PAID,
+        "the webhook to record the payment",
+    )
+    [event] = [e for e in inbox.events_for(engine, request_id) if e.type == "invoice.paid"]
+    name = f"settle-{event.event_id}"
+
+    def settle_runs() -> list[Any]:
+        with get_client(sync_client=True) as client:
+            return list(
+                client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+                )
+            )
+
+    [run] = wait_for(settle_runs, f"the settle run {name}", timeout=RUN_TIMEOUT)
+    _wait_final(str(run.id), service)
+    assert len(settle_runs()) == 1
+    assert {"trigger:webhook", f"customer:{customer}"} <= set(run.tags)
+    assert inbox.get(engine, event.event_id).settle_started_at is not None  # type: ignore[union-attr]
+
+
 def test_sigterm_stops_it_cleanly_and_leaves_the_deployment_unpaused(service: Service) -> None:
     # Last in this module: it ends the module's serve process.
     from prefect.client.orchestration import get_client
@@ -262,7 +313,7 @@ def test_sigterm_stops_it_cleanly_and_leaves_the_deployment_unpaused(service: Se
     assert service.process.wait(timeout=60) == 0, service.output()
     output = service.log.read_text(errors="replace")
     assert "Traceback" not in output, output
-    assert "serving deployment invoice/invoice; POST http://127.0.0.1:" in output
+    assert "serving deployments invoice/invoice and settle/settle; POST http://127.0.0.1:" in output
     assert TOKEN not in output and TEST_KEY not in output  # nor anything logged by its runs
     with get_client(sync_client=True) as client:
         assert client.read_deployment_by_name("invoice/invoice").paused is False
@@ -281,6 +332,7 @@ def _refused(tmp_path: Path, *args: str, **env: str) -> str:
     full_env.update(
         PREFECT_HOME=str(tmp_path / "prefect"),  # no profile that names a server
         INVOICEFLOW_TRIGGER_TOKEN=TOKEN,
+        STRIPE_WEBHOOK_SECRET="whsec_test_refusals",
         STRIPE_API_KEY=TEST_KEY,
         INVOICEFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'invoiceflow.db'}",
     )
@@ -324,9 +376,7 @@ def test_a_direct_flow_call_is_tagged_as_cli() -> None:
     from flows.invoice import invoice_flow
 
     request_id, customer = _unique("cli")
-    state = invoice_flow(
-        make_request(request_id, customer), wait_for_payment=False, return_state=True
-    )
+    state = invoice_flow(make_request(request_id, customer), return_state=True)
     run_id = state.state_details.flow_run_id
     tags = _tags(run_id)
     assert {"trigger:cli", f"customer:{customer}", "currency:usd"} <= tags, tags

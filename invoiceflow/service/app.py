@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from invoiceflow.service.trigger import create_trigger_app
 from invoiceflow.settings import Settings
+from invoiceflow.webhooks.app import create_app as create_webhook_app
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,6 @@ def build_app(settings: Settings) -> ASGIApp:
     return compose(
         [
             Mount("/invoices", create_trigger_app(settings)),
-            # Issue 7's webhook receiver, once invoiceflow/webhooks/ exists:
-            # Mount("/webhooks", webhooks.create_app(settings)),
+            Mount("/webhooks", create_webhook_app(settings)),
         ]
     )

@@ -1,8 +1,9 @@
 """Every deployment `invoiceflow serve` registers, in one list.
 
-Scheduled billing runs (issue 8) and the `settle` deployment (after the
-webhook work) are added to `build_deployments`; `deployments/prefect.yaml`
-mirrors this list for the multi-host `prefect deploy --all` path.
+`invoice` runs on demand (UI form, POST /invoices); `settle` runs once per
+applied payment event (started by the sweeper). Scheduled billing runs
+(issue 8) are added here too; `deployments/prefect.yaml` mirrors this list for
+the multi-host `prefect deploy --all` path.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ if TYPE_CHECKING:
 
 # "<flow name>/<deployment name>", as `run_deployment` and the CLI address it.
 INVOICE_DEPLOYMENT = "invoice/invoice"
+SETTLE_DEPLOYMENT = "settle/settle"
 
 
 async def build_deployments() -> list[RunnerDeployment]:
     from prefect.types.entrypoint import EntrypointType
 
     from flows.invoice import invoice_flow
+    from flows.settle import settle_flow
 
     invoice = await invoice_flow.ato_deployment(
         name="invoice",
@@ -28,4 +31,10 @@ async def build_deployments() -> list[RunnerDeployment]:
         # whichever directory `invoiceflow serve` was started from.
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    return [invoice]
+    settle = await settle_flow.ato_deployment(
+        name="settle",
+        description="The end of a request's story, after Stripe's payment event. "
+        "Started by the webhook sweeper, once per event.",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    return [invoice, settle]

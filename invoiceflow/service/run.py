@@ -15,9 +15,11 @@ import socket
 from collections.abc import Callable, Iterator
 
 import uvicorn
+from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp
 
 from invoiceflow.service.deployments import build_deployments
+from invoiceflow.service.sweeper import sweep_forever
 
 logger = logging.getLogger("invoiceflow.service")
 
@@ -52,7 +54,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(app: ASGIApp, sock: socket.socket, on_ready: Callable[[], None]) -> None:
+async def serve(
+    app: ASGIApp, sock: socket.socket, on_ready: Callable[[], None], engine: Engine
+) -> None:
     from prefect.runner import Runner
 
     # pause_on_shutdown=False: a stop (a deploy, a restart) must not pause the
@@ -66,11 +70,13 @@ async def serve(app: ASGIApp, sock: socket.socket, on_ready: Callable[[], None])
     server = _Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
     served = asyncio.create_task(runner.start(), name="prefect-runner")
     web = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+    sweeper = asyncio.create_task(sweep_forever(engine), name="settle-sweeper")
 
     stopping: list[asyncio.Task[None]] = []  # held, so the stop is not garbage-collected
 
     def stop() -> None:
         server.should_exit = True
+        sweeper.cancel()
         if runner.started and not runner.stopping:
             runner.stopping = True
             stopping.append(asyncio.create_task(runner.astop()))
@@ -88,7 +94,7 @@ async def serve(app: ASGIApp, sock: socket.socket, on_ready: Callable[[], None])
             on_ready()
         done, _ = await asyncio.wait({served, web}, return_when=asyncio.FIRST_COMPLETED)
         stop()
-        await asyncio.gather(served, web, *stopping, return_exceptions=True)
+        await asyncio.gather(served, web, sweeper, *stopping, return_exceptions=True)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
