@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from invoiceflow import ledger
+from invoiceflow.http_body import read_capped
 from invoiceflow.request import BillingRequest, RequestError, parse_request
 from invoiceflow.run_tags import tags_for
 from invoiceflow.service.deployments import INVOICE_DEPLOYMENT
@@ -35,19 +36,14 @@ logger = logging.getLogger("invoiceflow.service")
 MAX_BODY_BYTES = 512 * 1024
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def create_trigger_app(settings: Settings) -> Starlette:
     token = settings.trigger_token
 
     async def start_invoice(http: Request) -> JSONResponse:
         if token is None or not _authorized(http, token.get_secret_value()):
             return _errors(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-        try:
-            body = await _read_capped(http)
-        except _TooLarge:
+        body = await read_capped(http, MAX_BODY_BYTES)
+        if body is None:
             return _errors(413, f"body larger than {MAX_BODY_BYTES} bytes")
         try:
             request = parse_request(json.loads(body))
@@ -76,18 +72,6 @@ def _authorized(http: Request, token: str) -> bool:
     given = http.headers.get("authorization", "")
     # Constant time: the comparison must not tell how much of a guess was right.
     return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-
-
-async def _read_capped(http: Request) -> bytes:
-    declared = http.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _TooLarge  # refused before a byte of it is read
-    body = bytearray()
-    async for chunk in http.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise _TooLarge
-    return bytes(body)
 
 
 def _submit(request: BillingRequest) -> None:

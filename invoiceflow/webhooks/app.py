@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from invoiceflow.db.engine import get_engine
+from invoiceflow.http_body import read_capped
 from invoiceflow.settings import Settings
 from invoiceflow.stripe_api import make_client
 from invoiceflow.webhooks.apply import MalformedEvent, ReadInvoice, parse_event, receive
@@ -41,7 +42,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     read_invoice = _invoice_reader(settings) if settings.stripe_api_key else None
 
     async def stripe_webhook(request: Request) -> JSONResponse:
-        body = await _read_capped(request, MAX_BODY_BYTES)
+        body = await read_capped(request, MAX_BODY_BYTES)
         if body is None:
             return _refuse(f"body larger than {MAX_BODY_BYTES} bytes")
         try:
@@ -76,19 +77,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )
-
-
-async def _read_capped(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it is known to exceed `limit` (never buffered whole)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 def _refuse(reason: str) -> JSONResponse:
