@@ -15,8 +15,10 @@ these are its routes (found in its bundle: `/deployments/deployment/$id/run`,
 from __future__ import annotations
 
 import html
+import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
@@ -52,44 +54,45 @@ CHROMIUM_TIMEOUT = 120
 WINDOW = "1400,1000"
 
 
-def _chromium(*args: str) -> subprocess.CompletedProcess[bytes]:
-    """One headless Chromium invocation, offline, in a fresh profile."""
+def render(url: str, png: Path) -> str:
+    """Render `url` once in headless Chromium (offline, a fresh profile): write
+    its screenshot to `png` and return the page's visible text after the app
+    has rendered, whitespace collapsed. One invocation for both, so the text
+    asserted on is the picture's."""
     profile = tempfile.mkdtemp(prefix="invoiceflow-chromium-")
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",  # root in CI
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--window-size={WINDOW}",
+        f"--virtual-time-budget={VIRTUAL_TIME_MS}",
+        f"--screenshot={png}",
+        "--dump-dom",
+        url,
+    ]
+    # Its own process group: on a timeout, its renderer and helper processes
+    # go too, not only the browser process.
+    browser = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
-        return subprocess.run(
-            [
-                str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",  # root in CI
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                f"--window-size={WINDOW}",
-                f"--virtual-time-budget={VIRTUAL_TIME_MS}",
-                *args,
-            ],
-            capture_output=True,
-            timeout=CHROMIUM_TIMEOUT,
-            check=True,
-        )
+        out, err = browser.communicate(timeout=CHROMIUM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(browser.pid, signal.SIGKILL)
+        browser.communicate()
+        raise
     finally:
         shutil.rmtree(profile, ignore_errors=True)
-
-
-def rendered_text(url: str) -> str:
-    """The page's visible text after the app has rendered, whitespace collapsed."""
-    dom = _chromium("--dump-dom", url).stdout.decode(errors="replace")
-    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
+    assert browser.returncode == 0, err.decode(errors="replace")[-2000:]
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", out.decode(errors="replace"), flags=re.S | re.I)
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom))).strip()
-
-
-def screenshot(url: str, path: Path) -> Path:
-    _chromium(f"--screenshot={path}", url)
-    return path
 
 
 def png_pixels(path: Path) -> tuple[int, int, list[bytes]]:
@@ -187,12 +190,13 @@ def test_the_deployment_form_and_a_runs_artifact_render_in_chromium(
 
     deployment = httpx.get(f"{api}/deployments/name/invoice/invoice", timeout=10).json()
     form_url = f"{ui}/v2/deployments/deployment/{deployment['id']}/run"
-    form = rendered_text(form_url)
+    form_png = tmp_path / "ui-deployment-form.png"
+    form = render(form_url, form_png)
     # The BillingRequest model as form fields under the `request` parameter; the
     # UI titles the field names (request_id → "Request Id"), nested ones too.
     for field in ("Parameters request", "Request Id", "Customer", "Email", "Currency", "Items"):
         assert field in form, f"{field!r} not on the Custom run page: {form[:2000]}"
-    assert_rendered_image(screenshot(form_url, tmp_path / "ui-deployment-form.png"))
+    assert_rendered_image(form_png)
 
     key = story.artifact_key(request_id)
     # The key's page only lists versions; the artifact's own page renders it.
@@ -204,9 +208,10 @@ def test_the_deployment_form_and_a_runs_artifact_render_in_chromium(
     ).json()
     assert latest, f"no artifact {key}\n{served.output()}"
     artifact_url = f"{ui}/v2/artifacts/artifact/{latest[0]['id']}"
-    artifact = rendered_text(artifact_url)
+    artifact_png = tmp_path / "ui-invoice-artifact.png"
+    artifact = render(artifact_url, artifact_png)
     # Rendered markdown, not only the raw text the page also holds: the raw has
     # backticks and asterisks around these.
     for text in (f"Invoice for {request_id}", "Customer: Acme", "Consulting hour", "Total: "):
         assert text in artifact, f"{text!r} not on the artifact page: {artifact[:2000]}"
-    assert_rendered_image(screenshot(artifact_url, tmp_path / "ui-invoice-artifact.png"))
+    assert_rendered_image(artifact_png)
