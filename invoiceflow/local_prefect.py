@@ -33,6 +33,11 @@ class LocalPrefectServer:
     log_path: Path
     started_in_seconds: float
 
+    @property
+    def ui_url(self) -> str:
+        """Where the UI is served, when started with `ui=True`."""
+        return self.api_url.removesuffix("/api")
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -41,15 +46,23 @@ def _free_port() -> int:
 
 
 @contextmanager
-def local_prefect_server(**extra_env: str) -> Iterator[LocalPrefectServer]:
+def local_prefect_server(*, ui: bool = False, **extra_env: str) -> Iterator[LocalPrefectServer]:
     """Start a server in a temporary PREFECT_HOME, export PREFECT_API_URL, and
-    stop and remove everything afterwards."""
+    stop and remove everything afterwards.
+
+    `ui=True` also serves the web UI at the server's root (`ui_url`); off by
+    default, as the tests and benchmarks only need the API."""
     home = Path(tempfile.mkdtemp(prefix="invoiceflow-prefect-"))
     port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
+        # The UI asks the server (ui-settings) which API to call, and that
+        # defaults to PREFECT_API_URL: inherited from a test session it would be
+        # another server's.
+        "PREFECT_UI_API_URL": api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         **extra_env,
     }
@@ -62,8 +75,10 @@ def local_prefect_server(**extra_env: str) -> Iterator[LocalPrefectServer]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    api_url = f"http://127.0.0.1:{port}/api"
     started = time.monotonic()
+    # A second server inside a test session (the UI test's) must hand the
+    # session's own server back to the rest of the session when it stops.
+    previous_api_url = os.environ.get("PREFECT_API_URL")
     try:
         while not _healthy(api_url):
             if server.poll() is not None or time.monotonic() - started > START_TIMEOUT_SECONDS:
@@ -76,7 +91,10 @@ def local_prefect_server(**extra_env: str) -> Iterator[LocalPrefectServer]:
             from prefect.logging.handlers import APILogWorker
 
             APILogWorker.drain_all(timeout=5)
-        os.environ.pop("PREFECT_API_URL", None)
+        if previous_api_url is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous_api_url
         server.terminate()
         try:
             server.wait(timeout=15)
