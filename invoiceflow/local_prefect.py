@@ -30,6 +30,8 @@ START_TIMEOUT_SECONDS = 120
 @dataclass(frozen=True)
 class LocalPrefectServer:
     api_url: str
+    home: Path
+    port: int
     log_path: Path
     started_in_seconds: float
 
@@ -41,11 +43,16 @@ def _free_port() -> int:
 
 
 @contextmanager
-def local_prefect_server(**extra_env: str) -> Iterator[LocalPrefectServer]:
+def local_prefect_server(
+    *, home: Path | None = None, port: int | None = None, **extra_env: str
+) -> Iterator[LocalPrefectServer]:
     """Start a server in a temporary PREFECT_HOME, export PREFECT_API_URL, and
-    stop and remove everything afterwards."""
-    home = Path(tempfile.mkdtemp(prefix="invoiceflow-prefect-"))
-    port = _free_port()
+    stop and remove everything afterwards. Given a `home` and `port` (a server
+    restarted, as after an outage), the home and its database are kept."""
+    keep_home = home is not None
+    home = home or Path(tempfile.mkdtemp(prefix="invoiceflow-prefect-"))
+    port = port or _free_port()
+    previous_api_url = os.environ.get("PREFECT_API_URL")
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
@@ -54,7 +61,7 @@ def local_prefect_server(**extra_env: str) -> Iterator[LocalPrefectServer]:
         **extra_env,
     }
     log_path = home / "server.log"
-    log = log_path.open("wb")
+    log = log_path.open("ab")  # a restarted server appends
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
     server = subprocess.Popen(  # noqa: S603  (our own interpreter, fixed arguments)
         [*command, "--port", str(port)],
@@ -70,13 +77,17 @@ def local_prefect_server(**extra_env: str) -> Iterator[LocalPrefectServer]:
                 raise RuntimeError(f"Prefect server did not start; see {log_path}")
             time.sleep(0.25)
         os.environ["PREFECT_API_URL"] = api_url
-        yield LocalPrefectServer(api_url, log_path, time.monotonic() - started)
+        yield LocalPrefectServer(api_url, home, port, log_path, time.monotonic() - started)
     finally:
         if "prefect" in sys.modules:  # send buffered run logs while the server is still up
             from prefect.logging.handlers import APILogWorker
 
             APILogWorker.drain_all(timeout=5)
-        os.environ.pop("PREFECT_API_URL", None)
+        # A server nested in another (a test's own) gives the outer one back.
+        if previous_api_url is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous_api_url
         server.terminate()
         try:
             server.wait(timeout=15)
@@ -84,7 +95,8 @@ def local_prefect_server(**extra_env: str) -> Iterator[LocalPrefectServer]:
             server.kill()
             server.wait()
         log.close()
-        shutil.rmtree(home, ignore_errors=True)
+        if not keep_home:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def _healthy(api_url: str) -> bool:
