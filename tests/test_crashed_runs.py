@@ -10,6 +10,7 @@ the server judges a window only after it has passed (here 40 s, just above one
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -61,6 +62,14 @@ def test_a_killed_run_ends_crashed(sandbox: Any, sqlite_url: str, tmp_path: Path
         assert automation.id == automation_id
         assert automation.trigger.within == WINDOW
 
+        # A run that ends normally stops beating too; it must stay as it ended.
+        finished = make_request("finishes-normally", "normal")
+        request_file = tmp_path / "finished.json"
+        request_file.write_text(json.dumps(finished.model_dump(mode="json")))
+        done = run_cli("invoice", str(request_file), "--no-wait", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        [finished_run] = asyncio.run(_invoice_runs())
+
         crash_cli_at(
             sandbox,
             make_request("crash-detected"),
@@ -70,11 +79,11 @@ def test_a_killed_run_ends_crashed(sandbox: Any, sqlite_url: str, tmp_path: Path
             tmp_path,
         )
         killed_at = time.monotonic()
-        [run] = asyncio.run(_invoice_runs())
+        [run] = [r for r in asyncio.run(_invoice_runs()) if r.id != finished_run.id]
         assert run.state.is_running(), run.state
 
         def crashed() -> Any:
-            [now] = asyncio.run(_invoice_runs())
+            [now] = [r for r in asyncio.run(_invoice_runs()) if r.id == run.id]
             return now if now.state.is_crashed() else None
 
         run = wait_for(crashed, "the killed run to be marked Crashed", timeout=120)
@@ -82,3 +91,5 @@ def test_a_killed_run_ends_crashed(sandbox: Any, sqlite_url: str, tmp_path: Path
         print(f"crash detected {took:.0f} s after the kill (window {WINDOW.seconds} s)")
         assert run.state.message == "no heartbeat for 40 s: the process running it died"
         assert took < WINDOW.seconds + 60, took
+        [still] = [r for r in asyncio.run(_invoice_runs()) if r.id == finished_run.id]
+        assert still.state.name == finished_run.state.name == "AwaitingPayment", still.state
