@@ -54,11 +54,12 @@ def crashed_runs_automation(within: timedelta) -> AutomationCore:
         description="Marks an invoiceflow flow run Crashed when its heartbeats stop.",
         enabled=True,  # an update re-enables it too: it is part of the service
         trigger=EventTrigger(
-            # One window per flow run, opened by its first heartbeat (a run that
-            # never started beating is not ours to judge), renewed by each next one.
+            # One window per flow run, renewed by each heartbeat. It opens at
+            # Running too, an event the server emits itself: a process killed
+            # before its first heartbeat reached the server is still judged.
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.role": "flow", "prefect.resource.name": OUR_FLOWS},
-            after={"prefect.flow-run.heartbeat"},
+            after={"prefect.flow-run.Running", "prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
