@@ -48,7 +48,11 @@ async def _invoice_runs() -> list[Any]:
         )
 
 
-def test_a_killed_run_ends_crashed(sandbox: Any, sqlite_url: str, tmp_path: Path) -> None:
+def test_a_killed_run_ends_crashed(
+    prefect_api: str, sandbox: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    # Prefect fixes its settings at first import: import it while the session's
+    # server is exported (prefect_api), so later tests still talk to that one.
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with local_prefect_server() as server, temporary_settings({PREFECT_API_URL: server.api_url}):

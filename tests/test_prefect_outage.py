@@ -35,8 +35,10 @@ def _settle_runs(name: str) -> list[Any]:
 
 
 def test_a_payment_while_prefect_is_down_is_settled_once_it_is_back(
-    sandbox_server: Any, tmp_path: Path
+    prefect_api: str, sandbox_server: Any, tmp_path: Path
 ) -> None:
+    # Prefect fixes its settings at first import: import it while the session's
+    # server is exported (prefect_api), so later tests still talk to that one.
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from invoiceflow import ledger
