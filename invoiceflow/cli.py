@@ -260,6 +260,31 @@ def serve(
         asyncio.run(run_service(build_app(settings), sock, ready, engine))
 
 
+@app.command()
+def automations() -> None:
+    """Create or update the automation that marks dead flow runs Crashed.
+
+    `serve` does this at start; run it once when deploying with `prefect deploy`.
+    Needs PREFECT_API_URL.
+    """
+    import asyncio
+
+    from invoiceflow.prefect_env import configure_prefect
+
+    configure_prefect()
+    from invoiceflow.service.automations import CRASHED_RUNS_AUTOMATION, crash_window
+    from invoiceflow.service.automations import ensure_crashed_runs_automation as ensure
+
+    automation_id = asyncio.run(ensure())
+    if automation_id is None:
+        raise fail(Exit.BAD_INPUT, "flow heartbeats are off (PREFECT_FLOWS_HEARTBEAT_FREQUENCY)")
+    window = crash_window()
+    seconds = int(window.total_seconds()) if window else 0
+    typer.echo(
+        f"automation {CRASHED_RUNS_AUTOMATION} ({automation_id}): runs silent {seconds} s → Crashed"
+    )
+
+
 def _register_subcommands() -> None:
     from invoiceflow.sandbox.cli import register as register_sandbox
 

@@ -30,6 +30,8 @@ START_TIMEOUT_SECONDS = 120
 @dataclass(frozen=True)
 class LocalPrefectServer:
     api_url: str
+    home: Path
+    port: int
     log_path: Path
     started_in_seconds: float
 
@@ -46,14 +48,19 @@ def _free_port() -> int:
 
 
 @contextmanager
-def local_prefect_server(*, ui: bool = False, **extra_env: str) -> Iterator[LocalPrefectServer]:
+def local_prefect_server(
+    *, ui: bool = False, home: Path | None = None, port: int | None = None, **extra_env: str
+) -> Iterator[LocalPrefectServer]:
     """Start a server in a temporary PREFECT_HOME, export PREFECT_API_URL, and
     stop and remove everything afterwards.
 
     `ui=True` also serves the web UI at the server's root (`ui_url`); off by
-    default, as the tests and benchmarks only need the API."""
-    home = Path(tempfile.mkdtemp(prefix="invoiceflow-prefect-"))
-    port = _free_port()
+    default, as the tests and benchmarks only need the API. Given a `home` and
+    `port` (a server restarted, as after an outage), the home and its database
+    are kept."""
+    keep_home = home is not None
+    home = home or Path(tempfile.mkdtemp(prefix="invoiceflow-prefect-"))
+    port = port or _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
@@ -67,7 +74,7 @@ def local_prefect_server(*, ui: bool = False, **extra_env: str) -> Iterator[Loca
         **extra_env,
     }
     log_path = home / "server.log"
-    log = log_path.open("wb")
+    log = log_path.open("ab")  # a restarted server appends
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
     server = subprocess.Popen(  # noqa: S603  (our own interpreter, fixed arguments)
         [*command, "--port", str(port)],
@@ -76,8 +83,8 @@ def local_prefect_server(*, ui: bool = False, **extra_env: str) -> Iterator[Loca
         stderr=subprocess.STDOUT,
     )
     started = time.monotonic()
-    # A second server inside a test session (the UI test's) must hand the
-    # session's own server back to the rest of the session when it stops.
+    # A second server inside a test session (the UI test's, the outage test's)
+    # must hand the session's own server back to the rest of the session.
     previous_api_url = os.environ.get("PREFECT_API_URL")
     try:
         while not _healthy(api_url):
@@ -85,7 +92,7 @@ def local_prefect_server(*, ui: bool = False, **extra_env: str) -> Iterator[Loca
                 raise RuntimeError(f"Prefect server did not start; see {log_path}")
             time.sleep(0.25)
         os.environ["PREFECT_API_URL"] = api_url
-        yield LocalPrefectServer(api_url, log_path, time.monotonic() - started)
+        yield LocalPrefectServer(api_url, home, port, log_path, time.monotonic() - started)
     finally:
         if "prefect" in sys.modules:  # send buffered run logs while the server is still up
             from prefect.logging.handlers import APILogWorker
@@ -102,7 +109,8 @@ def local_prefect_server(*, ui: bool = False, **extra_env: str) -> Iterator[Loca
             server.kill()
             server.wait()
         log.close()
-        shutil.rmtree(home, ignore_errors=True)
+        if not keep_home:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def _healthy(api_url: str) -> bool:

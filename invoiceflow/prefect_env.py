@@ -22,6 +22,10 @@ _DEFAULTS = {
     # Local mode's temporary server creates and migrates its database on first
     # start; on a fresh machine with two busy cores that outlasts Prefect's 20 s.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # Prefect's 180 s default would let a dead run look Running for 9 minutes
+    # before the crashed-runs automation (3 missed heartbeats) marks it; 30 s is
+    # Prefect's minimum. The cost is one small event per run every 30 s.
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 
 

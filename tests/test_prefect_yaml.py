@@ -36,7 +36,8 @@ _SCRIPT = textwrap.dedent(
         with get_client(sync_client=True) as client:
             d = client.read_deployment_by_name("invoice/invoice")
             print(json.dumps({"entrypoint": d.entrypoint, "pool": d.work_pool_name,
-                              "request": d.parameter_openapi_schema["properties"]["request"]}))
+                              "request": d.parameter_openapi_schema["properties"]["request"],
+                              "job_variables": d.job_variables}))
     """
 )
 
@@ -50,3 +51,5 @@ def test_prefect_deploy_all_registers_the_invoice_deployment() -> None:
     assert registered["pool"] == "invoiceflow"
     # The parameter is the pydantic model: the UI's Custom run shows its form.
     assert registered["request"]["$ref"].endswith("/BillingRequest")
+    # Workers' runs beat as often as the crashed-runs automation expects.
+    assert registered["job_variables"] == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}

@@ -306,6 +306,20 @@ def test_a_payment_arrives_by_webhook_and_one_settle_run_tells_the_end(
     assert inbox.get(engine, event.event_id).settle_started_at is not None  # type: ignore[union-attr]
 
 
+def test_it_ships_the_crashed_runs_automation(service: Service) -> None:
+    from prefect.automations import EventTrigger
+    from prefect.client.orchestration import get_client
+
+    from invoiceflow.service.automations import CRASHED_RUNS_AUTOMATION
+
+    with get_client(sync_client=True) as client:
+        [automation] = client.read_automations_by_name(CRASHED_RUNS_AUTOMATION)
+    assert automation.enabled
+    assert isinstance(automation.trigger, EventTrigger)
+    assert automation.trigger.within.total_seconds() == 90  # 3 x our 30 s heartbeat
+    assert automation.actions[0].type == "change-flow-run-state"
+
+
 def test_sigterm_stops_it_cleanly_and_leaves_the_deployment_unpaused(service: Service) -> None:
     # Last in this module: it ends the module's serve process.
     from prefect.client.orchestration import get_client

@@ -18,6 +18,7 @@ import uvicorn
 from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp
 
+from invoiceflow.service.automations import ensure_crashed_runs_automation
 from invoiceflow.service.deployments import build_deployments
 from invoiceflow.service.sweeper import sweep_forever
 
@@ -67,6 +68,7 @@ async def serve(
     )
     for deployment in await build_deployments():
         await runner.aadd_deployment(deployment)
+    await ensure_crashed_runs_automation()  # without it, a killed run stays Running
     server = _Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
     served = asyncio.create_task(runner.start(), name="prefect-runner")
     web = asyncio.create_task(server.serve(sockets=[sock]), name="http")

@@ -1,0 +1,99 @@
+"""A flow run whose process is SIGKILLed ends `Crashed` on the server, through
+the automation `invoiceflow serve` / `invoiceflow automations` ships.
+
+A dedicated Prefect server: the test shortens the automation's window, which on
+the session's server would mark other tests' live runs Crashed. Slow by nature:
+the server judges a window only after it has passed (here 40 s, just above one
+30 s heartbeat), plus its 5 s proactive evaluation period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from invoiceflow.local_prefect import local_prefect_server
+from invoiceflow.service.automations import (
+    CRASHED_RUNS_AUTOMATION,
+    ensure_crashed_runs_automation,
+)
+from tests.conftest import app_env, run_cli
+from tests.helpers import crash_cli_at, make_request, wait_for
+
+pytestmark = pytest.mark.slow
+
+WINDOW = timedelta(seconds=40)
+
+
+async def _automations() -> list[Any]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return await client.read_automations_by_name(CRASHED_RUNS_AUTOMATION)
+
+
+async def _invoice_runs() -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    async with get_client() as client:
+        return await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["invoice"]))
+        )
+
+
+def test_a_killed_run_ends_crashed(
+    prefect_api: str, sandbox: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    # Prefect fixes its settings at first import: import it while the session's
+    # server is exported (prefect_api), so later tests still talk to that one.
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with local_prefect_server() as server, temporary_settings({PREFECT_API_URL: server.api_url}):
+        env = app_env(sandbox.url, sqlite_url, PREFECT_API_URL=server.api_url)
+        done = run_cli("automations", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "runs silent 90 s → Crashed" in done.stdout  # 3 heartbeats of our 30 s
+        # Again, with the test's short window: updated in place, still one.
+        automation_id = asyncio.run(ensure_crashed_runs_automation(WINDOW))
+        [automation] = asyncio.run(_automations())
+        assert automation.id == automation_id
+        assert automation.trigger.within == WINDOW
+
+        # A run that ends normally stops beating too; it must stay as it ended.
+        finished = make_request("finishes-normally", "normal")
+        request_file = tmp_path / "finished.json"
+        request_file.write_text(json.dumps(finished.model_dump(mode="json")))
+        done = run_cli("invoice", str(request_file), "--no-wait", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        [finished_run] = asyncio.run(_invoice_runs())
+
+        crash_cli_at(
+            sandbox,
+            make_request("crash-detected"),
+            "^/v1/invoices$",
+            "stall_before_write",
+            env,
+            tmp_path,
+        )
+        killed_at = time.monotonic()
+        [run] = [r for r in asyncio.run(_invoice_runs()) if r.id != finished_run.id]
+        assert run.state.is_running(), run.state
+
+        def crashed() -> Any:
+            [now] = [r for r in asyncio.run(_invoice_runs()) if r.id == run.id]
+            return now if now.state.is_crashed() else None
+
+        run = wait_for(crashed, "the killed run to be marked Crashed", timeout=120)
+        took = time.monotonic() - killed_at
+        print(f"crash detected {took:.0f} s after the kill (window {WINDOW.seconds} s)")
+        assert run.state.message == "no heartbeat for 40 s: the process running it died"
+        assert took < WINDOW.seconds + 60, took
+        [still] = [r for r in asyncio.run(_invoice_runs()) if r.id == finished_run.id]
+        assert still.state.name == finished_run.state.name == "AwaitingPayment", still.state
