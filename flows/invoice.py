@@ -12,13 +12,10 @@ request stands, making zero Stripe writes for work already done.
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from typing import Any, cast
 
 from prefect import State, flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
@@ -58,11 +55,6 @@ def record_request(request: BillingRequest) -> None:
     ledger.submit(get_runtime().engine, request)
 
 
-def _new_owner() -> str:
-    run_id = flow_run.id or uuid.uuid4().hex
-    return f"{socket.gethostname()}:{os.getpid()}:{run_id}"
-
-
 @flow(
     name="invoice",
     flow_run_name=_run_name,
@@ -86,7 +78,7 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
     tag_current_run(request)  # trigger:<cli|ui|schedule>, customer:<id>, currency:<ccy>
     record_request(request)
 
-    owner = _new_owner()
+    owner = lease.new_owner(flow_run.id or uuid.uuid4().hex)
     ttl = rt.settings.lease_seconds
     # The lease is renewed for as long as this run lives; a run that loses it
     # anyway (paused past it, taken over) stops before its next Stripe write.
@@ -105,14 +97,15 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
             return Failed(message=failure_message(exc), data=exc)
         except Exception as exc:
             _record_failure(request_id, owner, exc)
-            publish_story(request_id)
+            story.publish(rt.engine, ledger.require(rt.engine, request_id))
             # The run's page says why in business terms; calling the flow
             # still raises `exc` itself.
             return Failed(message=failure_message(exc), data=exc)
 
-    status = RequestStatus.from_row(ledger.require(rt.engine, request_id))
+    row = ledger.require(rt.engine, request_id)
+    status = RequestStatus.from_row(row)
     logger.info("%s", status.one_line())
-    publish_story(request_id)
+    story.publish(rt.engine, row)
     if status.state is RecoveryPoint.SENT:
         return Completed(name=AWAITING_PAYMENT, message=status.one_line(), data=status)
     return Completed(message=status.one_line(), data=status)
@@ -121,20 +114,6 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
 def run_invoice(request: BillingRequest) -> RequestStatus:
     """Run the flow here and now; its result, typed (the flow returns its final state)."""
     return cast(RequestStatus, invoice_flow(request))
-
-
-def publish_story(request_id: str) -> None:
-    """The request's markdown artifact, a new version per run. Never fails the run."""
-    engine = get_runtime().engine
-    try:
-        row = ledger.require(engine, request_id)
-        create_markdown_artifact(
-            markdown=story.markdown(row, ledger.lines(engine, request_id)),
-            key=story.artifact_key(request_id),
-            description=f"{request_id}: {row.recovery_point}",
-        )
-    except Exception:
-        get_run_logger().warning("Could not publish the story of %s", request_id, exc_info=True)
 
 
 def _draft_to_sent(request_id: str, owner: str) -> None:

@@ -15,7 +15,7 @@ from prefect import State, flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from invoiceflow import ledger
+from invoiceflow import ledger, story
 from invoiceflow.runtime import get_runtime
 from invoiceflow.status import RequestStatus
 from invoiceflow.webhooks import inbox
@@ -28,15 +28,14 @@ def _run_name() -> str:
 @flow(name="settle", flow_run_name=_run_name, retries=2, retry_delay_seconds=10)
 def settle_flow(event_id: str) -> State[RequestStatus]:
     """Tell the end of the request's story that `event_id` (an applied Stripe event) wrote."""
-    from flows.invoice import publish_story
-
     logger = get_run_logger()
     engine = get_runtime().engine
     event = inbox.get(engine, event_id)
     if event is None or event.request_id is None:
         raise LookupError(f"no applied event {event_id!r} in the inbox")
-    status = RequestStatus.from_row(ledger.require(engine, event.request_id))
+    row = ledger.require(engine, event.request_id)
+    status = RequestStatus.from_row(row)
     logger.info("Stripe %s (%s): %s", event.type, event_id, event.outcome)
     logger.info("%s", status.one_line())
-    publish_story(event.request_id)
+    story.publish(engine, row)
     return Completed(message=status.one_line(), data=status)

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from types import FrameType
@@ -30,7 +29,7 @@ from typing import Any, NoReturn
 
 from sqlalchemy.engine import Engine
 
-from invoiceflow import ledger
+from invoiceflow import lease, ledger
 
 EXIT_CODE = 130
 # For Prefect to mark the runs crashed, when its API still answers (a real server).
@@ -95,12 +94,10 @@ class InterruptGuard:
         if row is None:
             return
         self._point = row.recovery_point
-        # The flow names its lease owner host:pid:flow-run-id and keeps it to
-        # itself; a lease with our host and pid is this process's. If the flow
-        # unwound, it released the lease already; otherwise it would block the
-        # request until INVOICEFLOW_LEASE_SECONDS pass.
-        ours = f"{socket.gethostname()}:{os.getpid()}:"
-        if row.lease_owner is not None and row.lease_owner.startswith(ours):
+        # If the flow unwound, it released the lease already; otherwise a lease
+        # of this process's would block the request until
+        # INVOICEFLOW_LEASE_SECONDS pass.
+        if row.lease_owner is not None and lease.held_by_this_process(row.lease_owner):
             ledger.release_lease(self._engine, self._request_id, row.lease_owner)
 
     def _exit(self) -> NoReturn:

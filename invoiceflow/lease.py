@@ -17,6 +17,8 @@ never advance the request's state.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -107,6 +109,20 @@ def held(
             ledger.release_lease(engine, request_id, owner)
         except Exception:  # it expires on its own; never mask the run's outcome
             log.exception("Could not release the lease on %s", request_id)
+
+
+def new_owner(run_id: str) -> str:
+    """A lease owner name: this host and process, then the run."""
+    return f"{_this_process()}{run_id}"
+
+
+def held_by_this_process(owner: str | None) -> bool:
+    """Whether a lease owner names a run of this very process."""
+    return owner is not None and owner.startswith(_this_process())
+
+
+def _this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:"
 
 
 def check_current() -> None:

@@ -9,10 +9,16 @@ never a key or a secret.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 
+from sqlalchemy.engine import Engine
+
+from invoiceflow import ledger
 from invoiceflow.db.models import BillingRequestRow, RequestLine
 from invoiceflow.money import format_minor_units
+
+log = logging.getLogger(__name__)
 
 # Prefect artifact keys: lowercase letters, digits and dashes only.
 _KEY_UNSAFE = re.compile(r"[^a-z0-9-]+")
@@ -59,3 +65,18 @@ def markdown(row: BillingRequestRow, lines: list[RequestLine]) -> str:
     if row.last_error:
         out += ["", f"**Last error:** {row.last_error}"]
     return "\n".join(out) + "\n"
+
+
+def publish(engine: Engine, row: BillingRequestRow) -> None:
+    """A new version of the request's artifact, from inside a flow run (which it
+    is linked to). Never fails the run: the story is for people, not the ledger."""
+    from prefect.artifacts import create_markdown_artifact
+
+    try:
+        create_markdown_artifact(
+            markdown=markdown(row, ledger.lines(engine, row.request_id)),
+            key=artifact_key(row.request_id),
+            description=f"{row.request_id}: {row.recovery_point}",
+        )
+    except Exception:
+        log.warning("Could not publish the story of %s", row.request_id, exc_info=True)
