@@ -619,5 +619,6 @@ def record_settlement(
         _cache_invoice(row, invoice)
         if point is RecoveryPoint.PAID:
             row.paid_at = row.paid_at or utcnow()
-        ledger.advance(session, row, point, f"invoice {invoice.status}", invoice=invoice.id)
+        # Stripe's status machine past `open`, the same one the webhook receiver follows.
+        ledger.settle(session, row, point, f"invoice {invoice.status}", invoice=invoice.id)
     log.info("Invoice %s for request %s is %s", invoice.id, request_id, invoice.status)
