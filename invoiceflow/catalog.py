@@ -168,15 +168,15 @@ def heal_prices(rt: Runtime, request_id: str, owner: str, lines: list[RequestLin
     our product id), and created anew where Stripe has none. An archived price
     still owns its lookup key, so `ensure_price` refuses it with what to do.
     """
+    currency = ledger.require(rt.engine, request_id).currency
     repointed: dict[str, str] = {}
     for line in lines:
         if line.price_lookup_key in repointed or _price_is_good(rt, line):
             continue
         _forget(rt, PriceMap, line.price_lookup_key)
         product = _product_that_exists(rt, line.sku, line.name, request_id)
-        row = ledger.require(rt.engine, request_id)
         repointed[line.price_lookup_key] = ensure_price(
-            rt, line.sku, row.currency, line.unit_amount, product, request_id
+            rt, line.sku, currency, line.unit_amount, product, request_id
         )
     before = {line.price_lookup_key: line.stripe_price_id for line in lines}
     changed = {key: new for key, new in repointed.items() if before[key] != new}

@@ -128,13 +128,15 @@ def _locked_request(session: Session, invoice: Mapping[str, Any]) -> BillingRequ
     """Our request for this invoice, row-locked: by our metadata, else by the invoice id."""
     metadata = invoice.get("metadata")
     request_id = metadata.get(META_REQUEST_ID) if isinstance(metadata, dict) else None
-    statement = select(BillingRequestRow).with_for_update()
     if isinstance(request_id, str):
-        statement = statement.where(BillingRequestRow.request_id == request_id)
-    elif isinstance(invoice.get("id"), str):
-        statement = statement.where(BillingRequestRow.stripe_invoice_id == invoice["id"])
-    else:
+        return ledger.lock_row(session, request_id)
+    if not isinstance(invoice.get("id"), str):
         return None
+    statement = (
+        select(BillingRequestRow)
+        .where(BillingRequestRow.stripe_invoice_id == invoice["id"])
+        .with_for_update()
+    )
     return session.exec(statement).one_or_none()
 
 
