@@ -230,7 +230,7 @@ def test_postgres_sessions_cannot_wait_or_idle_forever(database_url: str, monkey
     """A stalled transaction (a paused process) is ended by the server, and a
     waiter gives up after a bounded time instead of outliving its lease."""
     if not database_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL settings")
+        pytest.skip("lock and idle timeouts are PostgreSQL session settings; SQLite has none")
     from invoiceflow.db.engine import PG_IDLE_IN_TRANSACTION_TIMEOUT_MS, PG_LOCK_TIMEOUT_MS
 
     engine = get_runtime().engine
