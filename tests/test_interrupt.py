@@ -18,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import stripe
 from sqlalchemy.engine import make_url
 
 from tests.conftest import REPO, app_env, run_cli
-from tests.helpers import assert_exactly_one_invoice, make_request
+from tests.helpers import assert_exactly_one_invoice, make_request, stalled, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,20 +38,6 @@ START_TIMEOUT_S = 150
 # It takes about 3 s; the slack is for a loaded 2-core machine. Minutes is the bug.
 EXIT_TIMEOUT_S = 30
 EXPECTED_LINE = "interrupted at finalized; rerun to resume"
-
-
-def _wait_for(predicate: Callable[[], Any], what: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _stalled(sandbox: Any) -> dict[str, Any] | None:
-    return next((e for e in sandbox.requests() if e["fault"] == "stall_before_write"), None)
 
 
 def _live_members(group: int) -> list[str]:
@@ -99,7 +84,11 @@ def _interrupt(
         start_new_session=True,  # its own process group, like a shell job
     )
     try:
-        _wait_for(lambda: _stalled(sandbox) or process.poll() is not None, "send", START_TIMEOUT_S)
+        wait_for(
+            lambda: stalled(sandbox, "stall_before_write") or process.poll() is not None,
+            "send",
+            START_TIMEOUT_S,
+        )
         assert process.poll() is None, process.communicate()
         if whole_group:
             os.killpg(process.pid, signal.SIGINT)
@@ -140,7 +129,7 @@ def test_ctrl_c_in_local_mode_exits_130_at_once(
     _assert_one_clean_line(process, elapsed, stdout, stderr)
     assert _lease_owner(sqlite_url, "interrupt-local") is None, "the lease was left held"
     # os._exit skips Prefect's own atexit stop of its temporary server: we stop it.
-    _wait_for(lambda: not _live_members(process.pid), "the temporary Prefect server to stop", 15)
+    wait_for(lambda: not _live_members(process.pid), "the temporary Prefect server to stop", 15)
 
 
 @pytest.mark.usefixtures("prefect_api")
@@ -157,7 +146,9 @@ def test_ctrl_c_against_a_prefect_server_exits_130_and_a_rerun_resumes(
     _assert_one_clean_line(process, elapsed, stdout, stderr)
     assert _lease_owner(sqlite_url, request.request_id) is None, "the lease was left held"
     # The abandoned send holds its idempotency key in the sandbox until the stall ends.
-    _wait_for(lambda: _stalled(sandbox)["status"] is not None, "the stall to end", 60)
+    wait_for(
+        lambda: stalled(sandbox, "stall_before_write")["status"] is not None, "the stall to end", 60
+    )
     sandbox.configure(faults=[])
     rerun = run_cli("invoice", str(tmp_path / "request.json"), "--no-wait", env=env)
     assert rerun.returncode == 0, rerun.stderr
