@@ -110,10 +110,17 @@ def _run_flow(
     from invoiceflow.prefect_env import configure_prefect
 
     configure_prefect(quiet_console=not verbose)
-    if not verbose:  # -v shows them with the rest of the run's log
-        from invoiceflow import progress
+    from prefect.settings import get_current_settings
 
+    from invoiceflow import progress
+
+    if not verbose:  # -v shows them with the rest of the run's log
         progress.print_to_stderr()  # no silent waits: leases, Stripe retries, payment
+    if not get_current_settings().api.url:
+        progress.note(
+            "starting Prefect's temporary local server (about 10 s; "
+            "set PREFECT_API_URL to use a running one)"
+        )
     from flows.invoice import run_invoice
 
     status = run_invoice(request)
