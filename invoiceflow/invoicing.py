@@ -77,6 +77,8 @@ def _cache_invoice(row: BillingRequestRow, invoice: stripe.Invoice) -> None:
     row.invoice_number = invoice.number
     row.amount_due = invoice.amount_due
     row.hosted_invoice_url = invoice.hosted_invoice_url
+    due = getattr(invoice, "due_date", None)
+    row.due_date = datetime.fromtimestamp(due, UTC) if due else None
 
 
 def mark_catalog_ready(rt: Runtime, request_id: str, owner: str) -> None:

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pydantic_settings
+from cronsim import CronSim, CronSimError
 from pydantic import (
     AliasChoices,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -104,6 +108,48 @@ class Settings(BaseSettings):
         default=60.0, ge=0, validation_alias=AliasChoices("INVOICEFLOW_AWAIT_PAID_SECONDS")
     )
 
+    # --- billing cycles (see README "Billing cycles") -------------------------
+    # Cron expressions (5 fields) in INVOICEFLOW_SCHEDULE_TIMEZONE; "off" serves
+    # the deployment without a schedule (runs only when triggered).
+    billing_cron: str = Field(
+        default="0 6 1 * *", validation_alias=AliasChoices("INVOICEFLOW_BILLING_CRON")
+    )
+    dunning_cron: str = Field(
+        default="0 7 * * *", validation_alias=AliasChoices("INVOICEFLOW_DUNNING_CRON")
+    )
+    reconcile_cron: str = Field(
+        default="30 * * * *", validation_alias=AliasChoices("INVOICEFLOW_RECONCILE_CRON")
+    )
+    schedule_timezone: str = Field(
+        default="UTC", validation_alias=AliasChoices("INVOICEFLOW_SCHEDULE_TIMEZONE")
+    )
+    # What a scheduled billing run bills: "pending" (requests recorded in our
+    # database that are not sent yet), or a JSONL/CSV file or a directory of
+    # request files.
+    billing_source: str = Field(
+        default="pending", min_length=1, validation_alias=AliasChoices("INVOICEFLOW_BILLING_SOURCE")
+    )
+    # Requests of one billing run in flight at once (threads of its flow run).
+    batch_workers: int = Field(
+        default=8, ge=1, le=64, validation_alias=AliasChoices("INVOICEFLOW_BATCH_WORKERS")
+    )
+    # Days after the due date on which an open invoice is emailed again.
+    dunning_reminder_days: Annotated[list[int], NoDecode] = Field(
+        default=[1, 7, 14], validation_alias=AliasChoices("INVOICEFLOW_DUNNING_REMINDER_DAYS")
+    )
+    # Days after the due date on which a still-open invoice is written off, and how.
+    dunning_final_days: int = Field(
+        default=30, ge=1, le=365, validation_alias=AliasChoices("INVOICEFLOW_DUNNING_FINAL_DAYS")
+    )
+    dunning_final_action: Literal["uncollectible", "void"] = Field(
+        default="uncollectible", validation_alias=AliasChoices("INVOICEFLOW_DUNNING_FINAL_ACTION")
+    )
+    # Test mode only: new Stripe customers are attached to this test clock
+    # (clock_…), so advancing the clock moves their invoices through time.
+    stripe_test_clock: str | None = Field(
+        default=None, validation_alias=AliasChoices("INVOICEFLOW_STRIPE_TEST_CLOCK")
+    )
+
     @field_validator("stripe_api_key")
     @classmethod
     def _known_key_prefix(cls, value: SecretStr | None) -> SecretStr | None:
@@ -181,6 +227,69 @@ class Settings(BaseSettings):
         _require_sqlite_directory(url.get_backend_name(), url.database)
         return value
 
+    @field_validator("billing_cron", "dunning_cron", "reconcile_cron")
+    @classmethod
+    def _cron(cls, value: str, info: ValidationInfo) -> str:
+        value = " ".join(value.split())
+        if value == "off":
+            return value
+        variable = f"INVOICEFLOW_{(info.field_name or '').upper()}"
+        try:
+            CronSim(value, datetime(2026, 1, 1))
+        except CronSimError:
+            raise ValueError(
+                f"{variable} {value!r} is not a 5-field cron expression; use e.g. "
+                "'0 6 1 * *' (06:00 on the 1st), or 'off' for no schedule"
+            ) from None
+        return value
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"INVOICEFLOW_SCHEDULE_TIMEZONE {value!r} is not an IANA time zone; "
+                "use e.g. Europe/Berlin or UTC"
+            ) from None
+        return value
+
+    @field_validator("dunning_reminder_days", mode="before")
+    @classmethod
+    def _reminder_days(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        hint = "use days after the due date separated by commas, e.g. 1,7,14 (or '' for none)"
+        days = []
+        for entry in (part.strip() for part in value.split(",") if value.strip()):
+            if not entry.isdigit():
+                raise ValueError(f"INVOICEFLOW_DUNNING_REMINDER_DAYS: {entry!r}: {hint}")
+            days.append(int(entry))
+        return days
+
+    @field_validator("dunning_reminder_days")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if any(day < 0 for day in value) or value != sorted(set(value)):
+            raise ValueError(
+                "INVOICEFLOW_DUNNING_REMINDER_DAYS must be distinct days >= 0 in increasing "
+                "order, e.g. 1,7,14"
+            )
+        return value
+
+    @field_validator("stripe_test_clock")
+    @classmethod
+    def _clock_id(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not value.startswith("clock_"):
+            raise ValueError(
+                "INVOICEFLOW_STRIPE_TEST_CLOCK must be a test clock id (clock_…), or unset"
+            )
+        return value
+
     @model_validator(mode="after")
     def _refuse_live_key_by_default(self) -> Settings:
         if (
@@ -190,6 +299,24 @@ class Settings(BaseSettings):
         ):
             raise ValueError(
                 "STRIPE_API_KEY is a live key; set INVOICEFLOW_ALLOW_LIVE=1 to bill real customers"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dunning_ends_after_reminders(self) -> Settings:
+        if self.dunning_reminder_days and self.dunning_reminder_days[-1] >= self.dunning_final_days:
+            raise ValueError(
+                "INVOICEFLOW_DUNNING_FINAL_DAYS must be later than the last of "
+                "INVOICEFLOW_DUNNING_REMINDER_DAYS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _test_clock_only_in_test_mode(self) -> Settings:
+        key = self.stripe_api_key.get_secret_value() if self.stripe_api_key else ""
+        if self.stripe_test_clock and key.startswith(_LIVE_KEY_PREFIXES):
+            raise ValueError(
+                "INVOICEFLOW_STRIPE_TEST_CLOCK works only with a test key; unset it for live mode"
             )
         return self
 

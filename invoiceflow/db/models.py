@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index
+from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Index
 from sqlmodel import Field, SQLModel
 
 
@@ -104,6 +104,8 @@ class BillingRequestRow(SQLModel, table=True):
     finalized_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     sent_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     paid_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # Stripe's due date of the invoice: a cache, like invoice_status.
+    due_date: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
     @property
     def point(self) -> RecoveryPoint:
@@ -210,3 +212,79 @@ class AuditEvent(SQLModel, table=True):
     to_point: str | None = Field(default=None, max_length=32)
     message: str = Field(max_length=2000)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class BillingRun(SQLModel, table=True):
+    """A billing run's manifest: which source it bills, and how often it ran.
+
+    Trust: ours. `source_digest` pins the content the run id stands for, so a
+    rerun under the same id resumes the same requests and refuses other ones.
+    """
+
+    __tablename__ = "billing_run"
+
+    run_id: str = Field(primary_key=True, max_length=128)
+    source: str = Field(max_length=1000)
+    source_digest: str = Field(max_length=64)
+    total: int
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class BillingRunItem(SQLModel, table=True):
+    """One entry of a billing run and how its unit of work ended.
+
+    Trust: ours. `outcome` is NULL until the unit finished; a rerun of the run
+    processes exactly the entries whose outcome says they may still succeed.
+    The request's own state stays in `billing_request`, the single truth.
+    """
+
+    __tablename__ = "billing_run_item"
+
+    run_id: str = Field(
+        sa_column=Column(
+            "run_id", ForeignKey("billing_run.run_id"), primary_key=True, nullable=False
+        ),
+        max_length=128,
+    )
+    position: int = Field(primary_key=True)
+    request_id: str | None = Field(default=None, max_length=128, index=True)
+    currency: str | None = Field(default=None, max_length=3)
+    total_amount: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    outcome: str | None = Field(default=None, max_length=32)
+    reason: str | None = Field(default=None, max_length=2000)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class DunningStep(SQLModel, table=True):
+    """One step of an overdue invoice's dunning sequence (a reminder, or the final write-off).
+
+    Trust: ours, recorded *before* the Stripe call (like `stripe_write`); the
+    UNIQUE (request_id, step) makes each reminder happen once whatever runs
+    twice. Stripe's invoice status decides whether the sequence goes on.
+    """
+
+    __tablename__ = "dunning_step"
+
+    request_id: str = Field(foreign_key="billing_request.request_id", primary_key=True)
+    step: str = Field(primary_key=True, max_length=32)
+    invoice_id: str = Field(max_length=255)
+    due_at: datetime = Field(sa_type=DateTime(timezone=True))
+    outcome: str | None = Field(default=None, max_length=32)
+    intended_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    done_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class SyncCursor(SQLModel, table=True):
+    """How far a sweep through Stripe's event log got (Stripe's clock, epoch seconds).
+
+    Trust: ours, a hint only: sweeps overlap it, and the inbox's UNIQUE event
+    id makes applying an event twice impossible.
+    """
+
+    __tablename__ = "sync_cursor"
+
+    name: str = Field(primary_key=True, max_length=64)
+    position: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
