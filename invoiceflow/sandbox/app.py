@@ -230,7 +230,10 @@ class SandboxApp:
                 response = _replayed(replay, request_id)
             else:
                 response = self._execute(
-                    route, Call(self.store, raw, request_id, key), path_ids, base_headers
+                    route,
+                    Call(self.store, raw, request_id, key, self.config),
+                    path_ids,
+                    base_headers,
                 )
         except errors.StripeError as error:
             if held is not None and not error.executed:

@@ -32,6 +32,11 @@ STALL_KINDS = ("stall_before_write", "stall_after_write")
 _BOOLEAN_KNOBS = frozenset({"webhook_reorder", "record_responses", "allow_remote_webhooks"})
 
 
+_INTEGER_KNOBS = frozenset(
+    {"webhook_max_attempts", "invoice_will_be_due_days", "invoice_overdue_days"}
+)
+
+
 class ConfigError(ValueError):
     """A knob with an unknown name or an impossible value."""
 
@@ -97,6 +102,15 @@ class SandboxConfig:
     # Webhooks go to loopback addresses only (127.0.0.0/8, ::1, localhost) unless this is
     # on: a sandbox must not POST test events to arbitrary hosts on the internet.
     allow_remote_webhooks: bool = False
+    # Stripe lets each account choose (Billing → Automations / customer emails) how many
+    # days before its due date an invoice raises `invoice.will_be_due` and how many days
+    # after it `invoice.overdue`; these are the sandbox account's choices. Only test clocks
+    # move time far enough to reach them.
+    invoice_will_be_due_days: int = 7
+    invoice_overdue_days: int = 0
+    # How long a test clock stays `advancing` before it is `ready` (real Stripe takes
+    # seconds to minutes; clients poll either way).
+    test_clock_advance_ms: float = 100.0
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply `changes` atomically: validate everything first, then assign."""
@@ -135,6 +149,9 @@ class SandboxConfig:
             raise ConfigError("rate_limit must be positive")
         if self.webhook_max_attempts < 1:
             raise ConfigError("webhook_max_attempts must be at least 1")
+        for name in ("invoice_will_be_due_days", "invoice_overdue_days", "test_clock_advance_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} cannot be negative")
 
     def as_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -156,7 +173,7 @@ def _coerce(name: str, value: Any) -> Any:
             if not isinstance(value, bool):
                 raise ConfigError(f"{name} is a boolean")
             return value
-        if name in ("webhook_max_attempts",):
+        if name in _INTEGER_KNOBS:
             return int(value)
         return float(value)
     except (TypeError, ValueError) as exc:

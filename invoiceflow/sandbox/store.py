@@ -32,6 +32,7 @@ COLLECTIONS: dict[str, tuple[str, str, int]] = {
     "il": ("lines", "line item", _LONG_ID),
     "evt": ("events", "event", _LONG_ID),
     "we": ("webhook_endpoints", "webhook endpoint", _LONG_ID),
+    "clock": ("test_clocks", "test clock", _LONG_ID),
 }
 
 
@@ -48,6 +49,7 @@ class Store:
     invoice_lines: dict[str, list[str]] = field(default_factory=dict)
     events: dict[str, JSON] = field(default_factory=dict)
     webhook_endpoints: dict[str, JSON] = field(default_factory=dict)
+    test_clocks: dict[str, JSON] = field(default_factory=dict)
     # Kept beside the endpoint: Stripe returns the secret only from the create call.
     webhook_secrets: dict[str, str] = field(default_factory=dict)
     # Deleted customers stay retrievable as `{"id", "object", "deleted": true}` like Stripe's.
@@ -86,6 +88,15 @@ class Store:
         if prefix not in COLLECTIONS:
             return None
         return self.collection(prefix).get(object_id) or self.deleted_customers.get(object_id)
+
+    def clock_time(self, clock_id: str | None) -> int:
+        """Stripe's "now" for objects on test clock `clock_id` (its `frozen_time`); for
+        objects on no clock (or a deleted one), the sandbox's own clock."""
+        clock = self.test_clocks.get(clock_id) if clock_id else None
+        if clock is None:
+            return now()
+        frozen: int = clock["frozen_time"]
+        return frozen
 
     def newest_first(self, prefix: str) -> Iterator[JSON]:
         return reversed(self.collection(prefix).values())

@@ -9,6 +9,7 @@ from invoiceflow.sandbox.resources import (
     invoices,
     prices,
     products,
+    test_clocks,
     webhook_endpoints,
 )
 from invoiceflow.sandbox.resources.common import Route
@@ -21,6 +22,7 @@ ROUTES: list[Route] = [
     *invoiceitems.ROUTES,
     *events.ROUTES,
     *webhook_endpoints.ROUTES,
+    *test_clocks.ROUTES,
 ]
 
 __all__ = ["ROUTES", "Route"]

@@ -12,7 +12,7 @@ from invoiceflow.sandbox.params import Currency, Dec, Int, Metadata, Obj, Str
 from invoiceflow.sandbox.resources import tiers
 from invoiceflow.sandbox.resources.common import merge_metadata
 from invoiceflow.sandbox.resources.fields import TAX_BEHAVIOR
-from invoiceflow.sandbox.store import JSON, Store, now
+from invoiceflow.sandbox.store import JSON, Store
 
 # Stripe's documented ceiling on invoice items per invoice.
 MAX_ITEMS_PER_INVOICE = 250
@@ -111,7 +111,7 @@ def new_item(
             f"invoice ({invoice['currency']}).",
             param=where("pricing[price]" if price else "currency"),
         )
-    created = now()
+    created = store.clock_time(customer["test_clock"])  # the customer's test clock, if any
     if total is None:
         total = unit * quantity
     item = shapes.invoiceitem(
@@ -124,6 +124,7 @@ def new_item(
         pricing_obj=shapes.pricing(price, shapes.decimal_string(unit)),
     )
     item["quantity_decimal"] = shapes.decimal_string(quantity)
+    item["test_clock"] = customer["test_clock"]
     if price is not None:
         item["description"] = store.products[price["product"]]["name"]
     if "description" in params:

@@ -32,7 +32,7 @@ from invoiceflow.sandbox.resources.common import (
     merge_metadata,
     read,
 )
-from invoiceflow.sandbox.store import JSON, now
+from invoiceflow.sandbox.store import JSON
 
 # Stripe documents invoice prefixes as 3-12 uppercase letters or digits (the endive schema
 # only says "string"); generated ones have 8.
@@ -74,8 +74,15 @@ _CREATE = {
         Obj(fields={"type": Str(required=True), "value": Str(required=True)}),
         max_items=MAX_TAX_IDS,
     ),
+    # Only at creation: Stripe never moves a customer onto or off a clock afterwards.
+    "test_clock": Str(),
 }
-_LIST = {**LIST_PAGING, "email": Str(max_length=512), "created": IntOrRange()}
+_LIST = {
+    **LIST_PAGING,
+    "email": Str(max_length=512),
+    "created": IntOrRange(),
+    "test_clock": Str(),
+}
 _PLAIN_FIELDS = (
     "email",
     "name",
@@ -97,7 +104,12 @@ def create(call: Call) -> JSON:
     )
     _check_prefix(prefix)
     tax_ids = [_tax_id(datum, index) for index, datum in enumerate(params.get("tax_id_data", []))]
-    customer = shapes.customer(store.new_id("cus"), now(), prefix)
+    clock = params.get("test_clock")
+    clock = clock if isinstance(clock, str) and clock else None  # `test_clock=` means none
+    if clock is not None:
+        store.get("clock", clock, param="test_clock")  # Stripe's 404 naming `test_clock`
+    customer = shapes.customer(store.new_id("cus"), store.clock_time(clock), prefix)
+    customer["test_clock"] = clock
     _apply(customer, params)
     store.customers[customer["id"]] = customer
     if tax_ids:
@@ -129,11 +141,15 @@ def update(call: Call, id: str) -> JSON:
 
 def delete(call: Call, id: str) -> JSON:
     read(call, {})
+    return remove(call, call.store.get("cus", id))
+
+
+def remove(call: Call, customer: JSON) -> JSON:
+    """Delete a customer, leaving Stripe's tombstone; also used when its test clock goes."""
     store = call.store
-    customer = store.get("cus", id)
-    del store.customers[id]
-    tombstone = shapes.deleted(id, "customer")
-    store.deleted_customers[id] = tombstone
+    del store.customers[customer["id"]]
+    tombstone = shapes.deleted(customer["id"], "customer")
+    store.deleted_customers[customer["id"]] = tombstone
     call.emit("customer.deleted", customer)
     return tombstone
 
@@ -144,6 +160,7 @@ def list_(call: Call) -> JSON:
         customer
         for customer in call.store.newest_first("cus")
         if ("email" not in params or customer["email"] == params["email"])
+        and ("test_clock" not in params or customer["test_clock"] == params["test_clock"])
         and created_matches(customer, params.get("created"))
     )
     return paginate(selected, params, "/v1/customers")

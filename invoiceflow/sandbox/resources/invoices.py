@@ -39,7 +39,7 @@ from invoiceflow.sandbox.resources.common import (
     merge_metadata,
     read,
 )
-from invoiceflow.sandbox.store import JSON, Store, now
+from invoiceflow.sandbox.store import JSON, Store
 
 # Our invoice client sends add_lines in batches of 50, so the sandbox refuses bigger batches:
 # a batch that only works here would be a bug waiting for production.
@@ -179,7 +179,10 @@ def create(call: Call) -> JSON:
         or customer["currency"]
         or (pending[0]["currency"] if include and pending else billing.DEFAULT_CURRENCY)
     )
-    invoice = shapes.invoice(store.new_id("in"), now(), customer, currency)
+    # An invoice lives on its customer's test clock, and so on the clock's time.
+    created = store.clock_time(customer["test_clock"])
+    invoice = shapes.invoice(store.new_id("in"), created, customer, currency)
+    invoice["test_clock"] = customer["test_clock"]
     # Stripe starts from the customer's invoice settings; explicit parameters win.
     settings = customer["invoice_settings"]
     invoice["footer"] = settings["footer"]
@@ -530,7 +533,7 @@ def _transition(
         )
     before = copy.deepcopy(invoice)
     invoice["status"] = to
-    invoice["status_transitions"][stamp] = now()
+    invoice["status_transitions"][stamp] = call.store.clock_time(invoice["test_clock"])
     invoice["next_payment_attempt"] = None
     if to == "void":
         invoice["amount_remaining"] = 0
@@ -550,7 +553,7 @@ def _finalize(call: Call, invoice: JSON) -> None:
         if customer is not None:
             customer["next_invoice_sequence"] = sequence + 1
         number = f"{prefix}-{sequence:04d}"
-    stamp = now()
+    stamp = store.clock_time(invoice["test_clock"])
     token = store.token(32)
     _apply_customer_balance(call, invoice, customer)
     invoice.update(
@@ -620,7 +623,7 @@ def _mark_paid(
         amount_remaining=0,
         next_payment_attempt=None,
     )
-    invoice["status_transitions"]["paid_at"] = now()
+    invoice["status_transitions"]["paid_at"] = call.store.clock_time(invoice["test_clock"])
     call.emit("invoice.paid", invoice)
     if attempted:
         call.emit("invoice.payment_succeeded", invoice)

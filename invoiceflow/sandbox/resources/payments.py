@@ -2,13 +2,14 @@
 
 Stripe creates one PaymentIntent per finalized invoice with something to collect, and an
 `invoice_payment` tying the two; `expand[]=payments` shows them on the invoice, and a card
-error carries the PaymentIntent (with its `last_payment_error`).
+error carries the PaymentIntent (with its `last_payment_error`). Their timestamps are the
+invoice's time: its test clock's frozen time when it has one.
 """
 
 from __future__ import annotations
 
 from invoiceflow.sandbox import shapes
-from invoiceflow.sandbox.store import JSON, Store, now
+from invoiceflow.sandbox.store import JSON, Store
 
 
 def no_payments(store: Store, invoice: JSON) -> None:
@@ -22,7 +23,7 @@ def _payments_list(invoice: JSON, data: list[JSON]) -> JSON:
 
 def open_payment(store: Store, invoice: JSON) -> None:
     """At finalization: the invoice's PaymentIntent and its default invoice payment."""
-    created = now()
+    created = store.clock_time(invoice["test_clock"])
     intent = _payment_intent(store.new_id("pi"), created, invoice)
     payment = {
         "id": store.new_id("inpay"),
@@ -48,7 +49,7 @@ def settle(store: Store, invoice: JSON, *, succeeded: bool, payment_method: str 
     if payment is None:
         return
     intent = store.payment_intents[payment["payment"]["payment_intent"]]
-    stamp = now()
+    stamp = store.clock_time(invoice["test_clock"])
     if succeeded:
         payment.update(status="paid", amount_paid=invoice["amount_due"])
         payment["status_transitions"]["paid_at"] = stamp
