@@ -2,9 +2,9 @@
 
 One business customer id → exactly one Stripe customer, always:
 - the create is keyed by our customer id alone and carries nothing but that id
-  (in metadata), so every run that creates it — concurrent requests with
-  different details, another machine's ledger — sends the same key with the
-  same params and gets the same customer back;
+  (in metadata) and, in test mode, the configured test clock, so every run that
+  creates it — concurrent requests with different details, another machine's
+  ledger — sends the same key with the same params and gets the same customer back;
 - the contact details (email, name) are then set by an update keyed by the
   request, and a later request with new details updates the same customer
   before its invoice is created (audited), instead of the invoice going to the
@@ -77,6 +77,11 @@ def _find_or_create(
     rt: Runtime, customer: Customer, request_id: str
 ) -> tuple[stripe.Customer, str]:
     params: stripe.params.CustomerCreateParams = {"metadata": {META_CUSTOMER_ID: customer.id}}
+    clock = rt.settings.stripe_test_clock
+    if clock is not None:
+        # Test mode with simulated time: the customer (and so its invoices) lives on the
+        # clock. Decided once here, so every attempt under the key sends the same params.
+        params["test_clock"] = clock
 
     def create(key: str) -> stripe.Customer:
         created = rt.stripe.v1.customers.create(params, {"idempotency_key": key})
