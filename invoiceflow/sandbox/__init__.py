@@ -13,6 +13,9 @@ Control plane (no API key, never faulted or rate-limited), wrapped by `RunningSa
     GET      /_sandbox/webhooks        webhook delivery attempts
     POST     /_sandbox/idempotency/expire   forget saved keys (Stripe's 24 h passing)
     DELETE   /_sandbox/data[?config=1] forget all state (and restore startup knobs)
+
+Simulated time is Stripe's own: test clocks (`/v1/test_helpers/test_clocks`, see
+`resources/test_clocks.py`) carry their customers' invoices past due dates on demand.
 """
 
 from __future__ import annotations

@@ -47,6 +47,12 @@ def sandbox(
         bool,
         typer.Option(help="Deliver webhooks to non-loopback hosts too (default: loopback only)."),
     ] = False,
+    invoice_will_be_due_days: Annotated[
+        int, typer.Option(help="Days before the due date that invoice.will_be_due fires.")
+    ] = 7,
+    invoice_overdue_days: Annotated[
+        int, typer.Option(help="Days after the due date that invoice.overdue fires.")
+    ] = 0,
 ) -> None:
     """Serve a stateful Stripe API sandbox (test keys only), one log line per request."""
     from invoiceflow.sandbox.config import ConfigError
@@ -70,6 +76,8 @@ def sandbox(
             webhook_delay_ms=webhook_delay_ms,
             seed=seed,
             allow_remote_webhooks=allow_remote_webhooks,
+            invoice_will_be_due_days=invoice_will_be_due_days,
+            invoice_overdue_days=invoice_overdue_days,
         )
     except ConfigError as exc:
         _refuse(str(exc))
