@@ -200,6 +200,20 @@ def test_customer_on_unknown_clock_is_refused(client: stripe.StripeClient) -> No
     assert plain.test_clock is None
 
 
+def test_clock_created_for_an_existing_customer_takes_it(client: stripe.StripeClient) -> None:
+    clocks = client.v1.test_helpers.test_clocks
+    customer = client.v1.customers.create({"name": "Ada"})
+    clock = clocks.create({"frozen_time": T0, "customer": customer.id})
+    assert client.v1.customers.retrieve(customer.id).test_clock == clock.id
+    with pytest.raises(stripe.InvalidRequestError) as taken:
+        clocks.create({"frozen_time": T0, "customer": customer.id})
+    assert taken.value.param == "customer"  # once on a clock, a customer stays on it
+    with pytest.raises(stripe.InvalidRequestError) as unknown:
+        clocks.create({"frozen_time": T0, "customer": "cus_missing"})
+    assert (unknown.value.code, unknown.value.param) == ("resource_missing", "customer")
+    assert [c.id for c in clocks.list().data] == [clock.id]
+
+
 def test_clocked_objects_take_the_clocks_time(
     sandbox: RunningSandbox, client: stripe.StripeClient
 ) -> None:
