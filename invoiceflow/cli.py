@@ -26,6 +26,7 @@ from invoiceflow.outcomes import Exit, classify
 
 if TYPE_CHECKING:
     from invoiceflow.request import BillingRequest
+    from invoiceflow.settings import Settings
     from invoiceflow.status import RequestStatus
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -140,26 +141,46 @@ def _run_flow(
 @app.command()
 def status(
     request_id: Annotated[str | None, typer.Argument(help="One request; all when omitted.")] = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option("--state", help="Only requests in this state (repeatable), e.g. sent."),
+    ] = None,
+    customer: Annotated[str | None, typer.Option(help="Only this customer's requests.")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Only this billing run's.")] = None,
+    overdue: Annotated[
+        bool, typer.Option("--overdue", help="Only sent invoices past their due date.")
+    ] = False,
+    totals: Annotated[bool, typer.Option("--totals", help="Only the totals per currency.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show each request's recovery point, Stripe invoice, amount and hosted URL."""
+    """Show each request's state, Stripe invoice, amount, due date and days overdue,
+    then the totals per currency (billed, paid, outstanding, overdue)."""
     from sqlalchemy.engine import make_url
 
     from invoiceflow import ledger
     from invoiceflow.db.engine import get_engine
+    from invoiceflow.db.models import RecoveryPoint
     from invoiceflow.settings import SettingsError, get_settings
-    from invoiceflow.status import RequestStatus
+    from invoiceflow.status import RequestStatus, totals_by_currency
 
     try:
         database_url = get_settings().database_url
+        states = [RecoveryPoint(value.strip().lower()) for value in state or []]
     except SettingsError as exc:
         raise fail(Exit.BAD_INPUT, str(exc)) from None
+    except ValueError:
+        known = ", ".join(point.value for point in RecoveryPoint)
+        raise fail(Exit.BAD_INPUT, f"--state must be one of {known}") from None
+    if overdue:
+        states = [*states, RecoveryPoint.SENT]
     with database_errors():
         engine = get_engine(database_url)
+        if run is not None and not ledger.billing_run_exists(engine, run):
+            raise fail(Exit.BAD_INPUT, f"no billing run {run!r}; `invoiceflow batch` names its run")
         rows = (
             [ledger.load(engine, request_id)]
             if request_id is not None
-            else list(ledger.list_requests(engine))
+            else list(ledger.list_requests(engine, states=states, customer=customer, run_id=run))
         )
     # Which ledger this is, on stderr (stdout stays the report, or pure JSON).
     shown = make_url(database_url).render_as_string(hide_password=True)
@@ -167,14 +188,27 @@ def status(
     if rows == [None]:
         raise fail(Exit.BAD_INPUT, f"no request {request_id!r}")
     statuses = [RequestStatus.from_row(row) for row in rows if row is not None]
+    if overdue:
+        statuses = [one for one in statuses if one.days_overdue is not None]
+    sums = totals_by_currency(statuses)
     if as_json:
-        payload = [s.model_dump(mode="json") for s in statuses]
-        typer.echo(json.dumps(payload[0] if request_id else payload, indent=2))
-    elif not statuses:
-        typer.echo("no requests yet")
-    else:
+        if totals:
+            payload: object = [one.model_dump(mode="json") for one in sums]
+        elif request_id:
+            payload = statuses[0].model_dump(mode="json")
+        else:
+            payload = [one.model_dump(mode="json") for one in statuses]
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    if not statuses:
+        typer.echo("no requests yet" if not (states or customer or run) else "no requests match")
+        return
+    if not totals:
         for one in statuses:
             typer.echo(one.one_line())
+    if totals or (request_id is None and len(statuses) > 1):
+        for line in sums:
+            typer.echo(f"total {line.one_line()}")
 
 
 @db_app.command("upgrade")
@@ -261,10 +295,20 @@ def serve(
             f"POST {base}/invoices, POST {base}/webhooks/stripe",
             err=True,
         )
+        typer.echo(f"schedules ({settings.schedule_timezone}): {_cycle(settings)}", err=True)
 
     with sock, database_errors():
         engine = get_engine(settings.database_url)
         asyncio.run(run_service(build_app(settings), sock, ready, engine))
+
+
+def _cycle(settings: Settings) -> str:
+    crons = {
+        "billing-run": settings.billing_cron,
+        "dunning": settings.dunning_cron,
+        "reconcile": settings.reconcile_cron,
+    }
+    return ", ".join(f"{name} {cron!r}" for name, cron in crons.items())
 
 
 @app.command()

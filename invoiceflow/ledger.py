@@ -10,7 +10,7 @@ in that same transaction, so a run whose lease was taken over cannot write.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +26,8 @@ from invoiceflow.db.engine import insert_if_absent, reading, transaction
 from invoiceflow.db.models import (
     AuditEvent,
     BillingRequestRow,
+    BillingRun,
+    BillingRunItem,
     RecoveryPoint,
     RequestLine,
     StripeWrite,
@@ -130,11 +132,31 @@ def require(engine: Engine, request_id: str) -> BillingRequestRow:
     return row
 
 
-def list_requests(engine: Engine) -> Sequence[BillingRequestRow]:
+def list_requests(
+    engine: Engine,
+    *,
+    states: Collection[RecoveryPoint] = (),
+    customer: str | None = None,
+    run_id: str | None = None,
+) -> Sequence[BillingRequestRow]:
+    """Requests in the order received; narrowed to some states, one customer, one billing run."""
+    statement = select(BillingRequestRow)
+    if states:
+        statement = statement.where(
+            col(BillingRequestRow.recovery_point).in_([state.value for state in states])
+        )
+    if customer is not None:
+        statement = statement.where(BillingRequestRow.customer_key == customer)
+    if run_id is not None:
+        in_run = select(BillingRunItem.request_id).where(BillingRunItem.run_id == run_id)
+        statement = statement.where(col(BillingRequestRow.request_id).in_(in_run))
     with reading(engine) as session:
-        return session.exec(
-            select(BillingRequestRow).order_by(col(BillingRequestRow.created_at))
-        ).all()
+        return session.exec(statement.order_by(col(BillingRequestRow.created_at))).all()
+
+
+def billing_run_exists(engine: Engine, run_id: str) -> bool:
+    with reading(engine) as session:
+        return session.get(BillingRun, run_id) is not None
 
 
 def lines(engine: Engine, request_id: str) -> list[RequestLine]:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
 from pydantic import BaseModel
 
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint
 from invoiceflow.money import format_minor_units
+
+SECONDS_PER_DAY = 86_400
 
 
 class RequestStatus(BaseModel):
@@ -20,9 +26,13 @@ class RequestStatus(BaseModel):
     hosted_invoice_url: str | None
     attempts: int
     last_error: str | None
+    customer: str | None = None
+    # Stripe's due date of the sent invoice; days past it while still open.
+    due_date: datetime | None = None
+    days_overdue: int | None = None
 
     @classmethod
-    def from_row(cls, row: BillingRequestRow) -> RequestStatus:
+    def from_row(cls, row: BillingRequestRow, now: datetime | None = None) -> RequestStatus:
         return cls(
             request_id=row.request_id,
             state=row.point,
@@ -35,6 +45,9 @@ class RequestStatus(BaseModel):
             hosted_invoice_url=row.hosted_invoice_url,
             attempts=row.attempts,
             last_error=row.last_error,
+            customer=row.customer_key,
+            due_date=_aware(row.due_date),
+            days_overdue=_days_overdue(row, now or datetime.now(UTC)),
         )
 
     @property
@@ -49,6 +62,65 @@ class RequestStatus(BaseModel):
         line = f"{self.request_id}: {self.state.value} — {invoice}{number}, {amount}"
         if self.hosted_invoice_url and self.delivered:
             line += f", {self.hosted_invoice_url}"
+        if self.days_overdue is not None:
+            line += f" — {_plural(self.days_overdue, 'day')} overdue"
+        elif self.state is RecoveryPoint.SENT and self.due_date is not None:
+            line += f" — due {self.due_date:%Y-%m-%d}"
         if self.last_error and self.state is RecoveryPoint.FAILED:
             line += f" — {self.last_error}"
         return line
+
+
+class CurrencyTotals(BaseModel):
+    """One currency's figures over the requests shown (minor units)."""
+
+    currency: str
+    requests: int = 0
+    billed: int = 0  # every request's total, whatever its state
+    paid: int = 0
+    outstanding: int = 0  # sent and still open: what customers owe
+    overdue: int = 0  # the part of `outstanding` past its due date
+
+    def one_line(self) -> str:
+        money = {
+            name: format_minor_units(getattr(self, name), self.currency)
+            for name in ("billed", "paid", "outstanding", "overdue")
+        }
+        return f"{self.currency.upper()}: {_plural(self.requests, 'request')}, " + ", ".join(
+            f"{name} {value}" for name, value in money.items()
+        )
+
+
+def totals_by_currency(statuses: Iterable[RequestStatus]) -> list[CurrencyTotals]:
+    totals: dict[str, CurrencyTotals] = {}
+    for status in statuses:
+        sums = totals.setdefault(status.currency, CurrencyTotals(currency=status.currency))
+        sums.requests += 1
+        sums.billed += status.total_amount
+        if status.state is RecoveryPoint.PAID:
+            sums.paid += status.total_amount
+        elif status.state is RecoveryPoint.SENT:
+            owed = status.total_amount if status.amount_due is None else status.amount_due
+            sums.outstanding += owed
+            if status.days_overdue is not None:
+                sums.overdue += owed
+    return [totals[currency] for currency in sorted(totals)]
+
+
+def _days_overdue(row: BillingRequestRow, now: datetime) -> int | None:
+    """Whole days past Stripe's due date, for an invoice still open; else None."""
+    due = _aware(row.due_date)
+    if row.point is not RecoveryPoint.SENT or due is None or due >= now:
+        return None
+    return math.floor((now - due).total_seconds() / SECONDS_PER_DAY)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; ours are all stored in UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -1,4 +1,4 @@
-"""deployments/prefect.yaml registers the same `invoice` deployment as `serve`.
+"""deployments/prefect.yaml registers the same deployments as `serve`, schedules included.
 
 It runs `prefect deploy --all` against a Prefect server of its own, in a child
 process: registering invoice/invoice on the session's server would point the
@@ -35,9 +35,12 @@ _SCRIPT = textwrap.dedent(
         from prefect.client.orchestration import get_client
         with get_client(sync_client=True) as client:
             d = client.read_deployment_by_name("invoice/invoice")
+            cycle = {name: [(s.schedule.cron, s.schedule.timezone) for s in
+                            client.read_deployment_by_name(f"{name}/{name}").schedules]
+                     for name in ("billing-run", "dunning", "reconcile")}
             print(json.dumps({"entrypoint": d.entrypoint, "pool": d.work_pool_name,
                               "request": d.parameter_openapi_schema["properties"]["request"],
-                              "job_variables": d.job_variables}))
+                              "job_variables": d.job_variables, "cycle": cycle}))
     """
 )
 
@@ -53,3 +56,9 @@ def test_prefect_deploy_all_registers_the_invoice_deployment() -> None:
     assert registered["request"]["$ref"].endswith("/BillingRequest")
     # Workers' runs beat as often as the crashed-runs automation expects.
     assert registered["job_variables"] == {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
+    # The billing cycle, on the same crons as `invoiceflow serve`'s defaults.
+    assert registered["cycle"] == {
+        "billing-run": [["0 6 1 * *", "UTC"]],
+        "dunning": [["0 7 * * *", "UTC"]],
+        "reconcile": [["30 * * * *", "UTC"]],
+    }

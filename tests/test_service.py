@@ -71,9 +71,15 @@ def _answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def _running_service(prefect_api: str, sandbox_url: str, workdir: Path) -> Iterator[Service]:
+def _running_service(
+    prefect_api: str, sandbox_url: str, workdir: Path, **extra_env: str
+) -> Iterator[Service]:
     """`invoiceflow serve` in a subprocess, answering, registered in the sandbox as
-    the webhook endpoint for invoice events; killed with its flow runs after."""
+    the webhook endpoint for invoice events; killed with its flow runs after.
+
+    The billing cycle's schedules are off unless `extra_env` sets them: a
+    scheduled run left on the session's server would start in the next test's
+    service."""
     port = _free_port()
     client = stripe.StripeClient(
         TEST_KEY, base_addresses={"api": sandbox_url}, max_network_retries=0
@@ -87,6 +93,8 @@ def _running_service(prefect_api: str, sandbox_url: str, workdir: Path) -> Itera
         "INVOICEFLOW_TRIGGER_TOKEN": TOKEN,
         "STRIPE_WEBHOOK_SECRET": endpoint.secret or "",
         "PREFECT_API_URL": prefect_api,
+        **{f"INVOICEFLOW_{name}_CRON": "off" for name in ("BILLING", "DUNNING", "RECONCILE")},
+        **extra_env,
     }
     log = workdir / "serve.log"
     with log.open("wb") as out:

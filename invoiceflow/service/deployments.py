@@ -1,9 +1,13 @@
 """Every deployment `invoiceflow serve` registers, in one list.
 
 `invoice` runs on demand (UI form, POST /invoices); `settle` runs once per
-applied payment event (started by the sweeper). Scheduled billing runs
-(issue 8) are added here too; `deployments/prefect.yaml` mirrors this list for
-the multi-host `prefect deploy --all` path.
+applied payment event (started by the sweeper). The billing cycle runs on
+cron schedules in one time zone (INVOICEFLOW_SCHEDULE_TIMEZONE): `billing-run`
+(invoice every pending request), `dunning` (remind, then write off, overdue
+invoices) and `reconcile` (apply what webhooks missed). Each schedule is
+configurable, or "off" for a deployment that runs only when triggered.
+`deployments/prefect.yaml` mirrors this list for the multi-host
+`prefect deploy --all` path.
 """
 
 from __future__ import annotations
@@ -12,29 +16,74 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
+    from prefect.schedules import Schedule
+
+    from invoiceflow.settings import Settings
 
 # "<flow name>/<deployment name>", as `run_deployment` and the CLI address it.
 INVOICE_DEPLOYMENT = "invoice/invoice"
 SETTLE_DEPLOYMENT = "settle/settle"
+BILLING_RUN_DEPLOYMENT = "billing-run/billing-run"
+DUNNING_DEPLOYMENT = "dunning/dunning"
+RECONCILE_DEPLOYMENT = "reconcile/reconcile"
+
+
+def cycle_schedule(cron: str, settings: Settings, slug: str) -> list[Schedule]:
+    """The deployment's one cron schedule in the configured time zone, or none ("off").
+
+    The slug names the schedule, so a restart with another cron replaces it
+    instead of adding a second one next to it.
+    """
+    from prefect.schedules import Cron
+
+    if cron == "off":
+        return []
+    return [Cron(cron, timezone=settings.schedule_timezone, slug=slug)]
 
 
 async def build_deployments() -> list[RunnerDeployment]:
     from prefect.types.entrypoint import EntrypointType
 
+    from flows.billing_run import billing_run_flow
+    from flows.dunning import dunning_flow
     from flows.invoice import invoice_flow
+    from flows.reconcile import reconcile_flow
     from flows.settle import settle_flow
+    from invoiceflow.settings import get_settings
 
+    settings = get_settings()
+    # A module path, not a file path: served runs load the installed package,
+    # whichever directory `invoiceflow serve` was started from.
+    module = EntrypointType.MODULE_PATH
     invoice = await invoice_flow.ato_deployment(
         name="invoice",
         description="One billing request → one sent Stripe invoice. Runs on demand.",
-        # A module path, not a file path: served runs load the installed package,
-        # whichever directory `invoiceflow serve` was started from.
-        entrypoint_type=EntrypointType.MODULE_PATH,
+        entrypoint_type=module,
     )
     settle = await settle_flow.ato_deployment(
         name="settle",
         description="The end of a request's story, after Stripe's payment event. "
         "Started by the webhook sweeper, once per event.",
-        entrypoint_type=EntrypointType.MODULE_PATH,
+        entrypoint_type=module,
     )
-    return [invoice, settle]
+    billing_run = await billing_run_flow.ato_deployment(
+        name="billing-run",
+        description="The billing cycle: invoice every pending request, each on its own.",
+        schedules=cycle_schedule(settings.billing_cron, settings, "billing-cycle"),
+        # A reference to the requests, never the requests: Prefect caps parameters.
+        parameters={"source": settings.billing_source},
+        entrypoint_type=module,
+    )
+    dunning = await dunning_flow.ato_deployment(
+        name="dunning",
+        description="Overdue invoices: reminders on the cadence, then the write-off.",
+        schedules=cycle_schedule(settings.dunning_cron, settings, "dunning"),
+        entrypoint_type=module,
+    )
+    reconcile = await reconcile_flow.ato_deployment(
+        name="reconcile",
+        description="Apply what webhooks missed, finish stuck requests, report drift.",
+        schedules=cycle_schedule(settings.reconcile_cron, settings, "reconcile"),
+        entrypoint_type=module,
+    )
+    return [invoice, settle, billing_run, dunning, reconcile]

@@ -1,0 +1,71 @@
+"""The billing cycle's cron schedules fire under a real Prefect server's scheduler.
+
+A server of its own, with the scheduler looking every second (Prefect's default
+is a minute), serves `invoiceflow serve`'s deployments: the reconcile deployment
+on `* * * * *` runs by itself within a minute or two, and the billing run's
+`0 6 1 * *` in Europe/Berlin is scheduled for 06:00 Berlin time on the 1st.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from cronsim import CronSim
+
+from invoiceflow.local_prefect import local_prefect_server
+from invoiceflow.service.deployments import BILLING_RUN_DEPLOYMENT, RECONCILE_DEPLOYMENT
+from tests.helpers import wait_for
+from tests.test_service import _running_service
+
+pytestmark = pytest.mark.slow
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def _runs(deployment_name: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(deployment_name)
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        )
+
+
+def test_cron_deployments_fire_under_the_servers_scheduler(sandbox: Any, tmp_path: Path) -> None:
+    with (
+        local_prefect_server(PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1") as prefect,
+        _running_service(
+            prefect.api_url,
+            sandbox.url,
+            tmp_path,
+            INVOICEFLOW_SCHEDULE_TIMEZONE="Europe/Berlin",
+            INVOICEFLOW_BILLING_CRON="0 6 1 * *",
+            INVOICEFLOW_RECONCILE_CRON="* * * * *",
+        ) as service,
+    ):
+        scheduled = wait_for(lambda: _runs(BILLING_RUN_DEPLOYMENT), "billing runs scheduled", 120)
+        next_cycle = CronSim("0 6 1 * *", datetime.now(BERLIN)).__next__()
+        first = scheduled[0]
+        assert first.auto_scheduled
+        assert first.expected_start_time.astimezone(BERLIN) == next_cycle
+        assert first.parameters == {"source": "pending"}
+
+        def reconciled_by_schedule() -> Any:
+            runs = _runs(RECONCILE_DEPLOYMENT)
+            done = [r for r in runs if r.auto_scheduled and r.state and r.state.is_completed()]
+            failed = [r for r in runs if r.state and r.state.is_final() and not r.state.is_completed()]
+            assert not failed, f"{failed[0].state}: {service.output()}"
+            return done
+
+        (fired, *_) = wait_for(reconciled_by_schedule, "a scheduled reconcile run", 300)
+        assert fired.expected_start_time <= datetime.now(UTC)
+        assert fired.expected_start_time.second == 0  # on the minute, as cron says
+        assert "schedules (Europe/Berlin): billing-run '0 6 1 * *'" in service.output()
