@@ -4,6 +4,7 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from sqlmodel import func, select
 from flows.invoice import run_invoice
 from flows.reconcile import reconcile_flow
 from invoiceflow import ledger
-from invoiceflow.db.engine import get_engine, reading
+from invoiceflow.db.engine import get_engine, reading, transaction
 from invoiceflow.db.models import AuditEvent, RecoveryPoint, SyncCursor
 from invoiceflow.reconcile.report import ReconcileReport
 from invoiceflow.reconcile.window import CURSOR_NAME, advance_cursor, read_cursor
@@ -222,6 +223,46 @@ def test_an_invoice_voided_and_recreated_by_hand_is_settled_and_reported(
         "does not know; left alone",
     }
     assert stripe_client.v1.invoices.retrieve(redo.id).status == "draft"
+
+
+@SQLITE_ONLY
+def test_an_invoice_gone_from_stripe_though_recorded_sent_is_reported(
+    configured: dict[str, str], stripe_client: stripe.StripeClient, database_url: str
+) -> None:
+    """As after restoring another environment's database: our id names no invoice."""
+    engine = _engine(configured)
+    real = _sent("req-gone")
+    with transaction(engine) as session:
+        row = ledger.lock_row(session, "req-gone")
+        assert row is not None
+        row.stripe_invoice_id = "in_restoredelsewhere"
+        session.add(row)
+    before = _counts(engine)
+
+    report = _reconcile(stale_minutes=0)
+
+    assert set(report.drift) == {
+        "req-gone: invoice in_restoredelsewhere is gone from Stripe, though we recorded it "
+        "finalized; left alone",
+        f"req-gone: invoice {real} carries this request id, but the request's invoice is "
+        "in_restoredelsewhere; left alone",
+    }
+    assert report.changes == [] and _counts(engine) == before
+
+
+@SQLITE_ONLY
+def test_a_sweep_past_stripes_event_retention_says_so(
+    configured: dict[str, str], stripe_client: stripe.StripeClient, database_url: str
+) -> None:
+    invoice_id = _sent("req-late")
+    stripe_client.v1.invoices.void_invoice(invoice_id)
+
+    report = _reconcile(since=datetime.now(UTC) - timedelta(days=40), stale_minutes=0)
+
+    [note] = report.notes
+    assert "Stripe keeps events for 30 days" in note
+    assert report.events_applied == 1
+    assert _point(_engine(configured), "req-late") is RecoveryPoint.VOID
 
 
 @SQLITE_ONLY

@@ -9,6 +9,7 @@ word already; it needs no signature.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import stripe
@@ -29,7 +30,10 @@ PROGRESS_EVERY_SECONDS = 5.0
 def sweep_events(rt: Runtime, start: int, report: ReconcileReport) -> None:
     """Apply every handled event created at or after `start`, oldest first; advance the cursor."""
     events = _list_events(rt, start)
-    progress.note("applying %d Stripe events created since %d", len(events), start)
+    since = datetime.fromtimestamp(start, UTC)
+    progress.note(
+        "applying %d Stripe events created since %s", len(events), f"{since:%Y-%m-%d %H:%M}Z"
+    )
     read_invoice = _invoice_reader(rt)
     said = progress.Throttle(every=PROGRESS_EVERY_SECONDS)
     for done, event in enumerate(events, start=1):
