@@ -4,7 +4,9 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +23,13 @@ from invoiceflow.reconcile.window import CURSOR_NAME, advance_cursor, read_curso
 from invoiceflow.stripe_keys import META_REQUEST_ID
 from invoiceflow.webhooks.inbox import InboxEvent
 from tests.conftest import run_cli
-from tests.helpers import assert_exactly_one_invoice, make_request, sent_events
+from tests.helpers import (
+    assert_exactly_one_invoice,
+    crash_cli_at,
+    make_request,
+    sent_events,
+    wait_for,
+)
 from tests.webhooks import moves_to
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -171,6 +179,36 @@ def test_request_stuck_before_send_is_finished_and_sent_once(
     assert _reconcile(stale_minutes=0).clean
 
 
+def test_a_run_killed_after_stripe_sent_is_finished_without_a_second_email(
+    configured: dict[str, str],
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """The process died after Stripe emailed the invoice and before we recorded it."""
+    engine = _engine(configured)
+    request = make_request("req-killed")
+    crash_cli_at(
+        sandbox, request, r"^/v1/invoices/[^/]+/send$", "stall_after_write", configured, tmp_path
+    )
+    row = ledger.require(engine, "req-killed")
+    assert row.point is RecoveryPoint.FINALIZED and row.lease_owner is not None
+    # The dead run's lease runs out by itself (INVOICEFLOW_LEASE_SECONDS=3); until
+    # then a run may still hold the request, and reconcile must leave it alone.
+    wait_for(
+        lambda: (ledger.require(engine, "req-killed").lease_expires_at or 0) < time.time(),
+        "the killed run's lease to expire",
+    )
+
+    report = _reconcile(stale_minutes=0)
+
+    assert report.changes == [f"resumed req-killed: finalized → sent ({row.stripe_invoice_id})"]
+    assert _point(engine, "req-killed") is RecoveryPoint.SENT
+    assert_exactly_one_invoice(stripe_client, request)  # one invoice.sent among them
+    assert _reconcile(stale_minutes=0).clean
+
+
 def test_a_draft_edited_by_hand_is_reported_and_never_finalized(
     configured: dict[str, str],
     sandbox: Any,
@@ -287,7 +325,7 @@ def test_cli_prints_changes_and_exits_by_outcome(
     *changes, summary = done.stdout.splitlines()
     assert len(changes) == 1 and changes[0].startswith("event evt_")
     assert changes[0].endswith("(invoice.paid): request req-cli is paid")
-    assert summary == "reconciled: 1 events applied, 0 settled, 0 resumed, 0 drift, 0 unchanged"
+    assert summary == "reconciled: 1 event applied, 0 settled, 0 resumed, 0 drift, 0 unchanged"
     assert "… applying" in done.stderr  # progress on stderr
 
     quiet = run_cli("reconcile", env=configured)
@@ -303,6 +341,22 @@ def test_cli_prints_changes_and_exits_by_outcome(
     assert drifted.returncode == 4, drifted.stderr
     assert [ln for ln in drifted.stdout.splitlines() if ln.startswith("drift: req-drift: draft ")]
     assert drifted.stdout.splitlines()[-1].startswith("reconciled: 0 events applied")
+
+
+@SQLITE_ONLY
+def test_a_since_after_the_cursor_leaves_the_cursor_alone(
+    configured: dict[str, str], stripe_client: stripe.StripeClient, database_url: str
+) -> None:
+    """Events between the cursor and a later `--since` were not swept: no skipping them."""
+    engine = _engine(configured)
+    invoice_id = _sent("req-gap")
+    stripe_client.v1.invoices.pay(invoice_id, {"paid_out_of_band": True})
+    advance_cursor(engine, 1_000)  # long before any event
+
+    report = _reconcile(since=datetime.now(UTC) - timedelta(minutes=30), stale_minutes=0)
+
+    assert report.events_applied == 1
+    assert read_cursor(engine) == 1_000
 
 
 @SQLITE_ONLY

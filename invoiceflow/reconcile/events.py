@@ -27,8 +27,13 @@ _CHANGED = ("applied", "recorded")
 PROGRESS_EVERY_SECONDS = 5.0
 
 
-def sweep_events(rt: Runtime, start: int, report: ReconcileReport) -> None:
-    """Apply every handled event created at or after `start`, oldest first; advance the cursor."""
+def sweep_events(rt: Runtime, start: int, report: ReconcileReport, *, advance: bool) -> None:
+    """Apply every handled event created at or after `start`, oldest first.
+
+    `advance`: the sweep began at or before the cursor, so everything up to the
+    newest event seen is applied and the cursor may move there. A `--since`
+    later than the cursor leaves a gap before it, and the cursor where it is.
+    """
     events = _list_events(rt, start)
     since = datetime.fromtimestamp(start, UTC)
     progress.note(
@@ -43,7 +48,7 @@ def sweep_events(rt: Runtime, start: int, report: ReconcileReport) -> None:
             report.changes.append(f"event {event['id']} ({event['type']}): {outcome.detail}")
         if said.due() and done < len(events):
             progress.note("applied %d of %d events", done, len(events))
-    if events:
+    if events and advance:
         advance_cursor(rt.engine, max(int(event["created"]) for event in events))
 
 

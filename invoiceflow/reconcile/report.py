@@ -37,7 +37,7 @@ class ReconcileReport(BaseModel):
         if self.clean:
             return f"nothing to change ({self.unchanged} unchanged)"
         parts = [
-            f"{self.events_applied} events applied",
+            f"{self.events_applied} event{'' if self.events_applied == 1 else 's'} applied",
             f"{self.settled} settled",
             f"{self.resumed} resumed",
             f"{len(self.drift)} drift",

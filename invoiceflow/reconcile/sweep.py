@@ -39,7 +39,8 @@ def reconcile(
     """Bring our ledger in line with Stripe; `since` widens the sweeps (default: the cursor)."""
     report = ReconcileReport()
     before = {row.request_id: _state(row) for row in _open_requests(rt)}
-    start = event_start(since, read_cursor(rt.engine), _open_requests(rt))
+    cursor = read_cursor(rt.engine)
+    start = event_start(since, cursor, _open_requests(rt))
     if start is not None:
         if past_retention(start):
             report.notes.append(
@@ -47,7 +48,7 @@ def reconcile(
                 "older ones may be gone; the invoice sweep reads those invoices directly"
             )
             progress.note("%s", report.notes[-1])
-        sweep_events(rt, start, report)
+        sweep_events(rt, start, report, advance=cursor is None or start <= cursor)
 
     rows = _open_requests(rt)  # after the events moved some of them
     listing_start = min(
