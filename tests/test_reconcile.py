@@ -19,7 +19,14 @@ from invoiceflow import ledger
 from invoiceflow.db.engine import get_engine, reading, transaction
 from invoiceflow.db.models import AuditEvent, RecoveryPoint, SyncCursor
 from invoiceflow.reconcile.report import ReconcileReport
-from invoiceflow.reconcile.window import CURSOR_NAME, advance_cursor, read_cursor
+from invoiceflow.reconcile.stuck import is_temporary
+from invoiceflow.reconcile.window import (
+    CURSOR_NAME,
+    BadSince,
+    advance_cursor,
+    parse_since,
+    read_cursor,
+)
 from invoiceflow.stripe_keys import META_REQUEST_ID
 from invoiceflow.webhooks.inbox import InboxEvent
 from tests.conftest import run_cli
@@ -369,3 +376,43 @@ def test_the_cursor_only_moves_forward(configured: dict[str, str], database_url:
     with reading(engine) as session:
         cursor = session.get(SyncCursor, CURSOR_NAME)
     assert cursor is not None and cursor.position == 200
+
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7d", NOW - timedelta(days=7)),
+        ("12h", NOW - timedelta(hours=12)),
+        ("30m", NOW - timedelta(minutes=30)),
+        ("2026-11-01", datetime(2026, 11, 1, tzinfo=UTC)),
+        ("2026-11-01T08:00Z", datetime(2026, 11, 1, 8, tzinfo=UTC)),
+        ("2026-11-01T09:00+01:00", datetime(2026, 11, 1, 8, tzinfo=UTC)),
+    ],
+)
+def test_since_reads_dates_and_ages(text: str, expected: datetime) -> None:
+    assert parse_since(text, now=NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "7w", "-7d", "2026-11-31", "2026-12-01"])
+def test_since_refuses_what_it_cannot_read_or_the_future(text: str) -> None:
+    with pytest.raises(BadSince, match=r"^--since must "):
+        parse_since(text, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("last_error", "temporary"),
+    [
+        ("send in_1: APIError HTTP 500 boom", True),
+        ("list invoices of cus_1: APIConnectionError Could not connect", True),
+        ("RateLimitError HTTP 429 slow down", True),
+        ("OperationalError: database is locked", True),
+        ("InvoiceMismatch: invoice in_1 holds line il_1 that invoiceflow did not add", False),
+        ("CardError HTTP 402 card_declined: Your card was declined.", False),
+        (None, False),
+    ],
+)
+def test_only_temporary_failures_are_resumed(last_error: str | None, temporary: bool) -> None:
+    assert is_temporary(last_error) is temporary
