@@ -337,9 +337,11 @@ def automations() -> None:
 
 
 def _register_subcommands() -> None:
+    from invoiceflow.reconcile.cli import register as register_reconcile
     from invoiceflow.sandbox.cli import register as register_sandbox
 
     register_sandbox(app)
+    register_reconcile(app)
 
 
 _register_subcommands()

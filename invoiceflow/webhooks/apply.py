@@ -43,6 +43,8 @@ _POINT = {
     "void": RecoveryPoint.VOID,
     "uncollectible": RecoveryPoint.UNCOLLECTIBLE,
 }
+# Every event type this module acts on (reconciliation sweeps Stripe's event log for these).
+HANDLED_TYPES = (*_SETTLING, "invoice.payment_failed")
 
 
 class MalformedEvent(ValueError):
@@ -124,6 +126,19 @@ def receive(
         return outcome
 
 
+def settle_from_invoice(engine: Engine, invoice: Mapping[str, Any]) -> Outcome:
+    """Apply an invoice's settled status as read from Stripe (no event: reconciliation
+    found it by listing), through the same forward-only move as an event."""
+    status = invoice.get("status")
+    if not isinstance(status, str) or status not in _POINT:
+        return Outcome("unchanged", f"invoice {invoice.get('id')} is {status}")
+    with transaction(engine) as session:
+        row = _locked_request(session, invoice)
+        if row is None or row.stripe_invoice_id != invoice.get("id"):
+            return Outcome("ignored", f"{invoice.get('id')} is not the invoice of a request")
+        return _settle(session, row, None, "invoice read", invoice, _POINT[status], True)
+
+
 def _locked_request(session: Session, invoice: Mapping[str, Any]) -> BillingRequestRow | None:
     """Our request for this invoice, row-locked: by our metadata, else by the invoice id."""
     metadata = invoice.get("metadata")
@@ -173,7 +188,7 @@ def _apply(
 def _settle(
     session: Session,
     row: BillingRequestRow,
-    event_id: str,
+    event_id: str | None,
     type_: str,
     invoice: Mapping[str, Any],
     to: RecoveryPoint,
@@ -181,9 +196,9 @@ def _settle(
 ) -> Outcome:
     invoice_id = str(invoice.get("id"))
     source = "read from Stripe" if reread else type_
-    if not ledger.settle(
-        session, row, to, f"invoice {to.value} ({source})", invoice=invoice_id, event=event_id
-    ):
+    # An event's id is kept with the move; a status read by listing has none.
+    detail = {"invoice": invoice_id} | ({"event": event_id} if event_id else {})
+    if not ledger.settle(session, row, to, f"invoice {to.value} ({source})", **detail):
         return Outcome("unchanged", f"request already {row.point.value}")
     # Only a move refreshes the cache: a late event's snapshot is older than it.
     row.stripe_invoice_id = invoice_id
