@@ -293,9 +293,11 @@ def automations() -> None:
 
 
 def _register_subcommands() -> None:
+    from invoiceflow.dunning.cli import register as register_dunning
     from invoiceflow.sandbox.cli import register as register_sandbox
 
     register_sandbox(app)
+    register_dunning(app)
 
 
 _register_subcommands()
