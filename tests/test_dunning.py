@@ -6,6 +6,11 @@ dunning flow is told which day it is, so a whole month runs in seconds.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,14 +23,20 @@ from flows.invoice import run_invoice
 from invoiceflow import ledger
 from invoiceflow.db.engine import reading
 from invoiceflow.db.models import DunningStep
+from invoiceflow.dunning.plan import Cadence, plan
 from invoiceflow.dunning.report import DunningReport, Outcome
 from invoiceflow.runtime import get_runtime, reset_runtime
-from tests.conftest import run_cli
-from tests.helpers import make_request, sent_events, writes
+from tests.conftest import REPO, run_cli
+from tests.helpers import make_request, sent_events, stalled, wait_for, writes
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "configured")
+# Everything but the plan's own tests runs the real stack, on both databases.
+stack = pytest.mark.usefixtures("prefect_api", "configured")
 
 DAY = timedelta(days=1)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _sent(request_id: str, client: stripe.StripeClient) -> tuple[str, datetime]:
@@ -62,6 +73,7 @@ def _posts_to(sandbox: Any, suffix: str) -> int:
     return sum(1 for entry in writes(sandbox) if entry["path"].endswith(suffix))
 
 
+@stack
 def test_a_simulated_month_reminds_on_the_cadence_then_writes_off(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
@@ -110,6 +122,7 @@ def test_a_simulated_month_reminds_on_the_cadence_then_writes_off(
     assert sent_events(stripe_client, invoice_id) == 4
 
 
+@stack
 def test_a_payment_on_day_9_stops_the_sequence(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
@@ -133,6 +146,7 @@ def test_a_payment_on_day_9_stops_the_sequence(
     assert set(_steps("R2")) == {"reminder-1", "reminder-2"}
 
 
+@stack
 def test_a_reminder_stripe_applied_before_a_crash_is_never_emailed_again(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
@@ -164,6 +178,7 @@ def test_a_reminder_stripe_applied_before_a_crash_is_never_emailed_again(
     assert sent_events(stripe_client, other_id) == 2
 
 
+@stack
 def test_after_an_outage_only_the_latest_reminder_is_sent(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
@@ -186,6 +201,7 @@ def test_after_an_outage_only_the_latest_reminder_is_sent(
     assert _taken(run_dunning(due + 21 * DAY), "R4") == []
 
 
+@stack
 def test_the_final_step_can_void_instead(
     sandbox: Any, stripe_client: stripe.StripeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,11 +218,12 @@ def test_the_final_step_can_void_instead(
 
 
 @pytest.mark.slow
+@stack
 def test_the_cli_prints_each_step_and_refuses_a_bad_as_of(
     sandbox: Any, stripe_client: stripe.StripeClient, configured: dict[str, str]
 ) -> None:
     invoice_id, due = _sent("R6", stripe_client)
-    as_of = (due + 8 * DAY).strftime("%Y-%m-%dT%H:%M:%SZ")
+    as_of = _iso(due + 8 * DAY)
 
     done = run_cli("dunning", "--as-of", as_of, env=configured)
 
@@ -226,3 +243,78 @@ def test_the_cli_prints_each_step_and_refuses_a_bad_as_of(
         "2026-12-31T00:00:00Z (no zone: UTC)"
     ]
     assert bad.stdout == ""
+
+
+@pytest.mark.slow
+@stack
+def test_a_dunning_run_killed_after_stripe_emailed_the_reminder_is_not_repeated(
+    sandbox: Any, stripe_client: stripe.StripeClient, configured: dict[str, str]
+) -> None:
+    invoice_id, due = _sent("R7", stripe_client)
+    when = "stall_after_write"  # Stripe has emailed it; the answer is held open
+    sandbox.configure(
+        stall_ms=1500, faults=[{"method": "POST", "path": f"{invoice_id}/send$", "when": when}]
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoiceflow", "dunning", "--as-of", _iso(due + DAY)],
+        env={**os.environ, **configured},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: stalled(sandbox, when), "the reminder to stall")
+        process.send_signal(signal.SIGKILL)
+    finally:
+        output = process.communicate(timeout=30)[0].decode(errors="replace")
+    assert process.returncode == -signal.SIGKILL, output
+    wait_for(lambda: stalled(sandbox, when)["status"] is not None, "the stalled send to end")
+    sandbox.configure(faults=[])
+    assert _steps("R7") == {"reminder-1": (None, False)}
+    assert sent_events(stripe_client, invoice_id) == 2
+    engine = get_runtime().engine
+    wait_for(
+        lambda: (ledger.require(engine, "R7").lease_expires_at or 0) < time.time(),
+        "the killed run's lease to lapse",
+    )
+    sends = _posts_to(sandbox, f"{invoice_id}/send")
+
+    rerun = run_dunning(due + 2 * DAY)
+
+    assert _taken(rerun, "R7") == [("reminder-1", "sent")]
+    assert _posts_to(sandbox, f"{invoice_id}/send") == sends
+    assert sent_events(stripe_client, invoice_id) == 2
+    assert _steps("R7") == {"reminder-1": ("sent", True)}
+
+
+# --- the plan, a pure function ---------------------------------------------------
+
+DUE = datetime(2026, 12, 1, tzinfo=UTC)
+CADENCE = Cadence(reminder_days=(1, 7, 14), final_days=30)
+
+
+@pytest.mark.parametrize(
+    ("days", "recorded", "step", "skipped"),
+    [
+        (-1, set(), None, []),
+        (0.5, set(), None, []),
+        (1, set(), "reminder-1", []),
+        (3, {"reminder-1"}, None, []),
+        (7, {"reminder-1"}, "reminder-2", []),
+        (20, set(), "reminder-3", ["reminder-1", "reminder-2"]),
+        (20, {"reminder-1"}, "reminder-3", ["reminder-2"]),
+        (31, set(), "final", ["reminder-1", "reminder-2", "reminder-3"]),
+        (45, {"reminder-1", "reminder-2", "reminder-3", "final"}, None, []),
+    ],
+)
+def test_the_plan_takes_only_the_latest_due_step(
+    days: float, recorded: set[str], step: str | None, skipped: list[str]
+) -> None:
+    due = plan(DUE, CADENCE, DUE + days * DAY, recorded)
+    assert (due.step, [name for name, _at in due.skipped]) == (step, skipped)
+    assert due.days_overdue == int(days // 1)
+
+
+def test_without_reminders_only_the_write_off_is_planned() -> None:
+    due = plan(DUE, Cadence((), 10), DUE + 12 * DAY, set())
+    assert (due.step, due.skipped, due.step_due_at) == ("final", (), DUE + 10 * DAY)
