@@ -236,6 +236,20 @@ def test_the_cli_prints_each_step_and_refuses_a_bad_as_of(
     assert summary.startswith("dunning as of ") and "1 overdue candidate(s)" in summary
     assert sent_events(stripe_client, invoice_id) == 2
 
+    # Stripe unreachable for this invoice all along: the request fails, the run
+    # says so and exits with the failure's code (5: temporary, rerun later).
+    unreadable = {"method": "GET", "path": f"/v1/invoices/{invoice_id}$", "when": "before_write"}
+    sandbox.configure(faults=[{**unreadable, "times": 100}])
+    failed = run_cli("dunning", "--as-of", _iso(due + 14 * DAY), env=configured)
+    sandbox.configure(faults=[])
+    assert failed.returncode == 5, failed.stderr
+    assert failed.stdout.splitlines()[0].startswith(f"R6: failed (get {invoice_id}: APIError")
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 request(s) failed, first R6: get ")
+    assert last.endswith("rerun `invoiceflow dunning` to retry them")
+    assert "Traceback" not in failed.stderr
+    assert sent_events(stripe_client, invoice_id) == 2
+
     bad = run_cli("dunning", "--as-of", "last tuesday", env=configured)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
