@@ -46,8 +46,9 @@ def _today(rt: Runtime, as_of: datetime | None) -> datetime:
 
 
 def _run_name() -> str:
+    # The day it runs as of (a datetime, or its ISO text once Prefect serialised it).
     as_of = flow_run.parameters.get("as_of")
-    return f"dunning-{as_of:%Y-%m-%d}" if isinstance(as_of, datetime) else "dunning"
+    return f"dunning-{str(as_of)[:10]}" if as_of else "dunning"
 
 
 @task(
