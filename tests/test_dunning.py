@@ -301,6 +301,34 @@ def test_a_dunning_run_killed_after_stripe_emailed_the_reminder_is_not_repeated(
     assert _steps("R7") == {"reminder-1": ("sent", True)}
 
 
+@pytest.mark.slow
+@stack
+def test_two_dunning_runs_at_once_send_one_reminder(
+    sandbox: Any, stripe_client: stripe.StripeClient, configured: dict[str, str]
+) -> None:
+    invoice_id, due = _sent("R8", stripe_client)
+    command = [sys.executable, "-m", "invoiceflow", "dunning", "--as-of", _iso(due + DAY)]
+    runs = [
+        subprocess.Popen(
+            command,
+            env={**os.environ, **configured},
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    said = [line for out, _err in outputs for line in out.splitlines() if line.startswith("R8:")]
+    # The other run found it done, or found the request busy and left it.
+    assert said.count(f"R8: reminder-1 sent for {invoice_id}, 1 day overdue") == 1, said
+    assert sent_events(stripe_client, invoice_id) == 2
+    assert _steps("R8") == {"reminder-1": ("sent", True)}
+
+
 # --- the plan, a pure function ---------------------------------------------------
 
 DUE = datetime(2026, 12, 1, tzinfo=UTC)
