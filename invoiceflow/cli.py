@@ -337,10 +337,12 @@ def automations() -> None:
 
 
 def _register_subcommands() -> None:
+    from invoiceflow.dunning.cli import register as register_dunning
     from invoiceflow.reconcile.cli import register as register_reconcile
     from invoiceflow.sandbox.cli import register as register_sandbox
 
     register_sandbox(app)
+    register_dunning(app)
     register_reconcile(app)
 
 

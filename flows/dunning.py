@@ -1,0 +1,130 @@
+"""The dunning flow: reminders for overdue open invoices, then the write-off.
+
+    overdue candidates ─┬─ dun R1 ─┐
+                        ├─ dun R2 ─┼─ table artifact + summary → report
+                        └─ dun Rn ─┘
+
+One Prefect task per request, on a thread pool, each its own unit of work
+(`invoiceflow.dunning.act.dun`): one failing never stops the others, and a
+rerun takes exactly the steps that are still due. Time is injectable
+(`as_of`), so a whole month of dunning can be simulated in seconds.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from invoiceflow import lease, progress
+from invoiceflow.dunning import act
+from invoiceflow.dunning.report import DunningReport, Outcome, StepLine
+from invoiceflow.outcomes import classify
+from invoiceflow.retry import describe
+from invoiceflow.runtime import Runtime, get_runtime
+from tasks.billing import TASK_RETRY_DELAYS_SECONDS, TASK_RETRY_JITTER, retry_if_transient
+
+# Requests dunned at once. Each unit makes a handful of Stripe calls; eight in
+# flight stays well under Stripe's test-mode rate limit (25 requests/s).
+MAX_PARALLEL_REQUESTS = 8
+# A run over many requests says how far it got at most this often.
+PROGRESS_EVERY_SECONDS = 10.0
+ARTIFACT_KEY = "dunning"
+
+
+def _today(rt: Runtime, as_of: datetime | None) -> datetime:
+    """The run's "now", in UTC. The one place to swap in Stripe's (test) clock."""
+    del rt  # kept: Stripe's clock will be read through it
+    now = as_of or datetime.now(UTC)
+    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+
+
+def _run_name() -> str:
+    # The day it runs as of (a datetime, or its ISO text once Prefect serialised it).
+    as_of = flow_run.parameters.get("as_of")
+    return f"dunning-{str(as_of)[:10]}" if as_of else "dunning"
+
+
+@task(
+    name="dun-request",
+    task_run_name="dun-{request_id}",
+    retries=len(TASK_RETRY_DELAYS_SECONDS),
+    retry_delay_seconds=TASK_RETRY_DELAYS_SECONDS,
+    retry_jitter_factor=TASK_RETRY_JITTER,
+    retry_condition_fn=retry_if_transient,
+    # Our dunning_step rows decide what is done; Prefect's result cache must not.
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def dun_request(request_id: str, now: datetime, owner: str) -> list[StepLine]:
+    return act.dun(get_runtime(), request_id, now, owner)
+
+
+@flow(
+    name="dunning",
+    flow_run_name=_run_name,
+    task_runner=cast(
+        TaskRunner[PrefectFuture[Any]], ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_REQUESTS)
+    ),
+    retries=0,
+    log_prints=False,
+)
+def dunning_flow(as_of: datetime | None = None) -> DunningReport:
+    """Take every dunning step that is due as of `as_of` (None: now)."""
+    rt = get_runtime()
+    now = _today(rt, as_of)
+    request_ids = act.candidates(rt.engine, now)
+    progress.note(
+        "dunning: %d overdue candidate(s) as of %s", len(request_ids), f"{now:%Y-%m-%d %H:%M} UTC"
+    )
+    owner = lease.new_owner(f"dunning-{flow_run.id or uuid.uuid4().hex}")
+    futures = [(rid, dun_request.submit(rid, now, owner)) for rid in request_ids]
+    lines: list[StepLine] = []
+    said = progress.Throttle(every=PROGRESS_EVERY_SECONDS)
+    said.due()  # the first note above counts
+    for done, (request_id, future) in enumerate(futures, start=1):
+        lines += _result(request_id, future)
+        if said.due():
+            progress.note("dunning: %d of %d request(s) done", done, len(futures))
+    report = DunningReport(as_of=now, candidates=len(request_ids), lines=lines)
+    _publish(report)
+    return report
+
+
+def _result(request_id: str, future: PrefectFuture[list[StepLine]]) -> list[StepLine]:
+    """The unit's lines, or one line saying why it failed (the others go on)."""
+    try:
+        return future.result()
+    except Exception as exc:
+        return [
+            StepLine(
+                request_id=request_id,
+                outcome=Outcome.FAILED,
+                reason=describe(exc),
+                exit_code=int(classify(exc)),
+            )
+        ]
+
+
+def _publish(report: DunningReport) -> None:
+    """The run's table and summary. Never fails the run: they are for people."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    try:
+        create_table_artifact(table=report.table(), key=ARTIFACT_KEY, description=report.summary())
+        create_markdown_artifact(
+            markdown=report.markdown(), key=f"{ARTIFACT_KEY}-summary", description=report.summary()
+        )
+    except Exception:
+        progress.log.warning("Could not publish the dunning report", exc_info=True)
+
+
+def run_dunning(as_of: datetime | None = None) -> DunningReport:
+    """Run the flow here and now; its report, typed."""
+    return dunning_flow(as_of)
