@@ -16,8 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -28,7 +27,8 @@ from invoiceflow.dunning.report import DunningReport, Outcome, StepLine
 from invoiceflow.outcomes import classify
 from invoiceflow.retry import describe
 from invoiceflow.runtime import Runtime, get_runtime
-from tasks.billing import TASK_RETRY_DELAYS_SECONDS, TASK_RETRY_JITTER, retry_if_transient
+from invoiceflow.stripe_clock import stripe_now
+from tasks.dunning import dun_request
 
 # Requests dunned at once. Each unit makes a handful of Stripe calls; eight in
 # flight stays well under Stripe's test-mode rate limit (25 requests/s).
@@ -39,9 +39,9 @@ ARTIFACT_KEY = "dunning"
 
 
 def _today(rt: Runtime, as_of: datetime | None) -> datetime:
-    """The run's "now", in UTC. The one place to swap in Stripe's (test) clock."""
-    del rt  # kept: Stripe's clock will be read through it
-    now = as_of or datetime.now(UTC)
+    """The run's "now", in UTC: `as_of`, else Stripe's time (its test clock's, if
+    one is configured: due dates are stamped in that time)."""
+    now = as_of or stripe_now(rt)
     return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
 
 
@@ -49,21 +49,6 @@ def _run_name() -> str:
     # The day it runs as of (a datetime, or its ISO text once Prefect serialised it).
     as_of = flow_run.parameters.get("as_of")
     return f"dunning-{str(as_of)[:10]}" if as_of else "dunning"
-
-
-@task(
-    name="dun-request",
-    task_run_name="dun-{request_id}",
-    retries=len(TASK_RETRY_DELAYS_SECONDS),
-    retry_delay_seconds=TASK_RETRY_DELAYS_SECONDS,
-    retry_jitter_factor=TASK_RETRY_JITTER,
-    retry_condition_fn=retry_if_transient,
-    # Our dunning_step rows decide what is done; Prefect's result cache must not.
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
-def dun_request(request_id: str, now: datetime, owner: str) -> list[StepLine]:
-    return act.dun(get_runtime(), request_id, now, owner)
 
 
 @flow(

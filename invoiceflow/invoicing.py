@@ -17,18 +17,18 @@ Each step is an atomic phase in the rocket-rides sense:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from functools import partial
 
 import stripe
 
-from invoiceflow import catalog, customers, fresh, ledger
+from invoiceflow import catalog, customers, fresh, ledger, stripe_paging
 from invoiceflow.db.models import BillingRequestRow, PriceMap, RecoveryPoint, RequestLine, utcnow
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
+from invoiceflow.stripe_clock import response_time
 from invoiceflow.stripe_keys import (
     META_LINE,
     META_REQUEST_ID,
@@ -185,22 +185,21 @@ def _find_invoice(rt: Runtime, customer_id: str, request_id: str) -> stripe.Invo
     moment ago by an attempt that crashed before recording it. Deleted drafts
     are not listed.
     """
-    invoices = call_with_retries(
-        lambda: rt.stripe.v1.invoices.list({"customer": customer_id, "limit": PAGE_SIZE}),
-        f"list invoices of {customer_id}",
+    invoices = stripe_paging.every(
+        rt.stripe.v1.invoices.list, {"customer": customer_id}, f"list invoices of {customer_id}"
     )
-    for invoice in invoices.auto_paging_iter():
+    for invoice in invoices:
         if metadata_of(invoice).get(META_REQUEST_ID) == request_id:
             return invoice
     return None
 
 
 def _invoice_lines(rt: Runtime, invoice_id: str) -> Iterator[stripe.InvoiceLineItem]:
-    page = call_with_retries(
-        lambda: rt.stripe.v1.invoices.line_items.list(invoice_id, {"limit": PAGE_SIZE}),
+    return stripe_paging.every(
+        partial(rt.stripe.v1.invoices.line_items.list, invoice_id),
+        {},
         f"list lines of {invoice_id}",
     )
-    return iter(page.auto_paging_iter())
 
 
 def _by_position(
@@ -346,7 +345,7 @@ def _batch_on_invoice(
     present = _lines_on_invoice(rt, invoice_id)
     missing = [line.position for line in batch if line.position not in present]
     if not missing:
-        return _retrieve(rt, invoice_id)
+        return retrieve_invoice(rt, invoice_id)
     if len(missing) != len(batch):
         raise InvoiceMismatch(
             f"invoice {invoice_id} holds only part of a batch (missing lines {missing}); "
@@ -442,7 +441,7 @@ def finalize(rt: Runtime, request_id: str, owner: str) -> None:
     # is checked line by line right before it becomes immutable, since anyone
     # may have edited it while no run was watching.
     try:
-        invoice = _retrieve(rt, invoice_id)
+        invoice = retrieve_invoice(rt, invoice_id)
     except stripe.InvalidRequestError as exc:
         if exc.http_status == 404:
             _forget_deleted_draft(rt, request_id, owner, invoice_id)
@@ -464,7 +463,7 @@ def finalize(rt: Runtime, request_id: str, owner: str) -> None:
             step="invoice.finalize",
             request_id=request_id,
             write=finalize_draft,
-            find=lambda _intent: _unless_status(_retrieve(rt, invoice_id), "draft"),
+            find=lambda _intent: _unless_status(retrieve_invoice(rt, invoice_id), "draft"),
             what=f"finalize {invoice_id}",
         )
         log.info("Finalized invoice %s (%s)", invoice.id, invoice.number)
@@ -497,7 +496,7 @@ def _unless_status(invoice: stripe.Invoice, status: str) -> stripe.Invoice | Non
     return None if invoice.status == status else invoice
 
 
-def _retrieve(rt: Runtime, invoice_id: str) -> stripe.Invoice:
+def retrieve_invoice(rt: Runtime, invoice_id: str) -> stripe.Invoice:
     return call_with_retries(
         lambda: rt.stripe.v1.invoices.retrieve(invoice_id), f"get {invoice_id}"
     )
@@ -511,7 +510,7 @@ def send(rt: Runtime, request_id: str, owner: str) -> None:
     invoice_id = _invoice_id(row)
     settled = _SETTLED.get(row.invoice_status or "")
     if settled is not None:  # paid at finalization (below Stripe's minimum charge)
-        record_settlement(rt, request_id, owner, _retrieve(rt, invoice_id), settled)
+        record_settlement(rt, request_id, owner, retrieve_invoice(rt, invoice_id), settled)
         return
     try:
         invoice, key = write_once(
@@ -530,7 +529,7 @@ def send(rt: Runtime, request_id: str, owner: str) -> None:
     except stripe.InvalidRequestError:
         # Voided, paid or written off in the Dashboard since we finalized it:
         # that is the invoice's story now, and sending is moot.
-        current = _retrieve(rt, invoice_id)
+        current = retrieve_invoice(rt, invoice_id)
         settled = _SETTLED.get(current.status or "")
         if settled is None:
             raise
@@ -551,44 +550,44 @@ def _sent_invoice(rt: Runtime, invoice_id: str) -> stripe.Invoice | None:
 
     A resend under the same key is a harmless replay within Stripe's 24 h
     window, but past it would email the customer again; the event log tells.
-    The search starts at the invoice's finalization as Stripe stamped it (it
-    cannot have been sent before), never at a time from our clock, which may
-    run ahead of Stripe's.
     """
-    invoice = _retrieve(rt, invoice_id)
+    invoice = retrieve_invoice(rt, invoice_id)
     if invoice.status == "draft":
         return None
-    transitions = invoice.status_transitions
-    finalized_at = transitions.finalized_at if transitions else None
-    if finalized_at is None:
-        return None
-    finalized = datetime.fromtimestamp(finalized_at, UTC)
-    if _stripe_now(invoice) - finalized > EVENT_RETENTION:
-        raise SendUnverifiable(
+
+    def unverifiable(finalized: datetime) -> Exception:
+        return SendUnverifiable(
             f"invoice {invoice_id} was finalized on {finalized:%Y-%m-%d}; Stripe no longer keeps "
             "the events that would show whether it was emailed. Check it in the Dashboard and "
             "send it from there if needed"
         )
-    events = call_with_retries(
-        lambda: rt.stripe.v1.events.list(
-            {"type": "invoice.sent", "created": {"gte": finalized_at}, "limit": PAGE_SIZE}
-        ),
+
+    return invoice if times_emailed(rt, invoice, unverifiable) else None
+
+
+def times_emailed(
+    rt: Runtime, invoice: stripe.Invoice, expired: Callable[[datetime], Exception]
+) -> int:
+    """How many times Stripe emailed `invoice` (its `invoice.sent` events).
+
+    The search starts at the invoice's finalization as Stripe stamped it (it
+    cannot have been sent before), never at a time from our clock, which may
+    run ahead of Stripe's. Past Stripe's event retention the count proves
+    nothing: `expired(finalized)` is raised instead.
+    """
+    transitions = invoice.status_transitions
+    finalized_at = transitions.finalized_at if transitions else None
+    if finalized_at is None:
+        return 0
+    finalized = datetime.fromtimestamp(finalized_at, UTC)
+    if response_time(invoice) - finalized > EVENT_RETENTION:
+        raise expired(finalized)
+    events = stripe_paging.every(
+        rt.stripe.v1.events.list,
+        {"type": "invoice.sent", "created": {"gte": finalized_at}},
         "list invoice.sent events",
     )
-    for event in events.auto_paging_iter():
-        if event.data.object["id"] == invoice_id:
-            return invoice
-    return None
-
-
-def _stripe_now(stripe_object: object) -> datetime:
-    """Stripe's clock, from the Date header of the response that brought `stripe_object`."""
-    response = getattr(stripe_object, "last_response", None)
-    headers = {k.lower(): v for k, v in (getattr(response, "headers", None) or {}).items()}
-    try:
-        return parsedate_to_datetime(headers["date"])
-    except (KeyError, TypeError, ValueError):
-        return datetime.now(UTC)
+    return sum(1 for event in events if event.data.object["id"] == invoice.id)
 
 
 # Stripe statuses that end the wait, and the recovery point each one means.
@@ -606,7 +605,7 @@ def refresh_settlement(rt: Runtime, request_id: str, owner: str) -> RecoveryPoin
     row = ledger.require(rt.engine, request_id)
     if row.point.is_terminal:
         return row.point
-    invoice = _retrieve(rt, _invoice_id(row))
+    invoice = retrieve_invoice(rt, _invoice_id(row))
     settled = _SETTLED.get(invoice.status or "")
     if settled is None:
         return row.point

@@ -9,6 +9,7 @@ that time, not in this machine's, or it would never see a due date pass.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import stripe
 
@@ -40,3 +41,13 @@ def stripe_now(rt: Runtime) -> datetime:
             ) from None
         raise
     return datetime.fromtimestamp(clock.frozen_time, UTC)
+
+
+def response_time(stripe_object: object) -> datetime:
+    """Stripe's clock, from the Date header of the response that brought `stripe_object`."""
+    response = getattr(stripe_object, "last_response", None)
+    headers = {k.lower(): v for k, v in (getattr(response, "headers", None) or {}).items()}
+    try:
+        return parsedate_to_datetime(headers["date"])
+    except (KeyError, TypeError, ValueError):
+        return datetime.now(UTC)

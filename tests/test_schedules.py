@@ -61,7 +61,8 @@ def test_cron_deployments_fire_under_the_servers_scheduler(sandbox: Any, tmp_pat
         def reconciled_by_schedule() -> Any:
             runs = _runs(RECONCILE_DEPLOYMENT)
             done = [r for r in runs if r.auto_scheduled and r.state and r.state.is_completed()]
-            failed = [r for r in runs if r.state and r.state.is_final() and not r.state.is_completed()]
+            ended = [r for r in runs if r.state and r.state.is_final()]
+            failed = [r for r in ended if not r.state.is_completed()]
             assert not failed, f"{failed[0].state}: {service.output()}"
             return done
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 
 import stripe
 from sqlalchemy.engine import Engine
@@ -32,7 +31,6 @@ from invoiceflow.db.engine import reading
 from invoiceflow.db.models import BillingRequestRow, DunningStep, RecoveryPoint, utcnow
 from invoiceflow.dunning.plan import Cadence, days_overdue, is_reminder, latest_due, plan
 from invoiceflow.dunning.report import Outcome, StepLine
-from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
 from invoiceflow.settings import Settings
 from invoiceflow.stripe_keys import request_step_key
@@ -124,7 +122,8 @@ class _Unit:
         if row.point is not RecoveryPoint.SENT or not self.invoice_id:
             self.line(None, Outcome.SETTLED, f"request is {row.recovery_point}")
             return self.lines
-        invoice = _retrieve(self.rt, self.invoice_id)  # the one read this run relies on
+        # The one read this run relies on.
+        invoice = invoicing.retrieve_invoice(self.rt, self.invoice_id)
         due_date = _due_date(invoice)
         if due_date is not None:
             self.overdue = days_overdue(due_date, self.now)
@@ -208,7 +207,7 @@ class _Unit:
                 step=f"dunning.{step}",
                 request_id=self.request_id,
                 write=write,
-                find=lambda _intent: _unless_open(_retrieve(self.rt, invoice_id)),
+                find=lambda _intent: _unless_open(invoicing.retrieve_invoice(self.rt, invoice_id)),
                 what=f"{action} {invoice_id}",
                 look_first=look_first,
             )
@@ -233,7 +232,7 @@ class _Unit:
     def _stopped_by_settlement(self, step: str) -> bool:
         """After Stripe refused a step: True if the invoice settled meanwhile (and
         that is recorded); False if it is still open and the refusal stands."""
-        current = _retrieve(self.rt, self.invoice_id)
+        current = invoicing.retrieve_invoice(self.rt, self.invoice_id)
         if current.status == "open":
             return False
         self._finish(step, Outcome.STOPPED, reason=f"invoice {current.status}")
@@ -342,45 +341,15 @@ class _Unit:
 
 def _reminder_went_out(rt: Runtime, invoice: stripe.Invoice, reminders_sent: int) -> bool:
     """Whether Stripe emailed the invoice once more than the first send plus the
-    reminders we recorded as sent: then the pending reminder went out.
+    reminders we recorded as sent: then the pending reminder went out."""
 
-    Judged by Stripe's own event log from the invoice's finalization (it cannot
-    have been emailed before), by Stripe's clock, never ours.
-    """
-    transitions = invoice.status_transitions
-    finalized_at = transitions.finalized_at if transitions else None
-    if finalized_at is None:
-        return False
-    finalized = datetime.fromtimestamp(finalized_at, UTC)
-    if _stripe_now(invoice) - finalized > EVENT_RETENTION:
-        raise EventsExpired(
+    def expired(finalized: datetime) -> Exception:
+        return EventsExpired(
             f"invoice {invoice.id} was finalized on {finalized:%Y-%m-%d}; Stripe no longer keeps "
             "the events that would show whether this reminder was emailed, so it is not resent"
         )
-    events = call_with_retries(
-        lambda: rt.stripe.v1.events.list(
-            {"type": "invoice.sent", "created": {"gte": finalized_at}, "limit": PAGE_SIZE}
-        ),
-        "list invoice.sent events",
-    )
-    sends = sum(1 for event in events.auto_paging_iter() if event.data.object["id"] == invoice.id)
-    return sends > 1 + reminders_sent
 
-
-def _stripe_now(stripe_object: object) -> datetime:
-    """Stripe's clock, from the Date header of the response that brought `stripe_object`."""
-    response = getattr(stripe_object, "last_response", None)
-    headers = {k.lower(): v for k, v in (getattr(response, "headers", None) or {}).items()}
-    try:
-        return parsedate_to_datetime(headers["date"])
-    except (KeyError, TypeError, ValueError):
-        return datetime.now(UTC)
-
-
-def _retrieve(rt: Runtime, invoice_id: str) -> stripe.Invoice:
-    return call_with_retries(
-        lambda: rt.stripe.v1.invoices.retrieve(invoice_id), f"get {invoice_id}"
-    )
+    return invoicing.times_emailed(rt, invoice, expired) > 1 + reminders_sent
 
 
 def _unless_open(invoice: stripe.Invoice) -> stripe.Invoice | None:

@@ -15,11 +15,11 @@ from typing import Any
 import stripe
 
 from invoiceflow import progress
-from invoiceflow.reconcile.paging import every
 from invoiceflow.reconcile.report import ReconcileReport
 from invoiceflow.reconcile.window import advance_cursor
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
+from invoiceflow.stripe_paging import every
 from invoiceflow.webhooks.apply import HANDLED_TYPES, ReadInvoice, receive
 
 # Outcomes that changed our ledger (the rest: a duplicate, or nothing to move).

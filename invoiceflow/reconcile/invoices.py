@@ -20,11 +20,11 @@ from sqlmodel import col, select
 from invoiceflow import ledger, progress
 from invoiceflow.db.engine import reading
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, RequestLine
-from invoiceflow.reconcile.paging import every
 from invoiceflow.reconcile.report import ReconcileReport
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
 from invoiceflow.stripe_keys import META_LINE, META_REQUEST_ID, metadata_of
+from invoiceflow.stripe_paging import every
 from invoiceflow.webhooks.apply import settle_from_invoice
 
 _SETTLED_STATUSES = ("paid", "void", "uncollectible")
