@@ -51,7 +51,8 @@ def _as_json(request: BillingRequest) -> str:
 def _invoices_by_request(client: stripe.StripeClient) -> dict[str, list[stripe.Invoice]]:
     found: dict[str, list[stripe.Invoice]] = {}
     for invoice in client.v1.invoices.list({"limit": 100}).auto_paging_iter():
-        request_id = (invoice.metadata or {}).get("invoiceflow_request_id")
+        metadata = invoice.metadata.to_dict() if invoice.metadata else {}
+        request_id = metadata.get("invoiceflow_request_id")
         if request_id:
             found.setdefault(request_id, []).append(invoice)
     return found
@@ -158,8 +159,10 @@ def test_sixty_requests_five_bad_each_good_one_invoiced_once_each_bad_one_named(
     assert any("quantity: must be at least 1, got 0" in line for line in failed_lines)
     assert any("line 22: invalid JSON" in line for line in failed_lines)
     assert f"failed {prefix}-conflict: conflict: RequestConflict" in report
-    assert f"failed {prefix}-declined: refused: InvalidRequestError HTTP 400" in report
-    assert f"failed {prefix}-storm: temporary: APIError HTTP 500" in report
+    assert f"failed {prefix}-declined: refused: create price " in report
+    assert "InvalidRequestError HTTP 400 Invalid currency: sll" in report
+    assert f"failed {prefix}-storm: temporary: get product " in report
+    assert "APIError HTTP 500" in report
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert error.startswith("error: 5 of 60 requests failed (")
     for bad in (conflicting, declined, storm):
