@@ -355,6 +355,22 @@ def test_csv_problems_name_the_line_and_the_field(tmp_path: Path) -> None:
     assert len(source.digest) == 64
 
 
+def test_the_readme_csv_is_two_valid_requests(tmp_path: Path) -> None:
+    import re
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- batch:csv -->\n```csv\n(.*?)```", readme, re.DOTALL)
+    assert match, "README has no batch:csv block"
+    csv_file = tmp_path / "readme.csv"
+    csv_file.write_text(match.group(1))
+    entries = read_source(str(csv_file)).entries
+    assert [e.problem for e in entries] == [None, None]
+    totals = [
+        (e.request_id, e.request.total_amount(), e.request.currency) for e in entries if e.request
+    ]
+    assert totals == [("2026-11-initech", 57900, "usd"), ("2026-11-umbrella", 5000, "gbp")]
+
+
 def test_a_request_twice_in_one_source_is_refused_the_second_time(tmp_path: Path) -> None:
     request = make_request("twice", items=ONE_LINE)
     source = read_source(str(_jsonl(tmp_path / "twice.jsonl", [_as_json(request)] * 2)))
