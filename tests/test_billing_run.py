@@ -128,7 +128,8 @@ def test_sixty_requests_five_bad_each_good_one_invoiced_once_each_bad_one_named(
     )
     # A Stripe 500 storm on one request's product: every retry gets a 500.
     storm = make_request(
-        f"{prefix}-storm", items=[{"sku": f"{prefix}-storm-sku", "name": "Storm", "unit_amount": 5}]
+        f"{prefix}-storm",
+        items=[{"sku": f"{prefix}-storm-sku", "name": "Storm", "unit_amount": 500}],
     )
     storm_path = f"^/v1/products/{product_id(f'{prefix}-storm-sku')}$"
     sandbox.configure(faults=[{"path": storm_path, "when": "before_write", "times": 10_000}])
@@ -177,8 +178,21 @@ def test_sixty_requests_five_bad_each_good_one_invoiced_once_each_bad_one_named(
         by_request[conflicting.request_id].reason or ""
     )
     assert _run(database_url, run_id).attempts == 1
-
     _assert_table_artifact(run_id, invoiced=55, failures=5)
+
+    # The storm is over: rerunning the source retries only the temporary failure.
+    sandbox.configure(faults=[])
+    before = {item.position: item.updated_at for item in items}
+    again = run_cli("batch", str(source), env=env, timeout=900)
+
+    assert again.returncode == 7, (again.stdout, again.stderr[-3000:])
+    assert f"billing run {run_id} (attempt 2): 60 requests: 56 invoiced" in again.stdout
+    assert f"failed {prefix}-storm" not in again.stdout
+    _assert_invoiced_once(stripe_client, [*good, storm])
+    touched = [
+        i.request_id for i in _items(database_url, run_id) if i.updated_at != before[i.position]
+    ]
+    assert touched == [storm.request_id]
 
 
 def _assert_table_artifact(run_id: str, *, invoiced: int, failures: int) -> None:
@@ -257,6 +271,47 @@ def test_a_killed_run_resumes_only_what_did_not_finish_and_duplicates_nothing(
     for position in finished_before:
         assert attempts[requests[position].request_id] == 1
     assert _run(database_url, run_id).attempts == 2
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_ctrl_c_says_how_to_resume_and_exits_130(
+    sandbox: Any, stripe_client: stripe.StripeClient, sqlite_url: str, tmp_path: Path
+) -> None:
+    from invoiceflow.db.engine import get_engine
+
+    requests = _requests(f"i{uuid.uuid4().hex[:6]}", 12)
+    source = _jsonl(tmp_path / "interrupted.jsonl", [_as_json(r) for r in requests])
+    run_id = _run_id_of(source)
+    env = app_env(sandbox.url, sqlite_url, INVOICEFLOW_BATCH_WORKERS="2")
+    sandbox.configure(latency_ms=40)
+    engine = get_engine(sqlite_url)
+
+    def started() -> bool:
+        with Session(engine) as session:
+            return session.exec(select(BillingRequestRow)).first() is not None
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoiceflow", "batch", str(source)],
+        env={**os.environ, **env},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(started, "the first request recorded", timeout=600)
+        process.send_signal(signal.SIGINT)
+    finally:
+        stdout, stderr = (out.decode(errors="replace") for out in process.communicate(timeout=60))
+    assert process.returncode == 130, (stdout, stderr)
+    assert f"interrupted; rerun `invoiceflow batch {source} --run-id {run_id}` to resume" in stderr
+    assert "Traceback" not in stderr
+    sandbox.configure(latency_ms=0)
+
+    rerun = run_cli("batch", str(source), "--run-id", run_id, env=env, timeout=900)
+
+    assert rerun.returncode == 0, (rerun.stdout, rerun.stderr[-3000:])
+    _assert_invoiced_once(stripe_client, requests)
 
 
 # --- sources ------------------------------------------------------------------------
