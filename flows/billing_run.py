@@ -18,6 +18,7 @@ requests themselves: Prefect refuses parameters over 512 KiB.
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
@@ -37,7 +38,7 @@ from invoiceflow.settings import get_settings
 
 def _run_name() -> str:
     run_id = flow_run.parameters.get("run_id")
-    return f"billing-run-{run_id or flow_run.parameters.get('source', 'pending')}"
+    return f"billing-run-{run_id or Path(flow_run.parameters.get('source', 'pending')).name}"
 
 
 @task(name="invoice", cache_policy=NO_CACHE, persist_result=False, retries=0)
