@@ -20,7 +20,6 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -286,20 +285,16 @@ def _directory(path: Path) -> Source:
 def _without_repeats(entries: list[Entry]) -> list[Entry]:
     """A request id twice in one source is a mistake either way: the second is refused."""
     first: dict[str, str] = {}
-    return list(_flag_repeats(entries, first))
-
-
-def _flag_repeats(entries: list[Entry], first: dict[str, str]) -> Iterator[Entry]:
+    checked = []
     for entry in entries:
         request_id = entry.request_id
-        if entry.request is None or request_id is None:
-            yield entry
-        elif request_id in first:
+        if entry.request is not None and request_id is not None and request_id in first:
             problem = (
                 f"{entry.where}: request_id {request_id!r} is also at {first[request_id]}; "
                 "bill each request once per source (give this one a new request_id)"
             )
-            yield Entry(entry.position, entry.where, problem=problem, request_id=request_id)
-        else:
+            entry = Entry(entry.position, entry.where, problem=problem, request_id=request_id)
+        elif entry.request is not None and request_id is not None:
             first[request_id] = entry.where
-            yield entry
+        checked.append(entry)
+    return checked
