@@ -8,6 +8,9 @@ The product/price branch and the customer branch run in parallel. Every step
 is idempotent and checkpointed in our database, so the flow can be rerun at any
 time — after a crash, a failure, or concurrently — and it resumes where the
 request stands, making zero Stripe writes for work already done.
+
+The order of the steps, the lease and the failure bookkeeping are
+`invoiceflow.pipeline`'s, shared with billing runs; here each step is a task.
 """
 
 from __future__ import annotations
@@ -22,12 +25,10 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from invoiceflow import lease, ledger, story
+from invoiceflow import lease, ledger, pipeline
 from invoiceflow.db.models import RecoveryPoint
-from invoiceflow.invoicing import DraftGone
 from invoiceflow.outcomes import failure_message
 from invoiceflow.request import BillingRequest
-from invoiceflow.retry import describe
 from invoiceflow.run_tags import tag_current_run
 from invoiceflow.runtime import get_runtime
 from invoiceflow.status import RequestStatus
@@ -74,38 +75,18 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
     """
     logger = get_run_logger()
     rt = get_runtime()
-    request_id = request.request_id
     tag_current_run(request)  # trigger:<cli|ui|schedule>, customer:<id>, currency:<ccy>
     record_request(request)
 
     owner = lease.new_owner(flow_run.id or uuid.uuid4().hex)
-    ttl = rt.settings.lease_seconds
-    # The lease is renewed for as long as this run lives; a run that loses it
-    # anyway (paused past it, taken over) stops before its next Stripe write.
-    with lease.held(rt.engine, request_id, owner, ttl, patience_seconds=ttl):
-        try:
-            row = ledger.start_attempt(rt.engine, request_id, owner)
-            logger.info("Request %s (%s) at %s", request_id, row.customer_key, row.recovery_point)
-            if not row.progress.reached(RecoveryPoint.SENT):
-                _prepare_catalog_and_customer(request, owner)
-                _draft_to_sent(request_id, owner)
-            elif not row.point.is_terminal:
-                # A rerun of a sent request: settled while no webhook reached us?
-                billing.refresh_settlement(request_id, owner)
-        except ledger.LeaseLost as exc:
-            # The run that took over owns the request's state now.
-            return Failed(message=failure_message(exc), data=exc)
-        except Exception as exc:
-            _record_failure(request_id, owner, exc)
-            story.publish(rt.engine, ledger.require(rt.engine, request_id))
-            # The run's page says why in business terms; calling the flow
-            # still raises `exc` itself.
-            return Failed(message=failure_message(exc), data=exc)
+    billed = pipeline.bill(rt, request, owner, STEPS_AS_TASKS, logger)
+    if billed.error is not None:
+        # The run's page says why in business terms; calling the flow still
+        # raises the error itself. (Lost lease: the run that took over owns it.)
+        return Failed(message=failure_message(billed.error), data=billed.error)
 
-    row = ledger.require(rt.engine, request_id)
-    status = RequestStatus.from_row(row)
+    status = RequestStatus.from_row(billed.row)
     logger.info("%s", status.one_line())
-    story.publish(rt.engine, row)
     if status.state is RecoveryPoint.SENT:
         return Completed(name=AWAITING_PAYMENT, message=status.one_line(), data=status)
     return Completed(message=status.one_line(), data=status)
@@ -114,32 +95,6 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
 def run_invoice(request: BillingRequest) -> RequestStatus:
     """Run the flow here and now; its result, typed (the flow returns its final state)."""
     return cast(RequestStatus, invoice_flow(request))
-
-
-def _draft_to_sent(request_id: str, owner: str) -> None:
-    """create invoice → add items → finalize → send.
-
-    A draft deleted in the Dashboard before it was finalized sends the request
-    back to `catalog_ready` once, and a new draft is made.
-    """
-    for attempt in (1, 2):
-        try:
-            billing.create_invoice(request_id, owner)
-            billing.add_items(request_id, owner)
-            billing.finalize(request_id, owner)
-            break
-        except DraftGone:
-            if attempt == 2:
-                raise
-    billing.send(request_id, owner)
-
-
-def _record_failure(request_id: str, owner: str, exc: BaseException) -> None:
-    """Note the failure on the request, without masking `exc` if that fails too."""
-    try:
-        ledger.record_failure(get_runtime().engine, request_id, owner, describe(exc))
-    except Exception:
-        get_run_logger().exception("Could not record the failure of %s", request_id)
 
 
 def _prepare_catalog_and_customer(request: BillingRequest, owner: str) -> None:
@@ -164,3 +119,15 @@ def _prepare_catalog_and_customer(request: BillingRequest, owner: str) -> None:
     for price in prices:
         price.result()
     billing.mark_catalog_ready(request_id, owner)
+
+
+# Each step a Prefect task: the UI shows the DAG, and a failed step's outer
+# retries (`tasks.billing`) rerun just that step.
+STEPS_AS_TASKS = pipeline.Steps(
+    prepare=_prepare_catalog_and_customer,
+    create_invoice=billing.create_invoice,
+    add_items=billing.add_items,
+    finalize=billing.finalize,
+    send=billing.send,
+    refresh_settlement=billing.refresh_settlement,
+)

@@ -8,6 +8,7 @@ Exit codes (stable, for scripts and schedulers):
   4  Stripe refused it for good (card, validation, an invoice that doesn't match)
   5  temporary failure: retries ran out, run it again later
   6  another run is processing this request right now
+  7  `batch`: the run finished and some requests failed (each named, with its reason)
 """
 
 from __future__ import annotations
@@ -337,11 +338,13 @@ def automations() -> None:
 
 
 def _register_subcommands() -> None:
+    from invoiceflow.batch.cli import register as register_batch
     from invoiceflow.dunning.cli import register as register_dunning
     from invoiceflow.reconcile.cli import register as register_reconcile
     from invoiceflow.sandbox.cli import register as register_sandbox
 
     register_sandbox(app)
+    register_batch(app)
     register_dunning(app)
     register_reconcile(app)
 

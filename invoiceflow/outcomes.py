@@ -7,7 +7,7 @@ from enum import IntEnum
 
 
 class Exit(IntEnum):
-    """Exit codes of `invoiceflow invoice`, stable for scripts and schedulers."""
+    """Exit codes of `invoiceflow invoice` and `batch`, stable for scripts and schedulers."""
 
     OK = 0
     UNEXPECTED = 1
@@ -16,6 +16,8 @@ class Exit(IntEnum):
     REFUSED = 4
     TEMPORARY = 5
     BUSY = 6
+    # `invoiceflow batch`: the run finished, and some of its requests failed.
+    SOME_FAILED = 7
 
 
 # What the operator should do, by outcome (the README's exit-code table).
@@ -26,6 +28,7 @@ ADVICE = {
     Exit.REFUSED: "Stripe refused it for good; fix it in Stripe or the request, then rerun",
     Exit.TEMPORARY: "temporary failure, retries exhausted; rerun later, it resumes",
     Exit.BUSY: "another run holds this request; it finishes it",
+    Exit.SOME_FAILED: "some requests of the batch failed; fix them, then rerun to resume",
 }
 
 

@@ -1,0 +1,113 @@
+"""The billing run: every request of a source, each its own unit of work.
+
+    read source → open manifest (new, or resume) ─┬─ invoice-<request 1> ─┐
+                                                   ├─ invoice-<request 2> ─┼─ report
+                                                   └─ …                    ┘
+
+One Prefect task per request, on a thread pool of INVOICEFLOW_BATCH_WORKERS:
+never a flow run or subflow per request (each costs up to a second of
+heartbeat join), and each task runs the request's steps as plain calls (a task
+per step would cost as much again). A unit records its own outcome in the
+manifest, so one bad request never stops the others and a rerun — after a
+crash, or to retry what failed for a while — resumes only what did not finish.
+
+The parameters are references (a path, "pending", a run id), never the
+requests themselves: Prefect refuses parameters over 512 KiB.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any, cast
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run, task_run
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from invoiceflow import lease
+from invoiceflow.batch import manifest, report, unit
+from invoiceflow.batch import source as source_module
+from invoiceflow.request import BillingRequest
+from invoiceflow.runtime import get_runtime
+from invoiceflow.settings import get_settings
+
+
+def _run_name() -> str:
+    run_id = flow_run.parameters.get("run_id")
+    return f"billing-run-{run_id or Path(flow_run.parameters.get('source', 'pending')).name}"
+
+
+@task(name="invoice", cache_policy=NO_CACHE, persist_result=False, retries=0)
+def invoice_entry(run_id: str, position: int, request: BillingRequest) -> str:
+    """One request: submitted, taken to sent, its outcome recorded. Never raises for it."""
+    owner = lease.new_owner(task_run.id or uuid.uuid4().hex)
+    result = unit.bill_entry(get_runtime(), run_id, position, request, owner, get_run_logger())
+    return result.outcome.value
+
+
+@flow(
+    name="billing-run",
+    flow_run_name=_run_name,
+    task_runner=cast(
+        TaskRunner[PrefectFuture[Any]],
+        ThreadPoolTaskRunner(max_workers=get_settings().batch_workers),
+    ),
+    retries=0,
+    log_prints=False,
+)
+def billing_run_flow(source: str = "pending", run_id: str | None = None) -> report.BatchReport:
+    """Invoice every request of `source` ("pending", a .jsonl/.csv file, or a directory).
+
+    `run_id` names the run's manifest; by default it is derived from the
+    source's name and content, so running the same source again resumes it.
+    """
+    logger = get_run_logger()
+    rt = get_runtime()
+    read = source_module.read_source(source, rt.engine)
+    run_id = manifest.check_run_id(run_id) if run_id else manifest.default_run_id(read)
+    started = manifest.start(rt.engine, run_id, read)
+    logger.info(
+        "Billing run %s, attempt %d: %d of %d requests to do",
+        run_id,
+        started.run.attempts,
+        len(started.todo),
+        len(read.entries),
+    )
+    futures = []
+    for position in started.todo:
+        request = read.entries[position].request
+        if request is None:  # broken in the source: finished as invalid already
+            continue
+        named = invoice_entry.with_options(task_run_name=f"invoice-{request.request_id}")
+        futures.append(named.submit(run_id, position, request))
+    for future in futures:
+        future.wait()
+    manifest.finish(rt.engine, run_id)
+    loaded = manifest.load(rt.engine, run_id)
+    assert loaded is not None
+    result = report.build(*loaded)
+    publish(result)
+    logger.info("%s", result.lines()[0])
+    return result
+
+
+def scheduled_parameters() -> dict[str, Any]:
+    """A scheduled run's parameters: it bills INVOICEFLOW_BILLING_SOURCE."""
+    return {"source": get_settings().billing_source}
+
+
+def publish(result: report.BatchReport) -> None:
+    """The run's report in the Prefect UI: a table (counts, failures) and a summary."""
+    key = manifest.artifact_key(result.run_id)
+    create_table_artifact(
+        table=result.table(),
+        key=key,
+        description=f"Billing run {result.run_id}: counts by outcome, then each failure",
+    )
+    create_markdown_artifact(
+        markdown=result.markdown(), key=f"{key}-summary", description=result.lines()[0]
+    )

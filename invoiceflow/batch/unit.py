@@ -1,0 +1,63 @@
+"""Bill one entry of a billing run, and record in its manifest how that ended.
+
+A unit never raises for its request's sake: whatever goes wrong with one
+request (invalid, conflicting, refused by Stripe, a Stripe outage that outlasts
+the retries, another run holding it) becomes that entry's outcome and reason,
+and the run goes on with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from invoiceflow import ledger, pipeline
+from invoiceflow.batch import manifest
+from invoiceflow.batch.outcome import Outcome, of_exit, of_point
+from invoiceflow.outcomes import classify
+from invoiceflow.request import BillingRequest
+from invoiceflow.retry import describe
+from invoiceflow.runtime import Runtime
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    outcome: Outcome
+    reason: str | None = None
+
+
+def bill_entry(
+    rt: Runtime,
+    run_id: str,
+    position: int,
+    request: BillingRequest,
+    owner: str,
+    log: pipeline.Log = _log,
+) -> UnitResult:
+    """Submit the request, take it as far as sent, and record the outcome in the manifest."""
+    result = _bill(rt, request, owner, log)
+    manifest.record(rt.engine, run_id, position, result.outcome, result.reason)
+    return result
+
+
+def _bill(rt: Runtime, request: BillingRequest, owner: str, log: pipeline.Log) -> UnitResult:
+    try:
+        ledger.submit(rt.engine, request)
+        billed = pipeline.bill(rt, request, owner, pipeline.in_sequence(rt), log)
+    except Exception as exc:  # never got to work on it: conflict, busy, database down
+        return failed(exc)
+    if billed.error is not None:
+        return failed(billed.error)
+    outcome = of_point(billed.row.point)
+    if outcome is None:  # cannot happen after a clean attempt; say so rather than guess
+        return UnitResult(Outcome.UNEXPECTED, f"ended at {billed.row.recovery_point}")
+    return UnitResult(outcome)
+
+
+def failed(exc: BaseException) -> UnitResult:
+    """The outcome and one-line reason for a failure (no secrets: `retry.describe`)."""
+    if isinstance(exc, ledger.LeaseLost):
+        return UnitResult(Outcome.TAKEN_OVER, describe(exc))
+    return UnitResult(of_exit(classify(exc)), describe(exc))

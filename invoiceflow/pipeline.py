@@ -1,0 +1,142 @@
+"""The body of invoicing one request, shared by the invoice flow and a billing-run unit.
+
+    under the request's lease:
+      start attempt ─ prepare (customer ∥ products → prices, joined at catalog_ready)
+        → create invoice → add items → finalize → send
+      or, for a request already sent: refresh its settlement from Stripe
+
+*How* a step runs is the caller's choice (`Steps`): the invoice flow runs each
+as a Prefect task (the customer and catalog branches in parallel, so the UI
+shows them); a billing-run unit calls the same `invoiceflow` functions one
+after another inside its single task, so a batch of thousands does not pay for
+thousands of task runs per request. Each step retries transient Stripe
+failures itself (`invoiceflow.retry`); the order, the lease, the failure
+bookkeeping and the story live here once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from invoiceflow import catalog, customers, invoicing, lease, ledger, story
+from invoiceflow.db.models import BillingRequestRow, RecoveryPoint
+from invoiceflow.invoicing import DraftGone
+from invoiceflow.request import BillingRequest
+from invoiceflow.retry import describe
+from invoiceflow.runtime import Runtime
+
+Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
+Step = Callable[[str, str], object]  # (request_id, lease owner) -> whatever it returns
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """How each step of the DAG is run: as a Prefect task, or as a plain call."""
+
+    prepare: Callable[[BillingRequest, str], None]  # customer + catalog, ending catalog_ready
+    create_invoice: Step
+    add_items: Step
+    finalize: Step
+    send: Step
+    refresh_settlement: Step
+
+
+@dataclass(frozen=True)
+class Billed:
+    """How the attempt ended: the request's row, and the failure that stopped it, if any.
+
+    `error` is a failure inside the lease: recorded on the request (unless it
+    is `LeaseLost`, where the run that took over owns the request's state).
+    Failures before the lease was held (`RequestBusy`) are raised instead.
+    """
+
+    row: BillingRequestRow
+    error: BaseException | None = None
+
+
+def bill(rt: Runtime, request: BillingRequest, owner: str, steps: Steps, log: Log = _log) -> Billed:
+    """Take the request from wherever it stands to sent (or refresh a sent one), under its lease.
+
+    The request must be recorded already (`ledger.submit`). Publishes the
+    request's story (a Prefect artifact) when the attempt ends.
+    """
+    request_id = request.request_id
+    ttl = rt.settings.lease_seconds
+    # The lease is renewed for as long as this attempt lives; one that loses it
+    # anyway (paused past it, taken over) stops before its next Stripe write.
+    with lease.held(rt.engine, request_id, owner, ttl, patience_seconds=ttl):
+        try:
+            row = ledger.start_attempt(rt.engine, request_id, owner)
+            log.info("Request %s (%s) at %s", request_id, row.customer_key, row.recovery_point)
+            if not row.progress.reached(RecoveryPoint.SENT):
+                steps.prepare(request, owner)
+                draft_to_sent(request_id, owner, steps)
+            elif not row.point.is_terminal:
+                # A rerun of a sent request: settled while no webhook reached us?
+                steps.refresh_settlement(request_id, owner)
+        except ledger.LeaseLost as exc:
+            return Billed(ledger.require(rt.engine, request_id), exc)
+        except Exception as exc:
+            _record_failure(rt, request_id, owner, exc, log)
+            failed = ledger.require(rt.engine, request_id)
+            story.publish(rt.engine, failed)
+            return Billed(failed, exc)
+    row = ledger.require(rt.engine, request_id)
+    story.publish(rt.engine, row)
+    return Billed(row)
+
+
+def draft_to_sent(request_id: str, owner: str, steps: Steps) -> None:
+    """create invoice → add items → finalize → send.
+
+    A draft deleted in the Dashboard before it was finalized sends the request
+    back to `catalog_ready` once, and a new draft is made.
+    """
+    for attempt in (1, 2):
+        try:
+            steps.create_invoice(request_id, owner)
+            steps.add_items(request_id, owner)
+            steps.finalize(request_id, owner)
+            break
+        except DraftGone:
+            if attempt == 2:
+                raise
+    steps.send(request_id, owner)
+
+
+def _record_failure(rt: Runtime, request_id: str, owner: str, exc: BaseException, log: Log) -> None:
+    """Note the failure on the request, without masking `exc` if that fails too."""
+    try:
+        ledger.record_failure(rt.engine, request_id, owner, describe(exc))
+    except Exception:
+        log.exception("Could not record the failure of %s", request_id)
+
+
+def in_sequence(rt: Runtime) -> Steps:
+    """The steps as plain calls, one after another in the caller's thread."""
+    return Steps(
+        prepare=partial(prepare_in_sequence, rt),
+        create_invoice=partial(invoicing.create_invoice, rt),
+        add_items=partial(invoicing.add_items, rt),
+        finalize=partial(invoicing.finalize, rt),
+        send=partial(invoicing.send, rt),
+        refresh_settlement=partial(invoicing.refresh_settlement, rt),
+    )
+
+
+def prepare_in_sequence(rt: Runtime, request: BillingRequest, owner: str) -> None:
+    """The customer and catalog branches one after the other, joined at `catalog_ready`."""
+    request_id = request.request_id
+    customers.ensure_customer(rt, request_id, owner)
+    product_ids = {
+        item.sku: catalog.ensure_product(rt, item.sku, item.name, request_id)
+        for item in {item.sku: item for item in request.items}.values()
+    }
+    for sku, unit_amount in dict.fromkeys((i.sku, i.unit_amount) for i in request.items):
+        catalog.ensure_price(rt, sku, request.currency, unit_amount, product_ids[sku], request_id)
+    invoicing.mark_catalog_ready(rt, request_id, owner)

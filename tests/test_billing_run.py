@@ -1,0 +1,489 @@
+"""Billing runs: many requests, each its own unit of work, resumable after a crash.
+
+Through the real CLI (`invoiceflow batch`), a real Prefect server, the Stripe
+sandbox over HTTP and real SQLite/PostgreSQL databases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+import yaml
+from sqlmodel import Session, select
+
+from invoiceflow.batch import manifest
+from invoiceflow.batch.source import read_source
+from invoiceflow.db.models import BillingRequestRow, BillingRun, BillingRunItem, RecoveryPoint
+from invoiceflow.request import BillingRequest
+from tests.conftest import REPO, app_env, run_cli
+from tests.helpers import assert_exactly_one_invoice, make_request, wait_for
+
+# One cheap line per request: the batch is about many requests, not many lines.
+ONE_LINE = [{"sku": "batch-seat", "name": "Seat", "unit_amount": 1200, "quantity": 2}]
+
+
+def _requests(prefix: str, count: int) -> list[BillingRequest]:
+    return [
+        make_request(f"{prefix}-{n:03d}", customer=f"{prefix}-cust{n % 5}", items=ONE_LINE)
+        for n in range(count)
+    ]
+
+
+def _jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _as_json(request: BillingRequest) -> str:
+    return json.dumps(request.model_dump(mode="json"))
+
+
+def _invoices_by_request(client: stripe.StripeClient) -> dict[str, list[stripe.Invoice]]:
+    found: dict[str, list[stripe.Invoice]] = {}
+    for invoice in client.v1.invoices.list({"limit": 100}).auto_paging_iter():
+        metadata = invoice.metadata.to_dict() if invoice.metadata else {}
+        request_id = metadata.get("invoiceflow_request_id")
+        if request_id:
+            found.setdefault(request_id, []).append(invoice)
+    return found
+
+
+def _sent_events(client: stripe.StripeClient) -> Counter[str]:
+    events = client.v1.events.list({"type": "invoice.sent", "limit": 100}).auto_paging_iter()
+    return Counter(event.data.object["id"] for event in events)
+
+
+def _assert_invoiced_once(client: stripe.StripeClient, requests: list[BillingRequest]) -> None:
+    """One Stripe invoice per request, for its total, sent exactly once."""
+    invoices = _invoices_by_request(client)
+    sent = _sent_events(client)
+    for request in requests:
+        found = invoices.get(request.request_id, [])
+        assert len(found) == 1, f"{len(found)} invoices for {request.request_id}"
+        assert found[0].total == request.total_amount()
+        assert sent[found[0].id] == 1, request.request_id
+    assert_exactly_one_invoice(client, requests[0])  # and, for one, line by line
+
+
+def _items(database_url: str, run_id: str) -> list[BillingRunItem]:
+    from invoiceflow.db.engine import get_engine
+
+    loaded = manifest.load(get_engine(database_url), run_id)
+    assert loaded is not None
+    return list(loaded[1])
+
+
+def _run(database_url: str, run_id: str) -> BillingRun:
+    from invoiceflow.db.engine import get_engine
+
+    loaded = manifest.load(get_engine(database_url), run_id)
+    assert loaded is not None
+    return loaded[0]
+
+
+def _run_id_of(path: Path) -> str:
+    return manifest.default_run_id(read_source(str(path)))
+
+
+# --- sixty requests, five bad ones ------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_sixty_requests_five_bad_each_good_one_invoiced_once_each_bad_one_named(
+    sandbox: Any, stripe_client: stripe.StripeClient, database_url: str, tmp_path: Path
+) -> None:
+    from invoiceflow import ledger
+    from invoiceflow.db.engine import get_engine
+    from invoiceflow.stripe_keys import product_id
+
+    prefix = f"b{uuid.uuid4().hex[:6]}"
+    good = _requests(prefix, 55)
+    # Invalid: a quantity of 0, and a line that is not JSON at all.
+    invalid = json.loads(_as_json(make_request(f"{prefix}-invalid", items=ONE_LINE)))
+    invalid["items"][0]["quantity"] = 0
+    # Conflicting: its request_id was submitted earlier with other content.
+    conflicting = make_request(f"{prefix}-conflict", items=ONE_LINE)
+    ledger.submit(
+        get_engine(database_url),
+        make_request(f"{prefix}-conflict", items=[{**ONE_LINE[0], "quantity": 9}]),
+    )
+    # Refused for good by Stripe: the account cannot bill in this currency (the
+    # sandbox, like many Stripe accounts, does not take Sierra Leonean leones).
+    declined = make_request(
+        f"{prefix}-declined",
+        customer=f"{prefix}-declined-cust",
+        currency="sll",
+        items=[{"sku": "batch-seat-sll", "name": "Seat (SLL)", "unit_amount": 1200}],
+    )
+    # A Stripe 500 storm on one request's product: every retry gets a 500.
+    storm = make_request(
+        f"{prefix}-storm",
+        items=[{"sku": f"{prefix}-storm-sku", "name": "Storm", "unit_amount": 500}],
+    )
+    storm_path = f"^/v1/products/{product_id(f'{prefix}-storm-sku')}$"
+    sandbox.configure(faults=[{"path": storm_path, "when": "before_write", "times": 10_000}])
+
+    lines = [_as_json(r) for r in good[:20]]
+    lines += [json.dumps(invalid), '{"request_id": "broken", ', _as_json(conflicting)]
+    lines += [_as_json(r) for r in good[20:40]] + [_as_json(declined), _as_json(storm)]
+    lines += [_as_json(r) for r in good[40:]]
+    source = _jsonl(tmp_path / "november.jsonl", lines)
+    assert len(lines) == 60
+
+    env = app_env(sandbox.url, database_url, INVOICEFLOW_BATCH_WORKERS="6")
+    result = run_cli("batch", str(source), env=env, timeout=900)
+
+    assert result.returncode == 7, (result.stdout, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr
+    _assert_invoiced_once(stripe_client, good)
+    for bad in (conflicting, declined, storm):
+        assert not _invoices_by_request(stripe_client).get(bad.request_id)
+
+    run_id = _run_id_of(source)
+    report = result.stdout
+    assert f"billing run {run_id} (attempt 1): 60 requests: 55 invoiced" in report
+    assert "2 invalid, 1 conflict, 1 refused, 1 temporary" in report
+    assert "invoiced 1320.00 USD" in report  # 55 requests of 2 x 12.00
+    failed_lines = [line for line in report.splitlines() if line.startswith("failed ")]
+    assert len(failed_lines) == 5, report
+    assert any("quantity: must be at least 1, got 0" in line for line in failed_lines)
+    assert any("line 22: invalid JSON" in line for line in failed_lines)
+    assert f"failed {prefix}-conflict: conflict: RequestConflict" in report
+    assert f"failed {prefix}-declined: refused: create price " in report
+    assert "InvalidRequestError HTTP 400 Invalid currency: sll" in report
+    assert f"failed {prefix}-storm: temporary: get product " in report
+    assert "APIError HTTP 500" in report
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith("error: 5 of 60 requests failed (")
+    for bad in (conflicting, declined, storm):
+        assert bad.request_id in error
+
+    items = _items(database_url, run_id)
+    outcomes = Counter(item.outcome for item in items)
+    assert outcomes == {"invoiced": 55, "invalid": 2, "conflict": 1, "refused": 1, "temporary": 1}
+    by_request = {item.request_id: item for item in items}
+    assert "sll" in (by_request[declined.request_id].reason or "").lower()
+    assert "already submitted with different content" in (
+        by_request[conflicting.request_id].reason or ""
+    )
+    assert _run(database_url, run_id).attempts == 1
+    _assert_table_artifact(run_id, invoiced=55, failures=5)
+
+    # The storm is over: rerunning the source retries only the temporary failure.
+    sandbox.configure(faults=[])
+    before = {item.position: item.updated_at for item in items}
+    again = run_cli("batch", str(source), env=env, timeout=900)
+
+    assert again.returncode == 7, (again.stdout, again.stderr[-3000:])
+    assert f"billing run {run_id} (attempt 2): 60 requests: 56 invoiced" in again.stdout
+    assert f"failed {prefix}-storm" not in again.stdout
+    _assert_invoiced_once(stripe_client, [*good, storm])
+    touched = [
+        i.request_id for i in _items(database_url, run_id) if i.updated_at != before[i.position]
+    ]
+    assert touched == [storm.request_id]
+
+
+def _assert_table_artifact(run_id: str, *, invoiced: int, failures: int) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    key = manifest.artifact_key(run_id)
+    with get_client(sync_client=True) as client:
+        [table] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+        [summary] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{key}-summary"]))
+        )
+    assert table.type == "table"
+    rows = json.loads(str(table.data))
+    counts = {row["outcome"]: row["count"] for row in rows if not row["request"]}
+    assert counts["invoiced"] == invoiced
+    assert len([row for row in rows if row["request"]]) == failures
+    assert f"| invoiced | {invoiced} |" in str(summary.data)
+    assert "sk_test" not in str(table.data) + str(summary.data)
+
+
+# --- killed mid-run, rerun --------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_a_killed_run_resumes_only_what_did_not_finish_and_duplicates_nothing(
+    sandbox: Any, stripe_client: stripe.StripeClient, database_url: str, tmp_path: Path
+) -> None:
+    from invoiceflow.db.engine import get_engine
+
+    requests = _requests(f"k{uuid.uuid4().hex[:6]}", 24)
+    source = _jsonl(tmp_path / "december.jsonl", [_as_json(r) for r in requests])
+    run_id = _run_id_of(source)
+    env = app_env(sandbox.url, database_url, INVOICEFLOW_BATCH_WORKERS="3")
+    # Slow enough that the run is still busy when it is killed.
+    sandbox.configure(latency_ms=40)
+    engine = get_engine(database_url)
+
+    def sent() -> int:
+        with Session(engine) as session:
+            rows = session.exec(select(BillingRequestRow)).all()
+        return sum(1 for row in rows if row.point is RecoveryPoint.SENT)
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoiceflow", "batch", str(source)],
+        env={**os.environ, **env},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: sent() >= 6, "six requests sent", timeout=600)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        output = process.communicate(timeout=60)[0].decode(errors="replace")
+    assert process.returncode == -signal.SIGKILL, output
+    before = {item.position: item for item in _items(database_url, run_id)}
+    finished_before = {p for p, item in before.items() if item.outcome is not None}
+    assert len(finished_before) < len(requests), "the run finished before it was killed"
+    sandbox.configure(latency_ms=0)
+
+    rerun = run_cli("batch", str(source), env=env, timeout=900)
+
+    assert rerun.returncode == 0, (rerun.stdout, rerun.stderr[-3000:])
+    assert f"billing run {run_id} (attempt 2): 24 requests: 24 invoiced" in rerun.stdout
+    _assert_invoiced_once(stripe_client, requests)
+    after = {item.position: item for item in _items(database_url, run_id)}
+    assert {item.outcome for item in after.values()} == {"invoiced"}
+    for position in finished_before:  # the rerun did not touch what had finished
+        assert after[position].updated_at == before[position].updated_at
+    with Session(engine) as session:
+        attempts = {row.request_id: row.attempts for row in session.exec(select(BillingRequestRow))}
+    for position in finished_before:
+        assert attempts[requests[position].request_id] == 1
+    assert _run(database_url, run_id).attempts == 2
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_ctrl_c_says_how_to_resume_and_exits_130(
+    sandbox: Any, stripe_client: stripe.StripeClient, sqlite_url: str, tmp_path: Path
+) -> None:
+    from invoiceflow.db.engine import get_engine
+
+    requests = _requests(f"i{uuid.uuid4().hex[:6]}", 12)
+    source = _jsonl(tmp_path / "interrupted.jsonl", [_as_json(r) for r in requests])
+    run_id = _run_id_of(source)
+    env = app_env(sandbox.url, sqlite_url, INVOICEFLOW_BATCH_WORKERS="2")
+    sandbox.configure(latency_ms=40)
+    engine = get_engine(sqlite_url)
+
+    def started() -> bool:
+        with Session(engine) as session:
+            return session.exec(select(BillingRequestRow)).first() is not None
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoiceflow", "batch", str(source)],
+        env={**os.environ, **env},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(started, "the first request recorded", timeout=600)
+        process.send_signal(signal.SIGINT)
+    finally:
+        stdout, stderr = (out.decode(errors="replace") for out in process.communicate(timeout=60))
+    assert process.returncode == 130, (stdout, stderr)
+    assert f"interrupted; rerun `invoiceflow batch {source} --run-id {run_id}` to resume" in stderr
+    assert "Traceback" not in stderr
+    sandbox.configure(latency_ms=0)
+
+    rerun = run_cli("batch", str(source), "--run-id", run_id, env=env, timeout=900)
+
+    assert rerun.returncode == 0, (rerun.stdout, rerun.stderr[-3000:])
+    _assert_invoiced_once(stripe_client, requests)
+
+
+# --- sources ------------------------------------------------------------------------
+
+
+CSV_HEADER = (
+    "request_id,customer_id,customer_email,customer_name,currency,sku,name,"
+    "unit_amount,unit_price,quantity,description,days_until_due"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_csv_directory_and_pending_sources(
+    sandbox: Any, stripe_client: stripe.StripeClient, sqlite_url: str, tmp_path: Path
+) -> None:
+    from invoiceflow import ledger
+    from invoiceflow.db.engine import get_engine
+
+    prefix = f"s{uuid.uuid4().hex[:6]}"
+    env = app_env(sandbox.url, sqlite_url)
+    csv_file = tmp_path / "batch.csv"
+    csv_file.write_text(
+        "\n".join(
+            [
+                CSV_HEADER,
+                f"{prefix}-c1,acme,billing@acme.example,Acme,usd,seat,Seat,1200,,3,November,14",
+                f"{prefix}-c1,acme,billing@acme.example,Acme,usd,setup,Setup,,99.50,1,,14",
+                f"{prefix}-c2,globex,ap@globex.example,Globex,eur,seat,Seat,,12.00,2,,",
+            ]
+        )
+        + "\n"
+    )
+    result = run_cli("batch", str(csv_file), env=env, timeout=600)
+    assert result.returncode == 0, (result.stdout, result.stderr[-3000:])
+    assert "2 requests: 2 invoiced" in result.stdout
+    assert "invoiced 135.50 USD" in result.stdout and "invoiced 24.00 EUR" in result.stdout
+    [c1] = _invoices_by_request(stripe_client)[f"{prefix}-c1"]
+    assert (c1.total, c1.currency) == (3 * 1200 + 9950, "usd")
+
+    directory = tmp_path / "requests"
+    directory.mkdir()
+    d1 = make_request(f"{prefix}-d1", items=ONE_LINE)
+    d2 = make_request(f"{prefix}-d2", customer="globex", items=ONE_LINE)
+    (directory / "d1.json").write_text(_as_json(d1))
+    (directory / "d2.yaml").write_text(yaml.safe_dump(d2.model_dump(mode="json")))
+    (directory / "notes.txt").write_text("not a request")
+    (directory / "bad.yml").write_text("request_id: bad\ncurrency: usd\n")
+    result = run_cli("batch", str(directory), env=env, timeout=600)
+    assert result.returncode == 7, (result.stdout, result.stderr[-3000:])
+    assert "3 requests: 2 invoiced, 1 invalid" in result.stdout
+    assert "failed entry 0: invalid: bad.yml: customer: is required" in result.stdout
+
+    # Pending: recorded in our database, never sent (a crash, a failure, an import).
+    engine = get_engine(sqlite_url)
+    pending = [make_request(f"{prefix}-p{n}", items=ONE_LINE) for n in range(2)]
+    for request in pending:
+        ledger.submit(engine, request)
+    result = run_cli("batch", "pending", env=env, timeout=600)
+    assert result.returncode == 0, (result.stdout, result.stderr[-3000:])
+    assert "2 requests: 2 invoiced" in result.stdout
+    _assert_invoiced_once(stripe_client, [*pending, d1, d2])
+    # Nothing is pending any more: an empty source is an error, not a silent success.
+    empty = run_cli("batch", "pending", env=env, timeout=120)
+    assert empty.returncode == 2
+    assert empty.stderr.strip().splitlines()[-1].startswith("error: source 'pending' holds no")
+
+
+def test_csv_problems_name_the_line_and_the_field(tmp_path: Path) -> None:
+    csv_file = tmp_path / "bad.csv"
+    csv_file.write_text(
+        "\n".join(
+            [
+                CSV_HEADER,
+                "r1,acme,billing@acme.example,Acme,usd,seat,Seat,1200,,1,,",
+                "r1,acme,billing@acme.example,Acme,eur,seat,Seat,1200,,1,,",
+                "r2,acme,billing@acme.example,Acme,usd,seat,Seat,12.5,,1,,",
+                "r3,acme,billing@acme.example,Acme,usd,seat,Seat,1200,,1,,",
+                "r3,acme,billing@acme.example,Acme,usd,extra,Extra,100,,0,,",
+                ",acme,billing@acme.example,Acme,usd,seat,Seat,1200,,1,,",
+            ]
+        )
+        + "\n"
+    )
+    source = read_source(str(csv_file))
+    problems = [entry.problem for entry in source.entries]
+    assert problems[0] == (
+        "line 3: currency: differs from line 2 of request 'r1'; every row of a request "
+        "must agree on it"
+    )
+    assert (
+        problems[1] == "line 4: items[0] (line 4).unit_amount: must be a whole number, got '12.5'"
+    )
+    assert problems[2] == "line 5: items[1] (line 6).quantity: must be at least 1, got 0"
+    assert problems[3] == "line 7: request_id: is required"
+    assert len(source.digest) == 64
+
+
+def test_the_readme_csv_is_two_valid_requests(tmp_path: Path) -> None:
+    import re
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- batch:csv -->\n```csv\n(.*?)```", readme, re.DOTALL)
+    assert match, "README has no batch:csv block"
+    csv_file = tmp_path / "readme.csv"
+    csv_file.write_text(match.group(1))
+    entries = read_source(str(csv_file)).entries
+    assert [e.problem for e in entries] == [None, None]
+    totals = [
+        (e.request_id, e.request.total_amount(), e.request.currency) for e in entries if e.request
+    ]
+    assert totals == [("2026-11-initech", 57900, "usd"), ("2026-11-umbrella", 5000, "gbp")]
+
+
+def test_a_request_twice_in_one_source_is_refused_the_second_time(tmp_path: Path) -> None:
+    request = make_request("twice", items=ONE_LINE)
+    source = read_source(str(_jsonl(tmp_path / "twice.jsonl", [_as_json(request)] * 2)))
+    assert source.entries[0].request == request
+    assert source.entries[1].problem == (
+        "line 2: request_id 'twice' is also at line 1; bill each request once per source "
+        "(give this one a new request_id)"
+    )
+
+
+# --- bad sources ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.jsonl", "does not exist; give a .jsonl or .csv file"),
+        (lambda d: _jsonl(d / "requests.txt", ["{}"]), "unknown file type '.txt'"),
+        (lambda d: _jsonl(d / "empty.jsonl", [""]), "holds no requests; nothing to bill"),
+        (lambda d: d, "holds no requests; nothing to bill"),
+        (lambda d: _jsonl(d / "cols.csv", ["request_id,amount"]), "unknown column 'amount'"),
+    ],
+    ids=["missing", "unknown-extension", "empty-file", "empty-directory", "unknown-column"],
+)
+def test_a_source_that_cannot_be_billed_exits_2_and_creates_nothing(
+    make: Any, message: str, tmp_path: Path
+) -> None:
+    source_dir = tmp_path / "source"
+    source_dir.mkdir()
+    database = tmp_path / "db" / "invoiceflow.db"
+    database.parent.mkdir()
+    env = app_env("http://127.0.0.1:9", f"sqlite:///{database}")
+
+    result = run_cli("batch", str(make(source_dir)), env=env)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: source ") and message in line
+    assert not database.exists()  # a file source is read before the database is opened
+
+
+def test_a_run_id_reused_for_other_content_exits_2_naming_the_fix(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    from invoiceflow.db.engine import get_engine
+
+    first = _jsonl(tmp_path / "a.jsonl", [_as_json(make_request("a-1", items=ONE_LINE))])
+    manifest.start(get_engine(sqlite_url), "monthly", read_source(str(first)))
+    other = _jsonl(tmp_path / "b.jsonl", [_as_json(make_request("b-1", items=ONE_LINE))])
+    env = app_env("http://127.0.0.1:9", sqlite_url)
+
+    result = run_cli("batch", str(other), "--run-id", "monthly", env=env)
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: run id 'monthly' already bills other content (")
+    assert "use a new --run-id for this source" in line
+    bad_id = run_cli("batch", str(other), "--run-id", "no spaces", env=env)
+    assert bad_id.returncode == 2
+    assert bad_id.stderr.startswith("error: --run-id 'no spaces' must be")
