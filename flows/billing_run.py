@@ -95,11 +95,6 @@ def billing_run_flow(source: str = "pending", run_id: str | None = None) -> repo
     return result
 
 
-def scheduled_parameters() -> dict[str, Any]:
-    """A scheduled run's parameters: it bills INVOICEFLOW_BILLING_SOURCE."""
-    return {"source": get_settings().billing_source}
-
-
 def publish(result: report.BatchReport) -> None:
     """The run's report in the Prefect UI: a table (counts, failures) and a summary."""
     key = manifest.artifact_key(result.run_id)
