@@ -41,8 +41,8 @@ def retry_if_transient(_task: Task[Any, Any], _run: TaskRun, state: State[Any]) 
     return isinstance(error, BaseException) and is_transient(error)
 
 
-def _step(name: str, run_name: str | None = None) -> Callable[[Callable[P, R]], Task[P, R]]:
-    """A Stripe step as a Prefect task, with the retry policy above."""
+def stripe_step(name: str, run_name: str | None = None) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """A Stripe step as a Prefect task, with the retry policy above (dunning's too)."""
 
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
         return task(
@@ -60,12 +60,12 @@ def _step(name: str, run_name: str | None = None) -> Callable[[Callable[P, R]], 
     return decorate
 
 
-@_step("ensure-product", "ensure-product-{sku}")
+@stripe_step("ensure-product", "ensure-product-{sku}")
 def ensure_product(sku: str, name: str, request_id: str) -> str:
     return catalog.ensure_product(get_runtime(), sku, name, request_id)
 
 
-@_step("ensure-price", "ensure-price-{sku}-{unit_amount}{currency}")
+@stripe_step("ensure-price", "ensure-price-{sku}-{unit_amount}{currency}")
 def ensure_price(
     sku: str, currency: str, unit_amount: int, stripe_product_id: str, request_id: str
 ) -> str:
@@ -74,37 +74,37 @@ def ensure_price(
     )
 
 
-@_step("ensure-customer")
+@stripe_step("ensure-customer")
 def ensure_customer(request_id: str, owner: str) -> str:
     return customers.ensure_customer(get_runtime(), request_id, owner)
 
 
-@_step("catalog-ready")
+@stripe_step("catalog-ready")
 def mark_catalog_ready(request_id: str, owner: str) -> None:
     invoicing.mark_catalog_ready(get_runtime(), request_id, owner)
 
 
-@_step("create-invoice")
+@stripe_step("create-invoice")
 def create_invoice(request_id: str, owner: str) -> str:
     return invoicing.create_invoice(get_runtime(), request_id, owner)
 
 
-@_step("add-items")
+@stripe_step("add-items")
 def add_items(request_id: str, owner: str) -> None:
     invoicing.add_items(get_runtime(), request_id, owner)
 
 
-@_step("finalize")
+@stripe_step("finalize")
 def finalize(request_id: str, owner: str) -> None:
     invoicing.finalize(get_runtime(), request_id, owner)
 
 
-@_step("send")
+@stripe_step("send")
 def send(request_id: str, owner: str) -> None:
     invoicing.send(get_runtime(), request_id, owner)
 
 
-@_step("refresh-settlement")
+@stripe_step("refresh-settlement")
 def refresh_settlement(request_id: str, owner: str) -> str:
     point: RecoveryPoint = invoicing.refresh_settlement(get_runtime(), request_id, owner)
     return point.value
