@@ -36,6 +36,40 @@ INTERRUPT_CLEANUP_SECONDS = 5.0
 
 def register(app: typer.Typer) -> None:
     app.command("batch")(batch)
+    app.command("submit")(submit)
+
+
+def submit(
+    source: Annotated[
+        str,
+        typer.Argument(help="A .jsonl or .csv file, or a directory of .json/.yaml request files."),
+    ],
+) -> None:
+    """Record SOURCE's requests for the next billing run (`batch pending`), without
+    invoicing them now; all of them, or none if any is invalid or conflicting."""
+    from invoiceflow.batch.source import PENDING, SourceError, read_source
+    from invoiceflow.batch.submit import SubmitRefused, submit_source
+    from invoiceflow.cli import database_errors, fail
+    from invoiceflow.runtime import get_runtime
+    from invoiceflow.settings import SettingsError
+
+    try:
+        if source == PENDING:
+            raise SourceError("'pending' is what submit records into; give a file or directory")
+        read = _billable(read_source(source), source)
+    except (SettingsError, SourceError) as exc:
+        raise fail(Exit.BAD_INPUT, str(exc)) from None
+    try:
+        with database_errors():
+            done = submit_source(get_runtime().engine, read)
+    except SubmitRefused as exc:
+        code = Exit.CONFLICT if exc.conflict else Exit.BAD_INPUT
+        raise fail(code, f"nothing recorded: {exc}") from None
+    typer.echo(
+        f"recorded {done.recorded} request(s) for the next billing run"
+        + (f" ({done.already} were already recorded)" if done.already else "")
+        + "; `invoiceflow batch pending` bills them now"
+    )
 
 
 def batch(
