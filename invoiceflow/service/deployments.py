@@ -42,9 +42,9 @@ def cycle_schedule(cron: str, settings: Settings, slug: str) -> list[Schedule]:
 
 
 async def build_deployments() -> list[RunnerDeployment]:
-    from flows.billing_run import billing_run_flow
     from prefect.types.entrypoint import EntrypointType
 
+    from flows.billing_run import billing_run_flow
     from flows.dunning import dunning_flow
     from flows.invoice import invoice_flow
     from flows.reconcile import reconcile_flow
