@@ -92,8 +92,7 @@ def local_prefect_server(
                 raise RuntimeError(f"Prefect server did not start; see {log_path}")
             time.sleep(0.25)
         os.environ["PREFECT_API_URL"] = api_url
-        with _this_process_uses(api_url):
-            yield LocalPrefectServer(api_url, home, port, log_path, time.monotonic() - started)
+        yield LocalPrefectServer(api_url, home, port, log_path, time.monotonic() - started)
     finally:
         if "prefect" in sys.modules:  # send buffered run logs while the server is still up
             from prefect.logging.handlers import APILogWorker
@@ -112,25 +111,6 @@ def local_prefect_server(
         log.close()
         if not keep_home:
             shutil.rmtree(home, ignore_errors=True)
-
-
-@contextmanager
-def _this_process_uses(api_url: str) -> Iterator[None]:
-    """Point this process's Prefect client at the server too.
-
-    Prefect reads the environment once, when it is imported: a process that
-    imported it before the server started (a test module importing a flow)
-    would otherwise keep talking to a temporary server of its own, and see
-    none of the runs, deployments and artifacts its subprocesses made here.
-    Threads without a settings context read the environment, set above.
-    """
-    if "prefect" not in sys.modules:
-        yield
-        return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        yield
 
 
 def _healthy(api_url: str) -> bool:

@@ -3,6 +3,7 @@ databases, and a real Prefect server for everything that runs a flow."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -47,8 +48,27 @@ def prefect_api() -> Iterator[str]:
         return
     from invoiceflow.local_prefect import local_prefect_server
 
-    with local_prefect_server() as server:
+    with local_prefect_server() as server, _this_process_uses(server.api_url):
         yield server.api_url
+
+
+@contextlib.contextmanager
+def _this_process_uses(api_url: str) -> Iterator[None]:
+    """Point this process's Prefect client at the session's server too.
+
+    Prefect reads the environment once, when it is imported: a test module
+    that imported a flow at collection, before the server started, would
+    otherwise make this process talk to a temporary server of its own, and
+    see none of the runs, deployments and artifacts its subprocesses made.
+    (Tests that start a server of their own use `temporary_settings` likewise.)
+    """
+    if "prefect" not in sys.modules:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        yield
 
 
 # --- Stripe sandbox ----------------------------------------------------------

@@ -40,8 +40,11 @@ def _runs(deployment_name: str) -> list[Any]:
 
 
 def test_cron_deployments_fire_under_the_servers_scheduler(sandbox: Any, tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     with (
         local_prefect_server(PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1") as prefect,
+        temporary_settings({PREFECT_API_URL: prefect.api_url}),
         _running_service(
             prefect.api_url,
             sandbox.url,
