@@ -54,21 +54,21 @@ def prefect_api() -> Iterator[str]:
 
 @contextlib.contextmanager
 def _this_process_uses(api_url: str) -> Iterator[None]:
-    """Point this process's Prefect client at the session's server too.
+    """Point this process's Prefect client, in every thread, at the session's server too.
 
     Prefect reads the environment once, when it is imported: a test module
     that imported a flow at collection, before the server started, would
-    otherwise make this process talk to a temporary server of its own, and
-    see none of the runs, deployments and artifacts its subprocesses made.
-    (Tests that start a server of their own use `temporary_settings` likewise.)
+    otherwise make this process (and every thread it starts) talk to a
+    temporary server of its own, and see none of the runs, deployments and
+    artifacts its subprocesses made. `local_prefect_server` has exported
+    PREFECT_API_URL; Prefect's process-wide settings are re-read from it.
+    (Tests that start a server of their own use `temporary_settings`.)
     """
-    if "prefect" not in sys.modules:
-        yield
-        return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        yield
+    assert os.environ.get("PREFECT_API_URL") == api_url
+    context = sys.modules.get("prefect.context")
+    if context is not None:
+        context.refresh_global_settings_context()
+    yield
 
 
 # --- Stripe sandbox ----------------------------------------------------------
