@@ -37,15 +37,16 @@ class Submitted:
 def submit_source(engine: Engine, source: Source) -> Submitted:
     """Record every request of `source` as pending, or none of them."""
     requests = _requests(source)
+    stored = {request.request_id: ledger.load(engine, request.request_id) for request in requests}
     conflicts = [
         f"{request.request_id}: already recorded with different content; use a new request_id"
         for request in requests
-        if (stored := ledger.load(engine, request.request_id)) is not None
-        and stored.fingerprint != request.fingerprint()
+        if (row := stored[request.request_id]) is not None
+        and row.fingerprint != request.fingerprint()
     ]
     if conflicts:
         raise SubmitRefused(conflicts, conflict=True)
-    already = sum(1 for request in requests if ledger.load(engine, request.request_id))
+    already = sum(1 for row in stored.values() if row is not None)
     for request in requests:
         # Idempotent: the same request submitted again is the stored one.
         ledger.submit(engine, request)
