@@ -22,6 +22,12 @@ log = logging.getLogger("invoiceflow.sandbox")
 STARTUP_TIMEOUT_S = 10.0
 # Idle keep-alive connections are closed at shutdown; give requests in flight this long.
 SHUTDOWN_GRACE_S = 2
+# How long an idle keep-alive connection stays open. uvicorn's default (5 s) is
+# shorter than a test client often idles between calls (a CLI subprocess runs in
+# between); when the server closes the connection just as the client reuses it,
+# the client reads "connection reset by peer" for a call that never arrived.
+# Clients of ours retry that, but a test's bare SDK client must not meet it.
+KEEP_ALIVE_S = 600
 
 
 def build_config(**config: Any) -> SandboxConfig:
@@ -39,6 +45,7 @@ def _uvicorn_config(app: SandboxApp, log_level: str) -> uvicorn.Config:
         access_log=False,  # the app logs one line per request itself
         log_level=log_level,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 
