@@ -204,5 +204,6 @@ def _find(rt: Runtime, customer: Customer) -> stripe.Customer | None:
     by_metadata = call_with_retries(
         lambda: rt.stripe.v1.customers.search({"query": query, "limit": 2}),
         f"search customer {customer.id}",
+        search=True,
     )
     return by_metadata.data[0] if by_metadata.data else None

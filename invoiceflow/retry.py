@@ -7,6 +7,11 @@ other 4xx — retrying them only repeats the same answer. Stripe's own
 
 A retry always resends the exact same call under the exact same idempotency
 key; nothing here builds a request.
+
+Every attempt first takes a slot of the shared rate limit
+(`invoiceflow.ratelimit`), and a 429 pushes that limit back for everyone who
+shares it: one caller meeting Stripe's limit slows all of them down, instead
+of each finding out on its own with a 429 of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import TypeVar
 import stripe
 
 from invoiceflow import progress
+from invoiceflow.ratelimit import limiter
 
 T = TypeVar("T")
 
@@ -68,6 +74,12 @@ def retry_after_seconds(exc: BaseException) -> float | None:
         return None
 
 
+def is_rate_limited(exc: BaseException) -> bool:
+    return isinstance(exc, stripe.RateLimitError) or (
+        isinstance(exc, stripe.StripeError) and exc.http_status == 429
+    )
+
+
 def is_transient(exc: BaseException, *, read: bool = False) -> bool:
     """True when the same call may succeed if simply made again.
 
@@ -94,17 +106,21 @@ def call_with_retries(
     what: str,
     *,
     read: bool = True,
+    search: bool = False,
     policy: RetryPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Run `call`, retrying transient Stripe failures; permanent ones raise at once.
 
     Most calls are reads; writes go through `invoiceflow.stripe_write.write_once`,
-    which passes `read=False`.
+    which passes `read=False`. `search`: the call is a Stripe Search, which
+    has a budget of its own besides the global one.
     """
     policy = policy or configured_policy()
+    gate = limiter()
     attempt = 1
     while True:
+        gate.acquire("search" if search else "api")
         try:
             return call()
         except Exception as exc:
@@ -112,6 +128,8 @@ def call_with_retries(
                 _name_the_call(exc, what)
                 raise
             wait = policy.delay(attempt, exc)
+            if is_rate_limited(exc):
+                gate.push_back(wait)
             progress.log.warning(
                 "Stripe: %s: %s; retry %d in %.1fs", what, describe(exc), attempt, wait
             )

@@ -37,6 +37,8 @@ _TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
 _LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 
 _SUPPORTED_DB_BACKENDS = ("sqlite", "postgresql")
+# Stripe's documented global rate limits, calls a second.
+_STRIPE_RATE_PRESETS = {"test": 25.0, "live": 100.0}
 
 MIN_TRIGGER_TOKEN_LENGTH = 16
 
@@ -148,6 +150,18 @@ class Settings(BaseSettings):
     # (clock_…), so advancing the clock moves their invoices through time.
     stripe_test_clock: str | None = Field(
         default=None, validation_alias=AliasChoices("INVOICEFLOW_STRIPE_TEST_CLOCK")
+    )
+
+    # --- the shared Stripe rate limit (see README "Rate limit") --------------
+    # test (25/s) | live (100/s) | a number of calls a second | off; unset:
+    # by the key's mode. Read through `stripe_rate_per_second()`.
+    stripe_rate: str | None = Field(
+        default=None, validation_alias=AliasChoices("INVOICEFLOW_STRIPE_RATE")
+    )
+    # memory | postgres | redis://host:port/db; unset: postgres when the
+    # database is PostgreSQL, else memory. Read through `rate_limit_store()`.
+    rate_limit_backend: str | None = Field(
+        default=None, validation_alias=AliasChoices("INVOICEFLOW_RATE_LIMIT_BACKEND")
     )
 
     @field_validator("stripe_api_key")
@@ -290,6 +304,46 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("stripe_rate")
+    @classmethod
+    def _stripe_rate(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        value = value.strip().lower()
+        if value in _STRIPE_RATE_PRESETS or value == "off":
+            return value
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = float("nan")
+        if not 0 < rate < float("inf"):
+            raise ValueError(
+                "INVOICEFLOW_STRIPE_RATE must be test (25/s), live (100/s), a positive "
+                "number of calls a second, or off"
+            )
+        return value
+
+    @field_validator("rate_limit_backend")
+    @classmethod
+    def _rate_limit_backend(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        value = value.strip()
+        if value in ("memory", "postgres") or value.startswith(("redis://", "rediss://")):
+            return value
+        raise ValueError(
+            "INVOICEFLOW_RATE_LIMIT_BACKEND must be memory, postgres or a redis://host:port/db URL"
+        )
+
+    @model_validator(mode="after")
+    def _postgres_limit_needs_postgres(self) -> Settings:
+        if self.rate_limit_backend == "postgres" and not self._database_is_postgres():
+            raise ValueError(
+                "INVOICEFLOW_RATE_LIMIT_BACKEND=postgres needs INVOICEFLOW_DATABASE_URL to be "
+                "PostgreSQL; use memory (one process) or redis://host:port/db"
+            )
+        return self
+
     @model_validator(mode="after")
     def _refuse_live_key_by_default(self) -> Settings:
         if (
@@ -319,6 +373,27 @@ class Settings(BaseSettings):
                 "INVOICEFLOW_STRIPE_TEST_CLOCK works only with a test key; unset it for live mode"
             )
         return self
+
+    def _database_is_postgres(self) -> bool:
+        return make_url(self.database_url).get_backend_name() == "postgresql"
+
+    def stripe_mode(self) -> Literal["test", "live"]:
+        key = self.stripe_api_key.get_secret_value() if self.stripe_api_key else ""
+        return "live" if key.startswith(_LIVE_KEY_PREFIXES) else "test"
+
+    def stripe_rate_per_second(self) -> float | None:
+        """Stripe calls a second for the shared limiter; None when it is off."""
+        if self.stripe_rate == "off":
+            return None
+        if self.stripe_rate is None:
+            return _STRIPE_RATE_PRESETS[self.stripe_mode()]
+        return _STRIPE_RATE_PRESETS.get(self.stripe_rate) or float(self.stripe_rate)
+
+    def rate_limit_store(self) -> str:
+        """memory, postgres, or the Redis URL where the shared limit lives."""
+        if self.rate_limit_backend is not None:
+            return self.rate_limit_backend
+        return "postgres" if self._database_is_postgres() else "memory"
 
     def require_stripe_key(self) -> str:
         if self.stripe_api_key is None:

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from invoiceflow.db.engine import get_engine
 from invoiceflow.http_body import read_capped
+from invoiceflow.retry import RetryPolicy, call_with_retries
 from invoiceflow.settings import Settings
 from invoiceflow.stripe_api import make_client
 from invoiceflow.webhooks.apply import MalformedEvent, ReadInvoice, parse_event, receive
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # Stripe's events are a few KiB; anything this large is not one of them.
 MAX_BODY_BYTES = 256 * 1024
+_READ_ONCE = RetryPolicy(attempts=1)
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
@@ -92,6 +94,13 @@ def _invoice_reader(settings: Settings) -> ReadInvoice:
     client = make_client(settings)
 
     def read(invoice_id: str) -> Mapping[str, Any]:
-        return client.v1.invoices.retrieve(invoice_id).to_dict()
+        # Through the shared rate limit like every Stripe call, but tried once:
+        # a failure answers 503 and Stripe delivers the event again later.
+        invoice = call_with_retries(
+            lambda: client.v1.invoices.retrieve(invoice_id),
+            f"get {invoice_id}",
+            policy=_READ_ONCE,
+        )
+        return invoice.to_dict()
 
     return read
