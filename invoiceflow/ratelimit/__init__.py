@@ -33,10 +33,13 @@ def build(settings: Settings) -> Limiter | Unlimited:
     rate = settings.stripe_rate_per_second()
     if rate is None:
         return Unlimited()
-    # Named by mode, never by key: the secret must not reach a table or Redis.
+    # Stripe limits each account; we name the limit by where Stripe is (each
+    # sandbox is an account of its own) and the key's mode, never by the key:
+    # the secret must not reach a table or Redis.
+    where = f"{settings.stripe_api_base} " if settings.stripe_api_base else ""
     mode = settings.stripe_mode()
-    api = Budget(f"{mode}:api", rate, BURST)
-    search = Budget(f"{mode}:search", min(rate, SEARCH_RATE), BURST)
+    api = Budget(f"{where}{mode}:api", rate, BURST)
+    search = Budget(f"{where}{mode}:search", min(rate, SEARCH_RATE), BURST)
     return Limiter(_store(settings), api, search)
 
 

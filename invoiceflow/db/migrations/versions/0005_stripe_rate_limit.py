@@ -22,8 +22,9 @@ def upgrade() -> None:
     # lost row only lets one burst through.
     op.create_table(
         "stripe_rate_limit",
-        # test:api, test:search, live:api, …: the mode and the budget, never a key.
-        sa.Column("name", sa.String(length=64), nullable=False),
+        # "live:api", "test:search", "http://127.0.0.1:12111 test:api": where
+        # Stripe is, the key's mode and the budget; never the key.
+        sa.Column("name", sa.String(length=255), nullable=False),
         # Epoch seconds on the database's clock (clock_timestamp()).
         sa.Column("tat", sa.Float(precision=53), nullable=False),
         sa.PrimaryKeyConstraint("name"),
