@@ -377,3 +377,21 @@ def test_a_bad_rate_on_the_command_line_is_one_line_and_exit_2(
         "of calls a second, or off"
     ]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_long_wait_says_so_on_the_progress_log(caplog: pytest.LogCaptureFixture) -> None:
+    from invoiceflow.ratelimit import Budget
+    from invoiceflow.ratelimit.gcra import MemoryStore
+
+    waits: list[float] = []
+    api = Budget("test:api", RATE, BURST)
+    gate = Limiter(MemoryStore(), api, Budget("test:search", 20.0, BURST), sleep=waits.append)
+    gate.acquire()
+    assert caplog.records == [] and waits == []  # no wait, nothing said
+
+    gate.push_back(30.0)
+    with caplog.at_level("INFO", logger="invoiceflow.progress"):
+        gate.acquire("search")
+    assert waits and waits[0] > 29
+    said = [r.getMessage() for r in caplog.records if r.name == "invoiceflow.progress"]
+    assert said and said[0].startswith("waiting 30s for Stripe's rate limit")
