@@ -101,7 +101,7 @@ def billing_run_flow(
     """
     logger = get_run_logger()
     rt = get_runtime()
-    shard_count = sharding.check_shards(shards or rt.settings.batch_shards)
+    shard_count = sharding.check_shards(rt.settings.batch_shards if shards is None else shards)
     if shard_count > 1:  # before anything is recorded: a misconfiguration creates nothing
         dispatch.require_deployment()
     read = source_module.read_source(source, rt.engine)
@@ -116,24 +116,9 @@ def billing_run_flow(
         f"in {shard_count} shards" if shard_count > 1 else "here",
     )
     if shard_count == 1:
-        todo = [(p, read.entries[p].request) for p in started.todo]
-        # An entry broken in the source was finished as invalid already.
-        bill_entries(run_id, [(p, request) for p, request in todo if request is not None])
+        bill_entries(run_id, _billable(read, started.todo))
     else:
-        # Intent before Stripe: every request in the shared ledger before any shard starts.
-        left = sharding.record_intents(rt.engine, run_id, read, started.todo)
-        logger.info("Recorded %d requests for %d shards", left, shard_count)
-        flow_run_ids = dispatch.start_shards(run_id, started.run.attempts, shard_count)
-        ends = dispatch.wait(rt.engine, run_id, len(read.entries), flow_run_ids, logger.info)
-        for end in ends:
-            if not end.completed:
-                progress.note(
-                    "shard %d/%d (flow run %s) ended %s: its unfinished entries wait for a rerun",
-                    end.shard + 1,
-                    shard_count,
-                    end.flow_run_id,
-                    end.state,
-                )
+        bill_in_shards(run_id, read, started, shard_count)
     manifest.finish(rt.engine, run_id)
     loaded = manifest.load(rt.engine, run_id)
     assert loaded is not None
@@ -141,6 +126,34 @@ def billing_run_flow(
     publish(result)
     logger.info("%s", result.lines()[0])
     return result
+
+
+def _billable(read: source_module.Source, positions: list[int]) -> list[tuple[int, BillingRequest]]:
+    # An entry broken in the source was finished as invalid already: nothing to run.
+    entries = [(position, read.entries[position].request) for position in positions]
+    return [(position, request) for position, request in entries if request is not None]
+
+
+def bill_in_shards(
+    run_id: str, read: source_module.Source, started: manifest.Started, shards: int
+) -> None:
+    """Record the requests, start `shards` billing-shard runs, and wait for them all."""
+    logger = get_run_logger()
+    rt = get_runtime()
+    # Intent before Stripe: every request in the shared ledger before any shard starts.
+    left = sharding.record_intents(rt.engine, run_id, read, started.todo)
+    logger.info("Recorded %d requests for %d shards", left, shards)
+    flow_run_ids = dispatch.start_shards(run_id, started.run.attempts, shards)
+    ends = dispatch.wait(rt.engine, run_id, len(read.entries), flow_run_ids, logger.info)
+    for end in ends:
+        if not end.completed:
+            progress.note(
+                "shard %d/%d (flow run %s) ended %s: its unfinished entries wait for a rerun",
+                end.shard + 1,
+                shards,
+                end.flow_run_id,
+                end.state,
+            )
 
 
 def publish(result: report.BatchReport) -> None:

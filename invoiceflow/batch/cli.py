@@ -105,7 +105,7 @@ def batch(
 
     try:
         get_settings().require_stripe_key()
-        shards = check_shards(shards or get_settings().batch_shards)
+        shards = check_shards(get_settings().batch_shards if shards is None else shards)
         if run_id is not None:
             manifest.check_run_id(run_id)
         # A file source is checked before the database is touched: a bad one creates nothing.
