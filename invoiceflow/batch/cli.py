@@ -124,7 +124,10 @@ def batch(
     rerun = f"invoiceflow batch {source} --run-id {run_id}"
     if shards > 1:
         rerun += f" --shards {shards}"
-    with _on_interrupt(engine, run_id, rerun), _progress(engine, run_id, len(read.entries)):
+    with (
+        _on_interrupt(engine, run_id, rerun, shards > 1),
+        _progress(engine, run_id, len(read.entries)),
+    ):
         result = _run(read, run_id, shards)
     for line in result.lines():
         typer.echo(line)
@@ -228,7 +231,7 @@ def _lines(engine: Engine, run_id: str, total: int, stop: threading.Event) -> No
 
 
 @contextmanager
-def _on_interrupt(engine: Engine, run_id: str, rerun: str) -> Iterator[None]:
+def _on_interrupt(engine: Engine, run_id: str, rerun: str, sharded: bool) -> Iterator[None]:
     """Ctrl-C: one line saying how to resume, exit 130 within seconds.
 
     Prefect's unwinding of dozens of task runs against a temporary server
@@ -240,7 +243,9 @@ def _on_interrupt(engine: Engine, run_id: str, rerun: str) -> Iterator[None]:
 
     def leave(_signum: int, _frame: object) -> None:
         os.write(2, f"\ninterrupted; rerun `{rerun}` to resume\n".encode())
-        finisher = threading.Thread(target=_release_leases, args=(engine, run_id), daemon=True)
+        finisher = threading.Thread(
+            target=_release_leases, args=(engine, run_id, sharded), daemon=True
+        )
         finisher.start()
         finisher.join(INTERRUPT_CLEANUP_SECONDS)
         os._exit(130)
@@ -252,10 +257,11 @@ def _on_interrupt(engine: Engine, run_id: str, rerun: str) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _release_leases(engine: Engine, run_id: str) -> None:
-    """Free the requests this process was working on now, not after their lease lapses."""
+def _release_leases(engine: Engine, run_id: str, sharded: bool) -> None:
+    """Free the requests this process was working on now, not after their lease lapses;
+    cancel the run's shards on the workers (a sharded run)."""
     from invoiceflow import lease, ledger
-    from invoiceflow.batch import manifest
+    from invoiceflow.batch import dispatch, manifest
     from invoiceflow.interrupt import _stop_temporary_server
 
     # The database may be down too; then the leases lapse on their own.
@@ -266,4 +272,7 @@ def _release_leases(engine: Engine, run_id: str) -> None:
                 row = ledger.load(engine, item.request_id)
                 if row is not None and lease.held_by_this_process(row.lease_owner):
                     ledger.release_lease(engine, item.request_id, str(row.lease_owner))
+    if sharded:
+        with contextlib.suppress(Exception):  # Prefect may be gone too: the rerun copes
+            dispatch.cancel_shards(run_id)
     _stop_temporary_server()

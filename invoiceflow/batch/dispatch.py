@@ -33,6 +33,28 @@ PROGRESS_EVERY_SECONDS = 5.0
 UNCLAIMED_NOTE_SECONDS = 30.0
 
 
+def run_tag(run_id: str) -> str:
+    """The tag on every shard run of billing run `run_id` (to find them, in the UI too)."""
+    return f"billing-run:{run_id}"[:100]
+
+
+def cancel_shards(run_id: str) -> int:
+    """Ask Prefect to cancel the shard runs of `run_id` still going (Ctrl-C of the parent):
+    their workers stop them, and a rerun resumes what they did not finish. How many."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.states import Cancelling
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[run_tag(run_id)]))
+        )
+        going = [run for run in runs if run.state is not None and not run.state.is_final()]
+        for run in going:
+            client.set_flow_run_state(run.id, Cancelling(message="the billing run was interrupted"))
+    return len(going)
+
+
 def require_deployment() -> None:
     """Raise `ShardingError` (one line naming the fix) unless `billing-shard` is registered."""
     from prefect.client.orchestration import get_client
@@ -62,7 +84,7 @@ def start_shards(run_id: str, attempt: int, shards: int) -> list[UUID]:
                 flow_run_name=f"billing-shard-{run_id}-{shard + 1}-of-{shards}",
                 timeout=0,  # start them all; `wait` watches them together
                 idempotency_key=f"{run_id}:{attempt}:{shard}/{shards}",
-                tags=[f"billing-run:{run_id}"[:100]],
+                tags=[run_tag(run_id)],
             )
         except ObjectNotFound:
             raise not_registered(get_current_settings().api.url) from None
