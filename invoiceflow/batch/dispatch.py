@@ -4,8 +4,8 @@ The shards are runs of the `billing-shard` deployment on the `invoiceflow`
 process work pool, started with `run_deployment(timeout=0)`: they run in
 parallel on whichever workers poll the pool, and show in the UI as children of
 the billing run. Each is keyed `<run id>:<attempt>:<shard>/<shards>` (Prefect's
-idempotency key), so a retried parent within one attempt finds its shards
-instead of starting more; a new attempt (a rerun) starts fresh ones.
+idempotency key), so one attempt never starts the same shard twice; a new
+attempt (a rerun) starts fresh ones.
 
 A shard whose process dies (a worker SIGKILLed, a lost machine) cannot report
 its end: the crashed-runs automation (`invoiceflow automations`) marks it
