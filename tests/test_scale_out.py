@@ -184,6 +184,7 @@ def test_two_workers_bill_one_run_once_each_within_stripes_rate(
     shard_runs = _shard_runs(run_id)
     assert len(shard_runs) == WORKERS
     assert {run.state.name for run in shard_runs} == {"Completed"}
+    assert all(run.parent_task_run_id for run in shard_runs)  # children of the run in the UI
     ids = {str(run.id) for run in shard_runs}
     # The server stores the workers' events a moment after they are sent.
     workers = wait_for(lambda: (w := _workers_of(ids)) and len(w) == len(ids) and w, "events")
