@@ -13,11 +13,22 @@ crash, or to retry what failed for a while — resumes only what did not finish.
 
 The parameters are references (a path, "pending", a run id), never the
 requests themselves: Prefect refuses parameters over 512 KiB.
+
+With `shards` > 1 (INVOICEFLOW_BATCH_SHARDS, `invoiceflow batch --shards`) the
+same run is spread over workers of a process work pool:
+
+    read source → open manifest → record every request in the ledger
+      → billing-shard 1/N ‖ … ‖ billing-shard N/N (deployment runs, children of this one)
+      → wait, with progress → report
+
+each shard running its share of the manifest with the same per-request tasks
+(`flows/billing_shard.py`, `invoiceflow.batch.shards`).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,8 +39,9 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run, task_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from invoiceflow import lease
-from invoiceflow.batch import manifest, report, unit
+from invoiceflow import lease, progress
+from invoiceflow.batch import dispatch, manifest, report, unit
+from invoiceflow.batch import shards as sharding
 from invoiceflow.batch import source as source_module
 from invoiceflow.request import BillingRequest
 from invoiceflow.runtime import get_runtime
@@ -49,43 +61,64 @@ def invoice_entry(run_id: str, position: int, request: BillingRequest) -> str:
     return result.outcome.value
 
 
-@flow(
-    name="billing-run",
-    flow_run_name=_run_name,
-    task_runner=cast(
-        TaskRunner[PrefectFuture[Any]],
-        ThreadPoolTaskRunner(max_workers=get_settings().batch_workers),
-    ),
-    retries=0,
-    log_prints=False,
-)
-def billing_run_flow(source: str = "pending", run_id: str | None = None) -> report.BatchReport:
-    """Invoice every request of `source` ("pending", a .jsonl/.csv file, or a directory).
+def bill_entries(run_id: str, entries: Iterable[tuple[int, BillingRequest]]) -> None:
+    """One `invoice-<request id>` task per entry on the flow's thread pool; wait for all.
 
-    `run_id` names the run's manifest; by default it is derived from the
-    source's name and content, so running the same source again resumes it.
+    Each task records its entry's outcome in the manifest itself.
     """
-    logger = get_run_logger()
-    rt = get_runtime()
-    read = source_module.read_source(source, rt.engine)
-    run_id = manifest.check_run_id(run_id) if run_id else manifest.default_run_id(read)
-    started = manifest.start(rt.engine, run_id, read)
-    logger.info(
-        "Billing run %s, attempt %d: %d of %d requests to do",
-        run_id,
-        started.run.attempts,
-        len(started.todo),
-        len(read.entries),
-    )
     futures = []
-    for position in started.todo:
-        request = read.entries[position].request
-        if request is None:  # broken in the source: finished as invalid already
-            continue
+    for position, request in entries:
         named = invoice_entry.with_options(task_run_name=f"invoice-{request.request_id}")
         futures.append(named.submit(run_id, position, request))
     for future in futures:
         future.wait()
+
+
+def thread_pool() -> TaskRunner[PrefectFuture[Any]]:
+    """Requests of one flow run in flight at once: INVOICEFLOW_BATCH_WORKERS threads."""
+    return cast(
+        TaskRunner[PrefectFuture[Any]],
+        ThreadPoolTaskRunner(max_workers=get_settings().batch_workers),
+    )
+
+
+@flow(
+    name="billing-run",
+    flow_run_name=_run_name,
+    task_runner=thread_pool(),
+    retries=0,
+    log_prints=False,
+)
+def billing_run_flow(
+    source: str = "pending", run_id: str | None = None, shards: int | None = None
+) -> report.BatchReport:
+    """Invoice every request of `source` ("pending", a .jsonl/.csv file, or a directory).
+
+    `run_id` names the run's manifest; by default it is derived from the
+    source's name and content, so running the same source again resumes it.
+    `shards` (default INVOICEFLOW_BATCH_SHARDS): 1 bills here; more spreads the
+    run over that many `billing-shard` deployment runs.
+    """
+    logger = get_run_logger()
+    rt = get_runtime()
+    shard_count = sharding.check_shards(rt.settings.batch_shards if shards is None else shards)
+    if shard_count > 1:  # before anything is recorded: a misconfiguration creates nothing
+        dispatch.require_deployment()
+    read = source_module.read_source(source, rt.engine)
+    run_id = manifest.check_run_id(run_id) if run_id else manifest.default_run_id(read)
+    started = manifest.start(rt.engine, run_id, read)
+    logger.info(
+        "Billing run %s, attempt %d: %d of %d requests to do, %s",
+        run_id,
+        started.run.attempts,
+        len(started.todo),
+        len(read.entries),
+        f"in {shard_count} shards" if shard_count > 1 else "here",
+    )
+    if shard_count == 1:
+        bill_entries(run_id, _billable(read, started.todo))
+    else:
+        bill_in_shards(run_id, read, started, shard_count)
     manifest.finish(rt.engine, run_id)
     loaded = manifest.load(rt.engine, run_id)
     assert loaded is not None
@@ -93,6 +126,34 @@ def billing_run_flow(source: str = "pending", run_id: str | None = None) -> repo
     publish(result)
     logger.info("%s", result.lines()[0])
     return result
+
+
+def _billable(read: source_module.Source, positions: list[int]) -> list[tuple[int, BillingRequest]]:
+    # An entry broken in the source was finished as invalid already: nothing to run.
+    entries = [(position, read.entries[position].request) for position in positions]
+    return [(position, request) for position, request in entries if request is not None]
+
+
+def bill_in_shards(
+    run_id: str, read: source_module.Source, started: manifest.Started, shards: int
+) -> None:
+    """Record the requests, start `shards` billing-shard runs, and wait for them all."""
+    logger = get_run_logger()
+    rt = get_runtime()
+    # Intent before Stripe: every request in the shared ledger before any shard starts.
+    left = sharding.record_intents(rt.engine, run_id, read, started.todo)
+    logger.info("Recorded %d requests for %d shards", left, shards)
+    flow_run_ids = dispatch.start_shards(run_id, started.run.attempts, shards)
+    ends = dispatch.wait(rt.engine, run_id, len(read.entries), flow_run_ids, logger.info)
+    for end in ends:
+        if not end.completed:
+            progress.note(
+                "shard %d/%d (flow run %s) ended %s: its unfinished entries wait for a rerun",
+                end.shard + 1,
+                shards,
+                end.flow_run_id,
+                end.state,
+            )
 
 
 def publish(result: report.BatchReport) -> None:

@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     batch_workers: int = Field(
         default=8, ge=1, le=64, validation_alias=AliasChoices("INVOICEFLOW_BATCH_WORKERS")
     )
+    # Shards a billing run is spread over: 1 bills in the run's own process; N
+    # starts N runs of the `billing-shard` deployment on the work pool's workers.
+    batch_shards: int = Field(
+        default=1, ge=1, le=64, validation_alias=AliasChoices("INVOICEFLOW_BATCH_SHARDS")
+    )
     # Days after the due date on which an open invoice is emailed again.
     dunning_reminder_days: Annotated[list[int], NoDecode] = Field(
         default=[1, 7, 14], validation_alias=AliasChoices("INVOICEFLOW_DUNNING_REMINDER_DAYS")

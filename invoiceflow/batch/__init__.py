@@ -4,7 +4,9 @@
     manifest.py  the run's manifest: what each entry came to, so a rerun resumes
     unit.py      bill one entry and classify how it ended
     report.py    counts by outcome, totals by currency, failures with reasons
+    shards.py    a run spread over shards: intents first, each shard's share of the manifest
+    dispatch.py  start the shards as deployment runs, wait for them with progress
     cli.py       `invoiceflow batch SOURCE`
 
-The flow that runs them is `flows/billing_run.py`.
+The flows that run them are `flows/billing_run.py` and `flows/billing_shard.py`.
 """

@@ -86,9 +86,18 @@ def batch(
             "--run-id", help="Name of the run's manifest (default: from the source's content)."
         ),
     ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            "--shards",
+            help="Spread the run over N `billing-shard` deployment runs on the work pool's "
+            "workers (default INVOICEFLOW_BATCH_SHARDS, 1 = bill in this process).",
+        ),
+    ] = None,
 ) -> None:
     """Invoice every request of SOURCE, each on its own; a rerun resumes what did not finish."""
     from invoiceflow.batch import manifest
+    from invoiceflow.batch.shards import ShardingError, check_shards
     from invoiceflow.batch.source import PENDING, SourceError, read_source
     from invoiceflow.cli import database_errors, fail
     from invoiceflow.runtime import get_runtime
@@ -96,11 +105,12 @@ def batch(
 
     try:
         get_settings().require_stripe_key()
+        shards = check_shards(get_settings().batch_shards if shards is None else shards)
         if run_id is not None:
             manifest.check_run_id(run_id)
         # A file source is checked before the database is touched: a bad one creates nothing.
         read = None if source == PENDING else _billable(read_source(source), source)
-    except (SettingsError, SourceError, manifest.ManifestError) as exc:
+    except (SettingsError, SourceError, manifest.ManifestError, ShardingError) as exc:
         raise fail(Exit.BAD_INPUT, str(exc)) from None
     with database_errors():
         engine = get_runtime().engine
@@ -112,8 +122,13 @@ def batch(
             raise fail(Exit.BAD_INPUT, str(exc)) from None
 
     rerun = f"invoiceflow batch {source} --run-id {run_id}"
-    with _on_interrupt(engine, run_id, rerun), _progress(engine, run_id, len(read.entries)):
-        result = _run(read, run_id)
+    if shards > 1:
+        rerun += f" --shards {shards}"
+    with (
+        _on_interrupt(engine, run_id, rerun, shards > 1),
+        _progress(engine, run_id, len(read.entries)),
+    ):
+        result = _run(read, run_id, shards)
     for line in result.lines():
         typer.echo(line)
     if result.ok:
@@ -135,8 +150,9 @@ def _billable(read: Source, given: str) -> Source:
     return read
 
 
-def _run(read: Source, run_id: str) -> BatchReport:
+def _run(read: Source, run_id: str, shards: int) -> BatchReport:
     from invoiceflow import progress
+    from invoiceflow.batch.shards import ShardingError
     from invoiceflow.cli import fail
     from invoiceflow.prefect_env import configure_prefect
     from invoiceflow.retry import describe
@@ -154,7 +170,9 @@ def _run(read: Source, run_id: str) -> BatchReport:
     from invoiceflow.outcomes import classify
 
     try:
-        return billing_run_flow(source=read.name, run_id=run_id)
+        return billing_run_flow(source=read.name, run_id=run_id, shards=shards)
+    except ShardingError as exc:  # no shard deployment to start: configuration, nothing billed
+        raise fail(Exit.BAD_INPUT, str(exc)) from None
     except Exception as exc:  # the run itself failed (database gone): say so in one line
         raise fail(classify(exc), f"billing run {run_id}: {describe(exc)}") from None
 
@@ -213,7 +231,7 @@ def _lines(engine: Engine, run_id: str, total: int, stop: threading.Event) -> No
 
 
 @contextmanager
-def _on_interrupt(engine: Engine, run_id: str, rerun: str) -> Iterator[None]:
+def _on_interrupt(engine: Engine, run_id: str, rerun: str, sharded: bool) -> Iterator[None]:
     """Ctrl-C: one line saying how to resume, exit 130 within seconds.
 
     Prefect's unwinding of dozens of task runs against a temporary server
@@ -225,7 +243,9 @@ def _on_interrupt(engine: Engine, run_id: str, rerun: str) -> Iterator[None]:
 
     def leave(_signum: int, _frame: object) -> None:
         os.write(2, f"\ninterrupted; rerun `{rerun}` to resume\n".encode())
-        finisher = threading.Thread(target=_release_leases, args=(engine, run_id), daemon=True)
+        finisher = threading.Thread(
+            target=_release_leases, args=(engine, run_id, sharded), daemon=True
+        )
         finisher.start()
         finisher.join(INTERRUPT_CLEANUP_SECONDS)
         os._exit(130)
@@ -237,10 +257,11 @@ def _on_interrupt(engine: Engine, run_id: str, rerun: str) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _release_leases(engine: Engine, run_id: str) -> None:
-    """Free the requests this process was working on now, not after their lease lapses."""
+def _release_leases(engine: Engine, run_id: str, sharded: bool) -> None:
+    """Free the requests this process was working on now, not after their lease lapses;
+    cancel the run's shards on the workers (a sharded run)."""
     from invoiceflow import lease, ledger
-    from invoiceflow.batch import manifest
+    from invoiceflow.batch import dispatch, manifest
     from invoiceflow.interrupt import _stop_temporary_server
 
     # The database may be down too; then the leases lapse on their own.
@@ -251,4 +272,7 @@ def _release_leases(engine: Engine, run_id: str) -> None:
                 row = ledger.load(engine, item.request_id)
                 if row is not None and lease.held_by_this_process(row.lease_owner):
                     ledger.release_lease(engine, item.request_id, str(row.lease_owner))
+    if sharded:
+        with contextlib.suppress(Exception):  # Prefect may be gone too: the rerun copes
+            dispatch.cancel_shards(run_id)
     _stop_temporary_server()

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("invoiceflow.service.automations")
 
 CRASHED_RUNS_AUTOMATION = "invoiceflow-crashed-runs"
-OUR_FLOWS = ["invoice", "settle", "billing-run", "dunning", "reconcile"]
+OUR_FLOWS = ["invoice", "settle", "billing-run", "billing-shard", "dunning", "reconcile"]
 # A window of three heartbeats: one late or lost event is not a death.
 MISSED_HEARTBEATS = 3
 # The end of a run ends its heartbeats too; these events close the window so a

@@ -6,6 +6,8 @@ cron schedules in one time zone (INVOICEFLOW_SCHEDULE_TIMEZONE): `billing-run`
 (invoice every pending request), `dunning` (remind, then write off, overdue
 invoices) and `reconcile` (apply what webhooks missed). Each schedule is
 configurable, or "off" for a deployment that runs only when triggered.
+`billing-shard` runs one shard of a billing run spread over workers
+(INVOICEFLOW_BATCH_SHARDS > 1); the billing run starts it, never a schedule.
 `deployments/prefect.yaml` mirrors this list for the multi-host
 `prefect deploy --all` path.
 """
@@ -13,6 +15,8 @@ configurable, or "off" for a deployment that runs only when triggered.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from invoiceflow.batch.shards import SHARD_DEPLOYMENT
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -26,6 +30,7 @@ SETTLE_DEPLOYMENT = "settle/settle"
 BILLING_RUN_DEPLOYMENT = "billing-run/billing-run"
 DUNNING_DEPLOYMENT = "dunning/dunning"
 RECONCILE_DEPLOYMENT = "reconcile/reconcile"
+BILLING_SHARD_DEPLOYMENT = SHARD_DEPLOYMENT
 
 
 def cycle_schedule(cron: str, settings: Settings, slug: str) -> list[Schedule]:
@@ -45,6 +50,7 @@ async def build_deployments() -> list[RunnerDeployment]:
     from prefect.types.entrypoint import EntrypointType
 
     from flows.billing_run import billing_run_flow
+    from flows.billing_shard import billing_shard_flow
     from flows.dunning import dunning_flow
     from flows.invoice import invoice_flow
     from flows.reconcile import reconcile_flow
@@ -74,6 +80,11 @@ async def build_deployments() -> list[RunnerDeployment]:
         parameters={"source": settings.billing_source},
         entrypoint_type=module,
     )
+    billing_shard = await billing_shard_flow.ato_deployment(
+        name="billing-shard",
+        description="One shard of a billing run spread over workers; started by the run.",
+        entrypoint_type=module,
+    )
     dunning = await dunning_flow.ato_deployment(
         name="dunning",
         description="Overdue invoices: reminders on the cadence, then the write-off.",
@@ -86,4 +97,4 @@ async def build_deployments() -> list[RunnerDeployment]:
         schedules=cycle_schedule(settings.reconcile_cron, settings, "reconcile"),
         entrypoint_type=module,
     )
-    return [invoice, settle, billing_run, dunning, reconcile]
+    return [invoice, settle, billing_run, billing_shard, dunning, reconcile]
