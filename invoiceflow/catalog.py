@@ -2,8 +2,10 @@
 
 Products and prices are shared by every request that bills the same sku, so
 they are keyed by our sku (custom product id) and by a price `lookup_key`
-(sku + currency + amount), looked up before anything is created, and created
-under an idempotency key derived from those ids.
+(sku + currency + amount) and created under an idempotency key derived from
+those ids. Stripe itself refuses a second product with the same id and a
+second price with the same lookup key, so a new one is created without a
+lookup first; a refusal means it exists, and the lookup then adopts it.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import logging
 
 import stripe
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import col, select
 
 from invoiceflow import ledger
-from invoiceflow.db.engine import transaction
+from invoiceflow.db.engine import reading, transaction
 from invoiceflow.db.models import PriceMap, ProductMap, RequestLine
+from invoiceflow.request import BillingRequest
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
 from invoiceflow.stripe_keys import (
@@ -30,9 +33,20 @@ from invoiceflow.stripe_write import ensure_shared
 log = logging.getLogger(__name__)
 
 
+def prices_mapped(rt: Runtime, request: BillingRequest) -> bool:
+    """Whether our map holds a price for every line of `request`: one read, instead of
+    one per sku and price, for the common case of a catalog that exists already."""
+    keys = {price_lookup_key(i.sku, request.currency, i.unit_amount) for i in request.items}
+    with reading(rt.engine) as session:
+        found = session.exec(
+            select(PriceMap.lookup_key).where(col(PriceMap.lookup_key).in_(keys))
+        ).all()
+    return len(set(found)) == len(keys)
+
+
 def ensure_product(rt: Runtime, sku: str, name: str, request_id: str | None = None) -> str:
     """The Stripe product id for `sku`: from our map, else Stripe, else created."""
-    with Session(rt.engine) as session:
+    with reading(rt.engine) as session:
         known = session.get(ProductMap, sku)
         if known is not None:
             return known.stripe_product_id
@@ -58,6 +72,8 @@ def ensure_product(rt: Runtime, sku: str, name: str, request_id: str | None = No
         find=lambda: _retrieve_product(rt, pid),
         create=create,
         what=f"create product {pid}",
+        # Stripe refuses a second product with our custom id; that refusal adopts it.
+        look_first=False,
     )
     _remember(
         rt, ProductMap(sku=sku, stripe_product_id=product.id, name=product.name), key, product.id
@@ -84,7 +100,7 @@ def ensure_price(
 ) -> str:
     """The Stripe price id for (sku, currency, amount): our map, else lookup key, else created."""
     lookup_key = price_lookup_key(sku, currency, unit_amount)
-    with Session(rt.engine) as session:
+    with reading(rt.engine) as session:
         known = session.get(PriceMap, lookup_key)
         if known is not None:
             return known.stripe_price_id
@@ -111,6 +127,9 @@ def ensure_price(
         find=lambda: _find_price(rt, lookup_key),
         create=create,
         what=f"create price {lookup_key}",
+        # Stripe refuses a second price with our lookup key (an archived one
+        # too, which the lookup after the refusal reports): no lookup first.
+        look_first=False,
     )
     row = PriceMap(
         lookup_key=lookup_key,
