@@ -145,7 +145,8 @@ def own_cpu_seconds() -> float:
 
 def load() -> str:
     one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min), {os.cpu_count()} CPUs"
+    cpus = os.cpu_count()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min), {cpus} CPUs"
 
 
 def count_calls(entries: list[dict[str, Any]]) -> tuple[int, int]:

@@ -67,13 +67,13 @@ _ID = re.compile(r"^[a-z]+_[A-Za-z0-9]{8,}$|^invoiceflow_sku_.*$")
 
 
 def shape(entries: list[dict[str, Any]]) -> str:
-    """What the calls were, e.g. `POST /v1/invoices/{id}/add_lines ×20`."""
+    """What the calls were, e.g. `POST /v1/invoices/{id}/add_lines x20`."""
     kinds = Counter(
         f"{e['method']} " + "/".join(_ID.sub("{id}", part) for part in e["path"].split("/"))
         for e in entries
         if e["status"] != 429
     )
-    return ", ".join(f"{kind} ×{n}" for kind, n in sorted(kinds.items()))
+    return ", ".join(f"{kind} x{n}" for kind, n in sorted(kinds.items()))
 
 
 def measure(sandbox: Sandbox, n: int, run: Any) -> tuple[float, float, str]:

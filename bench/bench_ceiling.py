@@ -1,7 +1,7 @@
 """The orchestration ceiling: how fast a billing run goes when Stripe costs nothing.
 
 A billing run (`flows.billing_run.billing_run_flow`, in this process) of N
-requests × L lines over C customers, against the sandbox in a process of its
+requests x L lines over C customers, against the sandbox in a process of its
 own with no latency and no rate limit, a real Prefect server, and a real
 database (SQLite file, then PostgreSQL). The customers, products and prices
 exist already (a warm-up `invoiceflow batch` in another process made them, as
@@ -110,7 +110,7 @@ def billing_run(
 
     requests = batch_requests(prefix, args.requests, args.lines, args.customers)
     source = write_jsonl(workdir / f"{prefix}.jsonl", requests)
-    say(f"[{name}] billing run: {args.requests} requests × {args.lines} lines…")
+    say(f"[{name}] billing run: {args.requests} requests x {args.lines} lines…")
     log_before = len(sandbox.requests())
     cpu_before = (own_cpu_seconds(), cpu_seconds(server_pid), cpu_seconds(sandbox.pid))
     started = time.perf_counter()
@@ -159,7 +159,7 @@ def table(results: list[Result], args: argparse.Namespace) -> None:
     from invoiceflow.settings import get_settings
 
     say(
-        f"\nBilling run of {args.requests} requests × {args.lines} lines over {args.customers} "
+        f"\nBilling run of {args.requests} requests x {args.lines} lines over {args.customers} "
         f"warm customers, {get_settings().batch_workers} workers; sandbox in its own process, "
         "no latency, no rate limit.\n"
     )
