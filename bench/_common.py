@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -162,6 +164,19 @@ def count_calls(entries: list[dict[str, Any]]) -> tuple[int, int]:
     return reads, writes
 
 
+_ID = re.compile(r"^[a-z]+_[A-Za-z0-9]{8,}$|^invoiceflow_sku_.*$")
+
+
+def shape(entries: list[dict[str, Any]]) -> str:
+    """What the calls were, e.g. `POST /v1/invoices/{id}/add_lines x20`."""
+    kinds = Counter(
+        f"{e['method']} " + "/".join(_ID.sub("{id}", part) for part in e["path"].split("/"))
+        for e in entries
+        if e["status"] != 429
+    )
+    return ", ".join(f"{kind} x{n}" for kind, n in sorted(kinds.items()))
+
+
 SKUS = [
     ("consulting-hour", "Consulting hour", 15_000),
     ("support-plan", "Support plan", 99_000),
@@ -191,12 +206,14 @@ def request_data(request_id: str, customer: str, skus: list[tuple[str, str, int]
     }
 
 
-def batch_requests(prefix: str, count: int, lines: int, customers: int) -> list[Any]:
+def batch_requests(
+    prefix: str, count: int, lines: int, customers: int, customer_prefix: str
+) -> list[Any]:
     """`count` requests of `lines` lines over `customers` customers and the shared skus."""
     return [
         request_data(
             f"{prefix}-{n:05d}",
-            f"{prefix}-customer-{n % customers}",
+            f"{customer_prefix}-customer-{n % customers}",
             [SKUS[(n + m) % len(SKUS)] for m in range(lines)],
         )
         for n in range(count)

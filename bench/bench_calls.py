@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from _common import (
     request_data,
     sandbox_process,
     say,
+    shape,
 )
 
 
@@ -61,19 +60,6 @@ def requests(prefix: str, run: str, count: int, lines: int) -> list[Any]:
 def write_jsonl(path: Path, entries: list[Any]) -> str:
     path.write_text("".join(json.dumps(e) + "\n" for e in entries))
     return str(path)
-
-
-_ID = re.compile(r"^[a-z]+_[A-Za-z0-9]{8,}$|^invoiceflow_sku_.*$")
-
-
-def shape(entries: list[dict[str, Any]]) -> str:
-    """What the calls were, e.g. `POST /v1/invoices/{id}/add_lines x20`."""
-    kinds = Counter(
-        f"{e['method']} " + "/".join(_ID.sub("{id}", part) for part in e["path"].split("/"))
-        for e in entries
-        if e["status"] != 429
-    )
-    return ", ".join(f"{kind} x{n}" for kind, n in sorted(kinds.items()))
 
 
 def measure(sandbox: Sandbox, n: int, run: Any) -> tuple[float, float, str]:

@@ -44,6 +44,7 @@ from _common import (
     prefect_server,
     sandbox_process,
     say,
+    shape,
 )
 
 POSTGRES = os.environ.get(
@@ -92,7 +93,7 @@ def billing_run(
     get_runtime()  # migrate before anything is timed
     prefix = f"{name}-{int(time.time())}"
     # Last month: one request per customer made the customers, products and prices.
-    warm = batch_requests(f"{prefix}-warm", args.customers, args.lines, args.customers)
+    warm = batch_requests(f"{prefix}-warm", args.customers, args.lines, args.customers, prefix)
     warm_file = write_jsonl(workdir / f"{prefix}-warm.jsonl", warm)
     say(f"[{name}] warm-up: {args.customers} customers in another process…")
     done = subprocess.run(
@@ -108,7 +109,7 @@ def billing_run(
 
     from flows.billing_run import billing_run_flow
 
-    requests = batch_requests(prefix, args.requests, args.lines, args.customers)
+    requests = batch_requests(prefix, args.requests, args.lines, args.customers, prefix)
     source = write_jsonl(workdir / f"{prefix}.jsonl", requests)
     say(f"[{name}] billing run: {args.requests} requests x {args.lines} lines…")
     log_before = len(sandbox.requests())
@@ -117,7 +118,9 @@ def billing_run(
     report = billing_run_flow(source=str(source), run_id=prefix)
     wall = time.perf_counter() - started
     cpu_after = (own_cpu_seconds(), cpu_seconds(server_pid), cpu_seconds(sandbox.pid))
-    reads, writes = count_calls(sandbox.requests()[log_before:])
+    entries = sandbox.requests()[log_before:]
+    reads, writes = count_calls(entries)
+    say(f"[{name}] Stripe calls: {shape(entries)}")
     invoiced = report.counts.get("invoiced", 0)
     say(f"[{name}] {report.lines()[0]}")
     ours, server, box = (
