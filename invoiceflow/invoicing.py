@@ -225,6 +225,10 @@ def _create_draft(
         find=lambda _intent: _find_invoice(rt, customer_id, request_id),
         what=f"create invoice for {request_id}",
         # A customer this process created a moment ago has no invoices yet.
+        # Any other may hold ours already — made by a run that died before
+        # recording it, with a ledger that is new, restored or another
+        # machine's — and past Stripe's 24 h key window only this read
+        # (one list of the customer's invoices) stops a second invoice.
         look_first=not fresh.is_fresh(customer_id),
         recheck_replays=True,
     )
