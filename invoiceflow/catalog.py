@@ -2,10 +2,8 @@
 
 Products and prices are shared by every request that bills the same sku, so
 they are keyed by our sku (custom product id) and by a price `lookup_key`
-(sku + currency + amount) and created under an idempotency key derived from
-those ids. Stripe itself refuses a second product with the same id and a
-second price with the same lookup key, so a new one is created without a
-lookup first; a refusal means it exists, and the lookup then adopts it.
+(sku + currency + amount), looked up before anything is created, and created
+under an idempotency key derived from those ids.
 """
 
 from __future__ import annotations
@@ -72,8 +70,6 @@ def ensure_product(rt: Runtime, sku: str, name: str, request_id: str | None = No
         find=lambda: _retrieve_product(rt, pid),
         create=create,
         what=f"create product {pid}",
-        # Stripe refuses a second product with our custom id; that refusal adopts it.
-        look_first=False,
     )
     _remember(
         rt, ProductMap(sku=sku, stripe_product_id=product.id, name=product.name), key, product.id
@@ -127,9 +123,6 @@ def ensure_price(
         find=lambda: _find_price(rt, lookup_key),
         create=create,
         what=f"create price {lookup_key}",
-        # Stripe refuses a second price with our lookup key (an archived one
-        # too, which the lookup after the refusal reports): no lookup first.
-        look_first=False,
     )
     row = PriceMap(
         lookup_key=lookup_key,

@@ -138,21 +138,16 @@ def ensure_shared(
     find: Callable[[], T | None],
     create: Callable[[str], T],
     what: str,
-    look_first: bool = True,
 ) -> tuple[T, str]:
     """A Stripe object many requests share (product, price, customer): look it up
     first, else create it once.
 
     A create that Stripe refuses because a concurrent run created the object
-    first (a custom id or lookup key already taken) adopts that object. Where
-    Stripe itself refuses a second object (`look_first=False`: a product's
-    custom id, a price's lookup key), the create goes first and the lookup only
-    follows a refusal: one call for a new object instead of two.
+    first (a custom id or lookup key already taken) adopts that object.
     """
-    if look_first:
-        found = find()
-        if found is not None:
-            return found, key
+    found = find()
+    if found is not None:
+        return found, key
 
     def create_or_adopt(idempotency_key: str) -> T:
         try:
