@@ -164,7 +164,7 @@ def count_calls(entries: list[dict[str, Any]]) -> tuple[int, int]:
     return reads, writes
 
 
-_ID = re.compile(r"^[a-z]+_[A-Za-z0-9]{8,}$|^invoiceflow_sku_.*$")
+_ID = re.compile(r"^[a-z]+_[A-Za-z0-9]{8,}$|^invoiceflow_.*$")
 
 
 def shape(entries: list[dict[str, Any]]) -> str:
