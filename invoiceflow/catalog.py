@@ -12,11 +12,12 @@ import logging
 
 import stripe
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import col, select
 
 from invoiceflow import ledger
-from invoiceflow.db.engine import transaction
+from invoiceflow.db.engine import reading, transaction
 from invoiceflow.db.models import PriceMap, ProductMap, RequestLine
+from invoiceflow.request import BillingRequest
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
 from invoiceflow.stripe_keys import (
@@ -30,9 +31,20 @@ from invoiceflow.stripe_write import ensure_shared
 log = logging.getLogger(__name__)
 
 
+def prices_mapped(rt: Runtime, request: BillingRequest) -> bool:
+    """Whether our map holds a price for every line of `request`: one read, instead of
+    one per sku and price, for the common case of a catalog that exists already."""
+    keys = {price_lookup_key(i.sku, request.currency, i.unit_amount) for i in request.items}
+    with reading(rt.engine) as session:
+        found = session.exec(
+            select(PriceMap.lookup_key).where(col(PriceMap.lookup_key).in_(keys))
+        ).all()
+    return len(set(found)) == len(keys)
+
+
 def ensure_product(rt: Runtime, sku: str, name: str, request_id: str | None = None) -> str:
     """The Stripe product id for `sku`: from our map, else Stripe, else created."""
-    with Session(rt.engine) as session:
+    with reading(rt.engine) as session:
         known = session.get(ProductMap, sku)
         if known is not None:
             return known.stripe_product_id
@@ -84,7 +96,7 @@ def ensure_price(
 ) -> str:
     """The Stripe price id for (sku, currency, amount): our map, else lookup key, else created."""
     lookup_key = price_lookup_key(sku, currency, unit_amount)
-    with Session(rt.engine) as session:
+    with reading(rt.engine) as session:
         known = session.get(PriceMap, lookup_key)
         if known is not None:
             return known.stripe_price_id

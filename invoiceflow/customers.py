@@ -20,13 +20,15 @@ key replays it).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import stripe
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from invoiceflow import fresh, ledger
 from invoiceflow.db.engine import insert_if_absent, reading, transaction
-from invoiceflow.db.models import CustomerMap, RecoveryPoint, utcnow
+from invoiceflow.db.models import BillingRequestRow, CustomerMap, RecoveryPoint, utcnow
 from invoiceflow.request import Customer
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
@@ -129,6 +131,33 @@ def _update_details(rt: Runtime, request_id: str, customer: Customer, stripe_id:
     return key
 
 
+@dataclass(frozen=True)
+class Known:
+    """A request's customer that our map holds with the request's very details."""
+
+    customer: Customer
+    stripe_id: str
+
+
+def known(rt: Runtime, row: BillingRequestRow) -> Known | None:
+    """The request's customer, when resolving it needs nothing from Stripe: mapped
+    already, with the request's email and name. Its `customer_ready` may then be
+    committed together with the next point (`commit_known`)."""
+    if row.stripe_customer_id is not None:
+        return None
+    customer = Customer.model_validate(row.payload["customer"])
+    found = mapped(rt.engine, customer.id)
+    if found is None or (found.email, found.name) != (customer.email, customer.name):
+        return None
+    return Known(customer, found.stripe_customer_id)
+
+
+def commit_known(session: Session, row: BillingRequestRow, known: Known) -> None:
+    """`customer_ready` for a `Known` customer, in the caller's transaction (row locked)."""
+    details = (known.customer.email, known.customer.name)
+    _record(session, row, known.customer, known.stripe_id, details, [])
+
+
 def _commit(
     rt: Runtime,
     request_id: str,
@@ -138,42 +167,51 @@ def _commit(
     previous: tuple[str | None, str | None],
     keys: list[str],
 ) -> None:
-    """Map the customer (or refresh its details) and advance the request, in one transaction.
-
-    The map row is the one truth for our customer id: if another request mapped
-    it first, this request takes that mapping.
-    """
+    """Map the customer (or refresh its details) and advance the request, in one transaction."""
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
-        insert_if_absent(
-            session,
-            CustomerMap,
-            "customer_key",
-            customer_key=customer.id,
-            stripe_customer_id=stripe_id,
-            email=customer.email,
-            created_at=utcnow(),
-        )
-        known = session.get(CustomerMap, customer.id, with_for_update=True, populate_existing=True)
-        assert known is not None
-        if known.stripe_customer_id == stripe_id:
-            known.email, known.name, known.updated_at = customer.email, customer.name, utcnow()
-        session.add(known)
-        for key in keys:
-            ledger.fulfil(session, key, stripe_id)
-        row.stripe_customer_id = known.stripe_customer_id
-        details_changed = previous != (customer.email, customer.name)
-        ledger.advance(
-            session,
-            row,
-            RecoveryPoint.CUSTOMER_READY,
-            "customer ready",
-            customer=known.stripe_customer_id,
-            **(
-                {"details_updated": {"from": list(previous), "to": [customer.email, customer.name]}}
-                if details_changed
-                else {}
-            ),
-        )
+        _record(session, row, customer, stripe_id, previous, keys)
+
+
+def _record(
+    session: Session,
+    row: BillingRequestRow,
+    customer: Customer,
+    stripe_id: str,
+    previous: tuple[str | None, str | None],
+    keys: list[str],
+) -> None:
+    """The map row is the one truth for our customer id: if another request mapped
+    it first, this request takes that mapping."""
+    insert_if_absent(
+        session,
+        CustomerMap,
+        "customer_key",
+        customer_key=customer.id,
+        stripe_customer_id=stripe_id,
+        email=customer.email,
+        created_at=utcnow(),
+    )
+    mapping = session.get(CustomerMap, customer.id, with_for_update=True, populate_existing=True)
+    assert mapping is not None
+    if mapping.stripe_customer_id == stripe_id:
+        mapping.email, mapping.name, mapping.updated_at = customer.email, customer.name, utcnow()
+    session.add(mapping)
+    for key in keys:
+        ledger.fulfil(session, key, stripe_id)
+    row.stripe_customer_id = mapping.stripe_customer_id
+    details_changed = previous != (customer.email, customer.name)
+    ledger.advance(
+        session,
+        row,
+        RecoveryPoint.CUSTOMER_READY,
+        "customer ready",
+        customer=mapping.stripe_customer_id,
+        **(
+            {"details_updated": {"from": list(previous), "to": [customer.email, customer.name]}}
+            if details_changed
+            else {}
+        ),
+    )
 
 
 def mapped(engine: Engine, customer_key: str) -> CustomerMap | None:

@@ -17,6 +17,8 @@ Each step is an atomic phase in the rocket-rides sense:
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -36,7 +38,7 @@ from invoiceflow.stripe_keys import (
     metadata_of,
     request_step_key,
 )
-from invoiceflow.stripe_write import write_once
+from invoiceflow.stripe_write import precounted, write_once
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,52 @@ PAGE_SIZE = 100
 # Stripe keeps events for 30 days; an `invoice.sent` older than this margin
 # may already be gone, so its absence proves nothing.
 EVENT_RETENTION = timedelta(days=29)
+# Lines checked from the answer of the add_lines call this process made moments
+# ago are as current as a read right before finalizing would be; older, re-read.
+VERIFIED_SECONDS = 60.0
+
+
+# Each write's idempotency key, named in one place: a step records the next
+# step's intent (`ledger.intend_in`) in its own commit under the same key.
+def _create_key(request_id: str, customer_id: str) -> str:
+    # The customer is part of the key: a request whose customer had to be
+    # replaced writes anew instead of meeting the old customer's stored answer.
+    return request_step_key(request_id, f"invoice.create.{customer_id}")
+
+
+def _batch_key(request_id: str, invoice_id: str, batch_no: int) -> str:
+    return request_step_key(request_id, f"lines.add.{invoice_id}.{batch_no}")
+
+
+def _finalize_key(request_id: str, invoice_id: str) -> str:
+    # Keys name the invoice: a replacement draft must never meet the answers
+    # Stripe stored for a deleted one.
+    return request_step_key(request_id, f"invoice.finalize.{invoice_id}")
+
+
+def _send_key(request_id: str, invoice_id: str) -> str:
+    return request_step_key(request_id, f"invoice.send.{invoice_id}")
+
+
+# Drafts whose lines this process checked from its own add_lines answer, by
+# (lease owner, invoice): taken once, by the finalize of the same attempt.
+# A retried finalize, a rerun or another run reads the draft again.
+_verified: dict[tuple[str, str], float] = {}
+_verified_lock = threading.Lock()
+
+
+def _note_verified(owner: str, invoice_id: str) -> None:
+    now = time.monotonic()
+    with _verified_lock:
+        for stale in [k for k, at in _verified.items() if now - at > VERIFIED_SECONDS]:
+            del _verified[stale]
+        _verified[owner, invoice_id] = now
+
+
+def _take_verified(owner: str, invoice_id: str) -> bool:
+    with _verified_lock:
+        at = _verified.pop((owner, invoice_id), None)
+    return at is not None and time.monotonic() - at < VERIFIED_SECONDS
 
 
 class InvoiceMismatch(RuntimeError):
@@ -81,12 +129,20 @@ def _cache_invoice(row: BillingRequestRow, invoice: stripe.Invoice) -> None:
     row.due_date = datetime.fromtimestamp(due, UTC) if due else None
 
 
-def mark_catalog_ready(rt: Runtime, request_id: str, owner: str) -> None:
-    """Join of the catalog branch: pin each line to its Stripe price."""
+def mark_catalog_ready(
+    rt: Runtime, request_id: str, owner: str, customer: customers.Known | None = None
+) -> None:
+    """Join of the catalog branch: pin each line to its Stripe price.
+
+    `customer`: a customer resolved without Stripe (`customers.known`), whose
+    `customer_ready` is committed here too — one transaction, not two.
+    """
     row = ledger.require(rt.engine, request_id)
     if row.progress.reached(RecoveryPoint.CATALOG_READY):
         return
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
+        if customer is not None and row.stripe_customer_id is None:
+            customers.commit_known(session, row, customer)
         request_lines = ledger.lines_in(session, request_id)
         for line in request_lines:
             price = session.get(PriceMap, line.price_lookup_key)
@@ -95,6 +151,14 @@ def mark_catalog_ready(rt: Runtime, request_id: str, owner: str) -> None:
             line.stripe_price_id = price.stripe_price_id
             session.add(line)
         ledger.advance(session, row, RecoveryPoint.CATALOG_READY, "catalog ready")
+        customer_id = row.stripe_customer_id
+        create = None
+        if customer_id is not None:  # the create's intent, recorded with this commit
+            create = ledger.intend_in(
+                session, _create_key(request_id, customer_id), "invoice.create", request_id
+            )
+    if create is not None:
+        precounted(owner, create)
 
 
 def create_invoice(rt: Runtime, request_id: str, owner: str) -> str:
@@ -120,6 +184,10 @@ def create_invoice(rt: Runtime, request_id: str, owner: str) -> str:
         ledger.advance(
             session, row, RecoveryPoint.DRAFT_CREATED, "draft invoice created", invoice=invoice.id
         )
+        first_batch = ledger.intend_in(
+            session, _batch_key(request_id, invoice.id, 0), "lines.add", request_id
+        )
+    precounted(owner, first_batch)
     return invoice.id
 
 
@@ -148,17 +216,19 @@ def _create_draft(
         fresh.note(created.id, created)
         return created
 
-    # The customer is part of the key: a request whose customer had to be
-    # replaced writes anew instead of meeting the old customer's stored answer.
     return write_once(
         rt,
-        key=request_step_key(request_id, f"invoice.create.{customer_id}"),
+        key=_create_key(request_id, customer_id),
         step="invoice.create",
         request_id=request_id,
         write=create,
         find=lambda _intent: _find_invoice(rt, customer_id, request_id),
         what=f"create invoice for {request_id}",
         # A customer this process created a moment ago has no invoices yet.
+        # Any other may hold ours already — made by a run that died before
+        # recording it, with a ledger that is new, restored or another
+        # machine's — and past Stripe's 24 h key window only this read
+        # (one list of the customer's invoices) stops a second invoice.
         look_first=not fresh.is_fresh(customer_id),
         recheck_replays=True,
     )
@@ -233,6 +303,8 @@ def add_items(rt: Runtime, request_id: str, owner: str) -> None:
     # (another ledger's run, a crash before we recorded a batch): look once.
     present = {} if fresh.is_fresh(invoice_id) else _present_or_gone(rt, request_id, owner, row)
 
+    keys: list[str] = []  # closed with the recovery point, in one commit
+    answer: stripe.Invoice | None = None  # Stripe's invoice after our last add
     for batch_no, start in enumerate(range(0, len(request_lines), LINES_PER_ADD_CALL)):
         batch = request_lines[start : start + LINES_PER_ADD_CALL]
         there = [line.position for line in batch if line.position in present]
@@ -243,9 +315,9 @@ def add_items(rt: Runtime, request_id: str, owner: str) -> None:
                 f"invoice {invoice_id} holds only part of a batch (lines {there}); "
                 "someone edited the draft — remove those lines in Stripe before resuming"
             )
-        key = request_step_key(request_id, f"lines.add.{invoice_id}.{batch_no}")
+        key = _batch_key(request_id, invoice_id, batch_no)
         try:
-            key = _add_batch(rt, request_id, owner, invoice_id, batch, key)
+            answer, key = _add_batch(rt, request_id, owner, invoice_id, batch, key)
         except stripe.InvalidRequestError as exc:
             # Stripe refused a price of ours (deleted, archived, another
             # account's): re-verify the batch's prices, then add it once more
@@ -257,22 +329,24 @@ def add_items(rt: Runtime, request_id: str, owner: str) -> None:
             positions = {line.position for line in batch}
             batch = [x for x in ledger.lines(rt.engine, request_id) if x.position in positions]
             prices = ",".join(sorted({str(line.stripe_price_id) for line in batch}))
-            key = _add_batch(rt, request_id, owner, invoice_id, batch, f"{key}:{digest(prices)}")
-        with ledger.locked(rt.engine, request_id, owner) as (session, _row):
-            ledger.fulfil(session, key, invoice_id)
+            answer, key = _add_batch(
+                rt, request_id, owner, invoice_id, batch, f"{key}:{digest(prices)}"
+            )
+            request_lines = ledger.lines(rt.engine, request_id)  # repointed to the new prices
+        keys.append(key)
 
-    # Re-read: healing may have repointed lines to new prices.
-    _verify_and_record_lines(rt, request_id, owner, invoice_id, ledger.lines(rt.engine, request_id))
+    _verify_and_record_lines(rt, request_id, owner, invoice_id, request_lines, answer, keys)
 
 
 def _add_batch(
     rt: Runtime, request_id: str, owner: str, invoice_id: str, batch: list[RequestLine], key: str
-) -> str:
+) -> tuple[stripe.Invoice, str]:
+    """Stripe's invoice after the batch was added (or found added), and the key used."""
     params: stripe.params.InvoiceAddLinesParams = {
         "lines": [_line_params(request_id, line) for line in batch]
     }
     first, last = batch[0].position, batch[-1].position
-    _invoice, key = write_once(
+    return write_once(
         rt,
         key=key,
         step="lines.add",
@@ -281,7 +355,6 @@ def _add_batch(
         find=partial(_batch_on_invoice, rt, invoice_id, batch),
         what=f"add lines {first}-{last} to {invoice_id}",
     )
-    return key
 
 
 def _present_or_gone(
@@ -415,18 +488,43 @@ def _line_price_id(line: stripe.InvoiceLineItem) -> str | None:
 
 
 def _verify_and_record_lines(
-    rt: Runtime, request_id: str, owner: str, invoice_id: str, request_lines: list[RequestLine]
+    rt: Runtime,
+    request_id: str,
+    owner: str,
+    invoice_id: str,
+    request_lines: list[RequestLine],
+    answer: stripe.Invoice | None,
+    keys: list[str],
 ) -> None:
-    """The invoice must hold exactly our lines before it may be finalized."""
-    present = _lines_on_invoice(rt, invoice_id)
+    """The invoice must hold exactly our lines before it may be finalized.
+
+    Checked from Stripe's answer to our last add_lines when it holds every line
+    and is not a replay (it is the invoice as of that moment), else from a read
+    of the lines: a resumed run, whose draft anyone may have edited since.
+    """
+    current = answer is not None and not fresh.replayed(answer)
+    embedded = answer.lines if answer is not None and current else None
+    if embedded is not None and not embedded.has_more:
+        present = _by_position(invoice_id, embedded.data)
+    else:
+        present = _lines_on_invoice(rt, invoice_id)
     problems = _mismatches(invoice_id, present, request_lines)
     if problems:
         raise InvoiceMismatch(f"invoice {invoice_id} " + "; ".join(problems))
+    if answer is not None and current:
+        # This attempt's finalize may trust this check instead of reading the draft again.
+        _note_verified(owner, invoice_id)
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
         for line in ledger.lines_in(session, request_id):
             line.stripe_line_id = present[line.position].id
             session.add(line)
+        for key in keys:
+            ledger.fulfil(session, key, invoice_id)
         ledger.advance(session, row, RecoveryPoint.LINES_ADDED, "lines added", lines=len(present))
+        finalizing = ledger.intend_in(
+            session, _finalize_key(request_id, invoice_id), "invoice.finalize", request_id
+        )
+    precounted(owner, finalizing)
 
 
 def finalize(rt: Runtime, request_id: str, owner: str) -> None:
@@ -434,30 +532,39 @@ def finalize(rt: Runtime, request_id: str, owner: str) -> None:
     if row.progress.reached(RecoveryPoint.FINALIZED):
         return
     invoice_id = _invoice_id(row)
-    # Keys name the invoice: a replacement draft must never meet the answers
-    # Stripe stored for a deleted one.
-    key = request_step_key(request_id, f"invoice.finalize.{invoice_id}")
-    # Read first: an earlier attempt may have finalized it already; and a draft
+    key = _finalize_key(request_id, invoice_id)
+    invoice: stripe.Invoice | None = None
+    # Read first — an earlier attempt may have finalized it already, and a draft
     # is checked line by line right before it becomes immutable, since anyone
-    # may have edited it while no run was watching.
-    try:
-        invoice = retrieve_invoice(rt, invoice_id)
-    except stripe.InvalidRequestError as exc:
-        if exc.http_status == 404:
-            _forget_deleted_draft(rt, request_id, owner, invoice_id)
-        raise
-    if invoice.status == "draft":
-        _verify_before_finalizing(rt, row, invoice)
+    # may have edited it while no run was watching — unless this process
+    # checked every line from Stripe's answer to its own add_lines moments
+    # ago: that answer is as current as a read made now would be, and no
+    # attempt can have finalized a draft we were still adding lines to.
+    if not _take_verified(owner, invoice_id):
+        try:
+            invoice = retrieve_invoice(rt, invoice_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                _forget_deleted_draft(rt, request_id, owner, invoice_id)
+            raise
+        if invoice.status == "draft":
+            _verify_before_finalizing(rt, row, invoice)
+    if invoice is None or invoice.status == "draft":
 
         def finalize_draft(k: str) -> stripe.Invoice:
-            finalized = rt.stripe.v1.invoices.finalize_invoice(
-                invoice_id, {"auto_advance": False}, {"idempotency_key": k}
-            )
+            try:
+                finalized = rt.stripe.v1.invoices.finalize_invoice(
+                    invoice_id, {"auto_advance": False}, {"idempotency_key": k}
+                )
+            except stripe.InvalidRequestError as exc:
+                if exc.http_status == 404 and _is_missing(exc, "invoice"):
+                    _forget_deleted_draft(rt, request_id, owner, invoice_id)
+                raise
             # A draft we finalized here was never sent: nothing to look up before sending.
             fresh.note(f"{invoice_id}:finalized", finalized)
             return finalized
 
-        invoice, key = write_once(
+        written, key = write_once(
             rt,
             key=key,
             step="invoice.finalize",
@@ -466,12 +573,21 @@ def finalize(rt: Runtime, request_id: str, owner: str) -> None:
             find=lambda _intent: _unless_status(retrieve_invoice(rt, invoice_id), "draft"),
             what=f"finalize {invoice_id}",
         )
-        log.info("Finalized invoice %s (%s)", invoice.id, invoice.number)
+        log.info("Finalized invoice %s (%s)", written.id, written.number)
+        invoice = written
+    assert invoice is not None  # read above, or the write's answer
+    sending: ledger.Intent | None = None
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
         _cache_invoice(row, invoice)
         row.finalized_at = row.finalized_at or utcnow()
         ledger.fulfil(session, key, invoice.id)
         ledger.advance(session, row, RecoveryPoint.FINALIZED, "finalized", number=invoice.number)
+        if invoice.status == "open":
+            sending = ledger.intend_in(
+                session, _send_key(request_id, invoice_id), "invoice.send", request_id
+            )
+    if sending is not None:
+        precounted(owner, sending)
 
 
 def _verify_before_finalizing(rt: Runtime, row: BillingRequestRow, invoice: stripe.Invoice) -> None:
@@ -515,7 +631,7 @@ def send(rt: Runtime, request_id: str, owner: str) -> None:
     try:
         invoice, key = write_once(
             rt,
-            key=request_step_key(request_id, f"invoice.send.{invoice_id}"),
+            key=_send_key(request_id, invoice_id),
             step="invoice.send",
             request_id=request_id,
             write=lambda k: rt.stripe.v1.invoices.send_invoice(

@@ -92,11 +92,20 @@ class LeaseKeeper:
 
 @contextmanager
 def held(
-    engine: Engine, request_id: str, owner: str, ttl_seconds: float, patience_seconds: float
+    engine: Engine,
+    request_id: str,
+    owner: str,
+    ttl_seconds: float,
+    patience_seconds: float,
+    on_take: ledger.OnTake | None = None,
 ) -> Iterator[LeaseKeeper]:
     """Take the request's lease (waiting up to `patience_seconds` for another run),
-    keep it renewed while the block runs, and release it afterwards."""
-    taken_at = ledger.wait_for_lease(engine, request_id, owner, ttl_seconds, patience_seconds)
+    keep it renewed while the block runs, and release it afterwards.
+
+    `on_take` runs in the transaction that takes the lease (`ledger.acquire_lease`)."""
+    taken_at = ledger.wait_for_lease(
+        engine, request_id, owner, ttl_seconds, patience_seconds, on_take
+    )
     keeper = LeaseKeeper(engine, request_id, owner, ttl_seconds, taken_at)
     token = _current.set(keeper)
     keeper.start()
@@ -123,6 +132,12 @@ def held_by_this_process(owner: str | None) -> bool:
 
 def _this_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:"
+
+
+def current_owner() -> str | None:
+    """The owner of the lease this thread's run keeps, if any."""
+    keeper = _current.get()
+    return keeper.owner if keeper is not None else None
 
 
 def check_current() -> None:

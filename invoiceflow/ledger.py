@@ -10,7 +10,7 @@ in that same transaction, so a run whose lease was taken over cannot write.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -197,12 +197,19 @@ def lock_row(session: Session, request_id: str) -> BillingRequestRow | None:
     ).one_or_none()
 
 
-def acquire_lease(engine: Engine, request_id: str, owner: str, ttl_seconds: float) -> bool:
+# Work done in the transaction that takes a lease, on the row it locked (e.g. `count_attempt`).
+OnTake = Callable[[Session, BillingRequestRow], None]
+
+
+def acquire_lease(
+    engine: Engine, request_id: str, owner: str, ttl_seconds: float, on_take: OnTake | None = None
+) -> bool:
     """Take (or renew) the request's lease if it is free, expired or already ours.
 
     The row is locked first and "now" read only then: a run that waited for
     the lock (behind a slow or paused transaction) judges expiry, and gets a
-    lease that runs, from the moment it actually holds the row.
+    lease that runs, from the moment it actually holds the row. `on_take` runs
+    in the same transaction once the lease is ours (one commit, not two).
     """
     with transaction(engine) as session:
         row = lock_row(session, request_id)
@@ -215,6 +222,8 @@ def acquire_lease(engine: Engine, request_id: str, owner: str, ttl_seconds: floa
         row.lease_owner = owner
         row.lease_expires_at = now + ttl_seconds
         session.add(row)
+        if on_take is not None:
+            on_take(session, row)
         return True
 
 
@@ -234,7 +243,12 @@ def renew_lease(engine: Engine, request_id: str, owner: str, ttl_seconds: float)
 
 
 def wait_for_lease(
-    engine: Engine, request_id: str, owner: str, ttl_seconds: float, patience_seconds: float
+    engine: Engine,
+    request_id: str,
+    owner: str,
+    ttl_seconds: float,
+    patience_seconds: float,
+    on_take: OnTake | None = None,
 ) -> float:
     """Take the lease, waiting while another run holds it; returns the monotonic
     time just before the successful attempt (the lease runs from no earlier).
@@ -246,7 +260,7 @@ def wait_for_lease(
     said = progress.Throttle(every=LEASE_WAIT_NOTE_SECONDS)
     while True:
         attempt_at = time.monotonic()
-        if acquire_lease(engine, request_id, owner, ttl_seconds):
+        if acquire_lease(engine, request_id, owner, ttl_seconds, on_take):
             return attempt_at
         holder = load(engine, request_id)
         holder_name = holder.lease_owner if holder else "unknown"
@@ -281,13 +295,18 @@ def start_attempt(engine: Engine, request_id: str, owner: str) -> BillingRequest
     A failed request resumes from the last point it really reached.
     """
     with locked(engine, request_id, owner) as (session, row):
-        row.attempts += 1
-        row.updated_at = utcnow()
-        if row.point is RecoveryPoint.FAILED:
-            row.recovery_point = row.progress_point
-            _audit(session, request_id, RecoveryPoint.FAILED, row.progress, "retrying", {})
-        session.add(row)
+        count_attempt(session, row)
         return row
+
+
+def count_attempt(session: Session, row: BillingRequestRow) -> None:
+    """`start_attempt` inside the caller's transaction, which holds the row and the lease."""
+    row.attempts += 1
+    row.updated_at = utcnow()
+    if row.point is RecoveryPoint.FAILED:
+        row.recovery_point = row.progress_point
+        _audit(session, row.request_id, RecoveryPoint.FAILED, row.progress, "retrying", {})
+    session.add(row)
 
 
 @contextmanager
@@ -435,21 +454,27 @@ def intend(engine: Engine, key: str, step: str, request_id: str | None) -> Inten
     one of them sees it as new.
     """
     with transaction(engine) as session:
-        insert_if_absent(
-            session,
-            StripeWrite,
-            "idempotency_key",
-            idempotency_key=key,
-            step=step,
-            request_id=request_id,
-            calls=0,
-            intended_at=utcnow(),
-        )
-        write = session.get(StripeWrite, key, with_for_update=True, populate_existing=True)
-        assert write is not None
-        write.calls += 1
-        session.add(write)
-        return Intent(key, seen_before=write.calls > 1, intended_at=write.intended_at)
+        return intend_in(session, key, step, request_id)
+
+
+def intend_in(session: Session, key: str, step: str, request_id: str | None) -> Intent:
+    """`intend` in the caller's transaction: a step records the next step's intent
+    with its own commit (`stripe_write.precounted`), saving a transaction per write."""
+    insert_if_absent(
+        session,
+        StripeWrite,
+        "idempotency_key",
+        idempotency_key=key,
+        step=step,
+        request_id=request_id,
+        calls=0,
+        intended_at=utcnow(),
+    )
+    write = session.get(StripeWrite, key, with_for_update=True, populate_existing=True)
+    assert write is not None
+    write.calls += 1
+    session.add(write)
+    return Intent(key, seen_before=write.calls > 1, intended_at=write.intended_at)
 
 
 def fulfil(session: Session, key: str, stripe_object_id: str) -> None:

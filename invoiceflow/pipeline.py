@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from sqlmodel import Session
+
 from invoiceflow import catalog, customers, invoicing, lease, ledger, story
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint
 from invoiceflow.invoicing import DraftGone
@@ -67,11 +69,17 @@ def bill(rt: Runtime, request: BillingRequest, owner: str, steps: Steps, log: Lo
     """
     request_id = request.request_id
     ttl = rt.settings.lease_seconds
+    started: list[BillingRequestRow] = []
+
+    def start_attempt(session: Session, row: BillingRequestRow) -> None:
+        ledger.count_attempt(session, row)  # in the lease's own transaction: one commit
+        started.append(row)
+
     # The lease is renewed for as long as this attempt lives; one that loses it
     # anyway (paused past it, taken over) stops before its next Stripe write.
-    with lease.held(rt.engine, request_id, owner, ttl, patience_seconds=ttl):
+    with lease.held(rt.engine, request_id, owner, ttl, patience_seconds=ttl, on_take=start_attempt):
         try:
-            row = ledger.start_attempt(rt.engine, request_id, owner)
+            row = started[-1]
             log.info("Request %s (%s) at %s", request_id, row.customer_key, row.recovery_point)
             if not row.progress.reached(RecoveryPoint.SENT):
                 steps.prepare(request, owner)
@@ -130,13 +138,23 @@ def in_sequence(rt: Runtime) -> Steps:
 
 
 def prepare_in_sequence(rt: Runtime, request: BillingRequest, owner: str) -> None:
-    """The customer and catalog branches one after the other, joined at `catalog_ready`."""
+    """The customer and catalog branches one after the other, joined at `catalog_ready`.
+
+    The steady state — a customer mapped with the request's details, every
+    price mapped — asks nothing of Stripe, so it costs two reads and the one
+    commit of `catalog_ready` (which records `customer_ready` with it).
+    """
     request_id = request.request_id
-    customers.ensure_customer(rt, request_id, owner)
-    product_ids = {
-        item.sku: catalog.ensure_product(rt, item.sku, item.name, request_id)
-        for item in {item.sku: item for item in request.items}.values()
-    }
-    for sku, unit_amount in dict.fromkeys((i.sku, i.unit_amount) for i in request.items):
-        catalog.ensure_price(rt, sku, request.currency, unit_amount, product_ids[sku], request_id)
-    invoicing.mark_catalog_ready(rt, request_id, owner)
+    known = customers.known(rt, ledger.require(rt.engine, request_id))
+    if known is None:
+        customers.ensure_customer(rt, request_id, owner)
+    if not catalog.prices_mapped(rt, request):
+        product_ids = {
+            item.sku: catalog.ensure_product(rt, item.sku, item.name, request_id)
+            for item in {item.sku: item for item in request.items}.values()
+        }
+        for sku, unit_amount in dict.fromkeys((i.sku, i.unit_amount) for i in request.items):
+            catalog.ensure_price(
+                rt, sku, request.currency, unit_amount, product_ids[sku], request_id
+            )
+    invoicing.mark_catalog_ready(rt, request_id, owner, customer=known)

@@ -2,7 +2,8 @@
 
 Every step that writes to Stripe goes through `write_once`:
 
-1. record the intent (the idempotency key) in our database before calling Stripe;
+1. record the intent (the idempotency key) in our database before calling Stripe
+   (the step before may have recorded it with its own commit: `precounted`);
 2. if an earlier attempt recorded the same intent it may have reached Stripe
    without our database hearing back, so look the result up first (`find`);
 3. write under the key, retrying transient failures with the same key;
@@ -25,6 +26,7 @@ the ghost.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
@@ -53,6 +55,32 @@ def outcome_unknown(exc: BaseException) -> bool:
     )
 
 
+# Intents a step recorded for the next step's write in its own commit, by
+# (lease owner, key). Taken once, by the run that recorded them: a retry, a
+# rerun or another run records (and counts) the intent itself as before.
+_precounted: dict[tuple[str, str], ledger.Intent] = {}
+_precounted_lock = threading.Lock()
+PRECOUNTED_KEPT = 10_000  # intents recorded for a write that never came (a step skipped)
+
+
+def precounted(owner: str, intent: ledger.Intent) -> None:
+    """Note an intent recorded (`ledger.intend_in`) in a transaction that has committed."""
+    with _precounted_lock:
+        if len(_precounted) >= PRECOUNTED_KEPT:
+            _precounted.clear()
+        _precounted[owner, intent.key] = intent
+
+
+def _intend(rt: Runtime, key: str, step: str, request_id: str | None) -> ledger.Intent:
+    owner = lease.current_owner()
+    if owner is not None:
+        with _precounted_lock:
+            intent = _precounted.pop((owner, key), None)
+        if intent is not None:
+            return intent
+    return ledger.intend(rt.engine, key, step, request_id)
+
+
 def write_once(
     rt: Runtime,
     *,
@@ -67,7 +95,7 @@ def write_once(
 ) -> tuple[T, str]:
     """The written (or found) object and the key it was finally written under."""
     for _ in range(MAX_KEYS_PER_WRITE):
-        intent = ledger.intend(rt.engine, key, step, request_id)
+        intent = _intend(rt, key, step, request_id)
         looked = False
         if intent.seen_before or look_first:
             found = find(intent)

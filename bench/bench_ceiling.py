@@ -1,0 +1,184 @@
+"""The orchestration ceiling: how fast a billing run goes when Stripe costs nothing.
+
+A billing run (`flows.billing_run.billing_run_flow`, in this process) of N
+requests x L lines over C customers, against the sandbox in a process of its
+own with no latency and no rate limit, a real Prefect server, and a real
+database (SQLite file, then PostgreSQL). The customers, products and prices
+exist already (a warm-up `invoiceflow batch` in another process made them, as
+last month's run would have), so every request is the steady-state path.
+
+Prints invoices per wall-second end to end, and CPU seconds per invoice for
+this process, the Prefect server and the sandbox, then a markdown table and
+the machine's load.
+
+    python bench/bench_ceiling.py [--requests 500] [--lines 3] [--customers 50]
+        [--databases sqlite,postgres] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from _common import (
+    KEY,
+    ROOT,
+    Sandbox,
+    batch_requests,
+    count_calls,
+    cpu_seconds,
+    database,
+    load,
+    own_cpu_seconds,
+    prefect_server,
+    sandbox_process,
+    say,
+    shape,
+)
+
+POSTGRES = os.environ.get(
+    "INVOICEFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
+)
+
+
+@dataclass
+class Result:
+    database: str
+    requests: int
+    wall: float
+    ours: float
+    server: float
+    sandbox: float
+    reads: int
+    writes: int
+    invoiced: int
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.wall
+
+    def per_invoice(self, seconds: float) -> str:
+        return f"{seconds / self.requests * 1000:.1f}"
+
+
+def write_jsonl(path: Path, requests: list[object]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    return path
+
+
+def billing_run(
+    name: str,
+    url: str,
+    sandbox: Sandbox,
+    server_pid: int | None,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> Result:
+    from invoiceflow.runtime import get_runtime, reset_runtime
+
+    env = {"STRIPE_API_KEY": KEY, "STRIPE_API_BASE": sandbox.url, "INVOICEFLOW_DATABASE_URL": url}
+    os.environ.update(env)
+    reset_runtime()
+    get_runtime()  # migrate before anything is timed
+    prefix = f"{name}-{int(time.time())}"
+    # Last month: one request per customer made the customers, products and prices.
+    warm = batch_requests(f"{prefix}-warm", args.customers, args.lines, args.customers, prefix)
+    warm_file = write_jsonl(workdir / f"{prefix}-warm.jsonl", warm)
+    say(f"[{name}] warm-up: {args.customers} customers in another process…")
+    done = subprocess.run(
+        [sys.executable, "-m", "invoiceflow", "batch", str(warm_file), "--run-id", f"{prefix}-w"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"warm-up failed ({done.returncode}): {done.stderr[-2000:]}")
+
+    from flows.billing_run import billing_run_flow
+
+    requests = batch_requests(prefix, args.requests, args.lines, args.customers, prefix)
+    source = write_jsonl(workdir / f"{prefix}.jsonl", requests)
+    say(f"[{name}] billing run: {args.requests} requests x {args.lines} lines…")
+    log_before = len(sandbox.requests())
+    cpu_before = (own_cpu_seconds(), cpu_seconds(server_pid), cpu_seconds(sandbox.pid))
+    started = time.perf_counter()
+    report = billing_run_flow(source=str(source), run_id=prefix)
+    wall = time.perf_counter() - started
+    cpu_after = (own_cpu_seconds(), cpu_seconds(server_pid), cpu_seconds(sandbox.pid))
+    entries = sandbox.requests()[log_before:]
+    reads, writes = count_calls(entries)
+    say(f"[{name}] Stripe calls: {shape(entries)}")
+    invoiced = report.counts.get("invoiced", 0)
+    say(f"[{name}] {report.lines()[0]}")
+    ours, server, box = (
+        after - before for after, before in zip(cpu_after, cpu_before, strict=True)
+    )
+    return Result(name, args.requests, wall, ours, server, box, reads, writes, invoiced)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--lines", type=int, default=3)
+    parser.add_argument("--customers", type=int, default=50)
+    parser.add_argument("--databases", default="sqlite,postgres")
+    parser.add_argument("--smoke", action="store_true", help="20 requests, 5 customers: seconds")
+    args = parser.parse_args()
+    if args.smoke:
+        args.requests, args.customers = 20, 5
+    wanted = args.databases.split(",")
+
+    from invoiceflow.prefect_env import configure_prefect
+
+    configure_prefect()
+    results: list[Result] = []
+    with ExitStack() as stack:
+        say("Starting a Prefect server and the sandbox (a process of its own)…")
+        api_url, server_pid = stack.enter_context(prefect_server())
+        sandbox = stack.enter_context(sandbox_process())
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        say(f"Prefect {api_url} (pid {server_pid}); sandbox {sandbox.url} (pid {sandbox.pid})")
+        for name in wanted:
+            admin = None if name == "sqlite" else POSTGRES
+            with database(admin) as (url, _description):
+                results.append(billing_run(name, url, sandbox, server_pid, args, workdir))
+    table(results, args)
+
+
+def table(results: list[Result], args: argparse.Namespace) -> None:
+    from invoiceflow.settings import get_settings
+
+    say(
+        f"\nBilling run of {args.requests} requests x {args.lines} lines over {args.customers} "
+        f"warm customers, {get_settings().batch_workers} workers; sandbox in its own process, "
+        "no latency, no rate limit.\n"
+    )
+    say(
+        "| database | invoices/s | CPU ms per invoice: ours / Prefect server / sandbox "
+        "| Stripe reads + writes per invoice |"
+    )
+    say("| --- | ---: | --- | --- |")
+    for r in results:
+        say(
+            f"| {r.database} | {r.rate:.1f} | {r.per_invoice(r.ours)} / "
+            f"{r.per_invoice(r.server)} / {r.per_invoice(r.sandbox)} "
+            f"| {r.reads / r.requests:.2f} + {r.writes / r.requests:.2f} |"
+        )
+    say(f"\n{load()}")
+
+
+if __name__ == "__main__":
+    main()

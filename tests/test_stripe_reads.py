@@ -1,0 +1,96 @@
+"""Stripe reads are cut only where the answer just received says the same.
+
+A run that added the lines itself checks them from Stripe's answer and
+finalizes without reading the draft again; a run that resumes a draft it did
+not fill this very attempt reads it and refuses one edited in the meantime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+
+from invoiceflow import ledger
+from invoiceflow.db.models import RecoveryPoint
+from invoiceflow.runtime import get_runtime
+from tests.conftest import app_env
+from tests.helpers import assert_exactly_one_invoice, crash_cli_at, make_request
+
+pytestmark = pytest.mark.usefixtures("prefect_api", "configured")
+
+
+def test_a_warm_request_makes_four_writes_and_no_read(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    from flows.invoice import invoice_flow
+
+    invoice_flow(make_request("warm-1"))  # makes the customer, products and prices
+    before = len(sandbox.requests())
+
+    status = invoice_flow(make_request("warm-2"))
+
+    calls = [(e["method"], e["path"]) for e in sandbox.requests()[before:]]
+    assert status.state is RecoveryPoint.SENT, status.last_error
+    assert [path.rsplit("/", 1)[-1] for method, path in calls if method == "POST"] == [
+        "invoices",
+        "add_lines",
+        "finalize",
+        "send",
+    ]
+    assert [call for call in calls if call[0] == "GET"] == []
+    assert_exactly_one_invoice(stripe_client, make_request("warm-2"))
+
+
+@pytest.mark.slow
+def test_a_run_resumed_after_add_lines_reads_the_draft_and_refuses_an_edit(
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    configured: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    from flows.invoice import invoice_flow
+    from invoiceflow.invoicing import InvoiceMismatch
+
+    request = make_request("resumed-edit")
+    env = app_env(sandbox.url, configured["INVOICEFLOW_DATABASE_URL"])
+    # The first run dies right after Stripe added the lines, before we recorded it...
+    crash_cli_at(sandbox, request, "/add_lines$", "stall_after_write", env, tmp_path)
+    invoice = stripe_client.v1.invoices.list({"limit": 1}).data[0]
+    # ...and someone adds a line in the Dashboard before the rerun.
+    price = stripe_client.v1.prices.list({"limit": 1}).data[0]
+    stripe_client.v1.invoices.add_lines(
+        invoice.id, {"lines": [{"pricing": {"price": price.id}, "quantity": 1}]}
+    )
+
+    with pytest.raises(InvoiceMismatch):
+        invoice_flow(request)
+
+    assert stripe_client.v1.invoices.retrieve(invoice.id).status == "draft"
+    assert ledger.require(get_runtime().engine, request.request_id).point is RecoveryPoint.FAILED
+
+
+@pytest.mark.slow
+def test_a_run_resumed_after_add_lines_finishes_the_invoice_once(
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    configured: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    from flows.invoice import invoice_flow
+
+    request = make_request("resumed-clean")
+    env = app_env(sandbox.url, configured["INVOICEFLOW_DATABASE_URL"])
+    crash_cli_at(sandbox, request, "/add_lines$", "stall_after_write", env, tmp_path)
+    before = len(sandbox.requests())
+
+    status = invoice_flow(request)
+
+    assert status.state is RecoveryPoint.SENT, status.last_error
+    assert_exactly_one_invoice(stripe_client, request)
+    resumed = [(e["method"], e["path"]) for e in sandbox.requests()[before:]]
+    # Resumed: the draft's lines are read (not trusted) before it is finalized.
+    assert any(m == "GET" and p.endswith("/lines") for m, p in resumed), resumed
+    assert not any(p.endswith("/add_lines") for _, p in resumed), resumed
