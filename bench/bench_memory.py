@@ -14,7 +14,11 @@ the requests), wall time and time per request, and the Prefect server's RSS
 the first: per-request time and peak RSS. Goals: peak RSS under 1 GB, and the
 big run within 1.5x the small one's time per request.
 
-    python bench/bench_memory.py [--requests 1000,10000] [--workers 8]
+On a busy machine a big run can take hours: --time-limit M stops each run
+after M minutes (Ctrl-C, as an operator would; the batch is resumable) and
+reports it for the requests it billed by then.
+
+    python bench/bench_memory.py [--requests 1000,10000] [--workers 8] [--time-limit M]
         [--database-url postgresql+psycopg://root@127.0.0.1:5432/test] [--smoke]
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -42,7 +47,8 @@ SAMPLE_SECONDS = 0.5
 
 @dataclass
 class Run:
-    requests: int
+    requests: int  # billed (all of them, unless the time limit stopped the run)
+    size: int
     lines: int
     exit_code: int
     wall: float
@@ -54,7 +60,12 @@ class Run:
 
     @property
     def per_request_ms(self) -> float:
-        return self.wall / self.requests * 1000
+        return self.wall / max(1, self.requests) * 1000
+
+    @property
+    def label(self) -> str:
+        whole = f"{self.size:,}"
+        return whole if self.requests == self.size else f"{whole} (stopped at {self.requests:,})"
 
 
 def billed_count(database_url: str) -> int:
@@ -74,8 +85,16 @@ def billed_count(database_url: str) -> int:
 
 
 def bill(
-    size: int, work: Path, api_url: str, server_pid: int | None, database_url: str, workers: int
+    size: int,
+    work: Path,
+    api_url: str,
+    server_pid: int | None,
+    database_url: str,
+    workers: int,
+    time_limit: float,
 ) -> Run:
+    """Bill `size` requests; past `time_limit` seconds the batch gets Ctrl-C (it exits
+    130, resumable) and the run is reported for what it billed until then."""
     sandbox_flags = ("--latency-ms", "0", "--rate-limit", "off")
     with stack.sandbox_process(work, *sandbox_flags) as sandbox_url:
         source = work / f"requests-{size}.jsonl"
@@ -96,6 +115,7 @@ def bill(
         rss_path: list[tuple[int, int]] = []
         server_peak = [0]
         stop = threading.Event()
+        billed_last = [0]
 
         def sample() -> None:
             next_tenth = 0
@@ -103,12 +123,21 @@ def bill(
                 if server_pid is not None:
                     server_peak[0] = max(server_peak[0], stack.tree_rss_kib(server_pid))
                 billed = billed_count(database_url)
+                billed_last[0] = max(billed_last[0], billed)
+                elapsed = time.monotonic() - started
                 if billed >= next_tenth * size / 10:
                     rss = stack.status_kib(process.pid, "VmRSS")
                     if rss is not None:
                         rss_path.append((billed, rss))
-                        stack.say(f"   billed {billed}/{size}, batch RSS {rss / 1024:.0f} MiB")
+                        stack.say(
+                            f"   {elapsed:5.0f} s: billed {billed}/{size}, "
+                            f"batch RSS {rss / 1024:.0f} MiB; {stack.load()}"
+                        )
                     next_tenth = billed * 10 // size + 1
+                if elapsed > time_limit and process.poll() is None:
+                    stack.say(f"   time limit ({time_limit:.0f} s): stopping the batch")
+                    process.send_signal(signal.SIGINT)
+                    return
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -121,7 +150,8 @@ def bill(
         stop.set()
         sampler.join(timeout=10)
         err.close()
-    run = Run(size, lines, process.returncode, wall, usage.ru_maxrss, rss_path)
+    done = size if process.returncode == 0 else max(billed_last[0], 0)
+    run = Run(done, size, lines, process.returncode, wall, usage.ru_maxrss, rss_path)
     run.summary = out.splitlines()[0] if out else (work / f"batch-{size}.err").read_text()[-500:]
     run.server_kib = server_peak[0] or None
     run.load = stack.load()
@@ -143,28 +173,28 @@ def report(runs: list[Run], database: str) -> bool:
     for run in runs:
         server = f"{run.server_kib / 1024:.0f}" if run.server_kib else "n/a"
         stack.say(
-            f"| {run.requests:,} | {run.wall:.0f} | {run.per_request_ms:.0f} "
+            f"| {run.label} | {run.wall:.0f} | {run.per_request_ms:.0f} "
             f"| {run.peak_kib / 1024:.0f} | {server} | {run.exit_code} |"
         )
     first, last = runs[0], runs[-1]
     time_ratio = last.per_request_ms / first.per_request_ms
     memory_ratio = last.peak_kib / first.peak_kib
-    ok = all(r.exit_code == 0 and r.peak_kib / 1024 < GOAL_PEAK_MIB for r in runs)
+    ok = all(r.requests == r.size and r.peak_kib / 1024 < GOAL_PEAK_MIB for r in runs)
     if len(runs) > 1:
         stack.say(
-            f"{last.requests:,} vs {first.requests:,}: time per request x{time_ratio:.2f} "
+            f"{last.label} vs {first.label}: time per request x{time_ratio:.2f} "
             f"(goal <= {GOAL_RATIO}), peak RSS x{memory_ratio:.2f}"
         )
         ok = ok and time_ratio <= GOAL_RATIO
     for run in runs:
         # From the first tenth on: before it, the process is still importing and starting.
-        path = [(n, rss) for n, rss in run.rss_path if n >= run.requests // 10]
+        path = [(n, rss) for n, rss in run.rss_path if n >= run.size // 10]
         if len(path) >= 2:
             (n0, r0), (n1, r1) = path[0], path[-1]
             if n1 > n0:
                 growth = (r1 - r0) / (n1 - n0)
                 stack.say(
-                    f"{run.requests:,}: batch RSS grew {growth:.1f} KiB per request "
+                    f"{run.label}: batch RSS grew {growth:.1f} KiB per request "
                     f"({r0 / 1024:.0f} MiB at {n0} billed, {r1 / 1024:.0f} MiB at {n1})"
                 )
     stack.say("within the goals" if ok else "OUTSIDE the goals (or a run failed)")
@@ -176,6 +206,9 @@ def main() -> int:
     parser.add_argument("--requests", default="1000,10000", help="sizes, comma-separated")
     parser.add_argument("--workers", type=int, default=8, help="INVOICEFLOW_BATCH_WORKERS")
     parser.add_argument("--database-url", help="a PostgreSQL server (default: a SQLite file)")
+    parser.add_argument(
+        "--time-limit", type=float, default=0, help="minutes per run; then report it as partial"
+    )
     parser.add_argument("--smoke", action="store_true", help="50 and 200 requests")
     args = parser.parse_args()
     sizes = [50, 200] if args.smoke else [int(n) for n in args.requests.split(",")]
@@ -188,7 +221,10 @@ def main() -> int:
             size_dir = work / str(size)
             size_dir.mkdir()
             with stack.database(args.database_url, size_dir) as database_url:
-                runs.append(bill(size, size_dir, api_url, server_pid, database_url, args.workers))
+                limit = args.time_limit * 60 or float("inf")
+                runs.append(
+                    bill(size, size_dir, api_url, server_pid, database_url, args.workers, limit)
+                )
     database = "SQLite" if args.database_url is None else "PostgreSQL"
     return 0 if report(runs, database) else 1
 

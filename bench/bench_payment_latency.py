@@ -15,7 +15,7 @@ long until every `settle` run (the story in the Prefect UI) completed, and
 whether each payment was recorded exactly once (one `paid` move in its audit
 trail).
 
-    python bench/bench_payment_latency.py [--invoices 200] [--rate 5]
+    python bench/bench_payment_latency.py [--invoices 200] [--rate 5] [--settle-wait 300]
         [--database-url postgresql+psycopg://root@127.0.0.1:5432/test] [--smoke]
 """
 
@@ -205,6 +205,9 @@ def main() -> int:
     parser.add_argument("--invoices", type=int, default=200)
     parser.add_argument("--rate", type=float, default=5.0, help="payments per second")
     parser.add_argument("--database-url", help="a PostgreSQL server (default: a SQLite file)")
+    parser.add_argument(
+        "--settle-wait", type=float, default=300, help="seconds to wait for the settle runs"
+    )
     parser.add_argument("--smoke", action="store_true", help="10 invoices: does it all work?")
     args = parser.parse_args()
     count = 10 if args.smoke else args.invoices
@@ -254,7 +257,7 @@ def main() -> int:
             stack.say(f"   {len(seen)}/{len(invoices)} seen paid, {polls} polls of the ledger")
             settle_started = time.monotonic()
             while settle_runs_completed(api_url) < len(invoices):
-                if time.monotonic() - settle_started > 600:
+                if time.monotonic() - settle_started > args.settle_wait:
                     break
                 time.sleep(1)
             settled = settle_runs_completed(api_url)
