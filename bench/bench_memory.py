@@ -152,7 +152,12 @@ def bill(
         err.close()
     done = size if process.returncode == 0 else max(billed_last[0], 0)
     run = Run(done, size, lines, process.returncode, wall, usage.ru_maxrss, rss_path)
-    run.summary = out.splitlines()[0] if out else (work / f"batch-{size}.err").read_text()[-500:]
+    if out:
+        run.summary = out.splitlines()[0]
+    elif run.requests < size:
+        run.summary = f"stopped by the time limit at {run.requests} of {size}"
+    else:
+        run.summary = (work / f"batch-{size}.err").read_text()[-500:]
     run.server_kib = server_peak[0] or None
     run.load = stack.load()
     stack.say(
@@ -197,6 +202,9 @@ def report(runs: list[Run], database: str) -> bool:
                     f"{run.label}: batch RSS grew {growth:.1f} KiB per request "
                     f"({r0 / 1024:.0f} MiB at {n0} billed, {r1 / 1024:.0f} MiB at {n1})"
                 )
+    if any(r.requests < r.size for r in runs):
+        stack.say("a run was stopped by --time-limit: the goals are not judged")
+        return False
     stack.say("within the goals" if ok else "OUTSIDE the goals (or a run failed)")
     return ok
 
