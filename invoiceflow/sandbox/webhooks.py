@@ -102,11 +102,12 @@ class Dispatcher:
             await asyncio.sleep(delay)
         if not (config.allow_remote_webhooks or is_loopback(url)):
             log.warning("webhook to %s not sent: remote webhooks are disabled", url)
-            self._record(event, endpoint_id, 1, None, REMOTE_REFUSED)
+            self._record(event, endpoint_id, 1, None, REMOTE_REFUSED, time.time())
             return
         for attempt in range(1, config.webhook_max_attempts + 1):
+            sent_at = time.time()
             status, error = await self._post(url, secret, payload)
-            self._record(event, endpoint_id, attempt, status, error)
+            self._record(event, endpoint_id, attempt, status, error, sent_at)
             if status is not None and 200 <= status < 300:
                 # Stripe counts endpoints still owed this event in `pending_webhooks`.
                 event["pending_webhooks"] = max(0, event["pending_webhooks"] - 1)
@@ -123,8 +124,16 @@ class Dispatcher:
                 await asyncio.sleep(min(backoff, config.webhook_retry_max_ms) / 1000)
 
     def _record(
-        self, event: JSON, endpoint_id: str, attempt: int, status: int | None, error: str | None
+        self,
+        event: JSON,
+        endpoint_id: str,
+        attempt: int,
+        status: int | None,
+        error: str | None,
+        sent_at: float,
     ) -> None:
+        # `sent_at`: when the POST started; `time`: when its answer came (epoch
+        # seconds both), so a receiver's latency can be measured from the send.
         self.deliveries.append(
             {
                 "event": event["id"],
@@ -133,6 +142,7 @@ class Dispatcher:
                 "attempt": attempt,
                 "status": status,
                 "error": error,
+                "sent_at": sent_at,
                 "time": time.time(),
             }
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -89,6 +90,10 @@ def test_delivery_retried_until_2xx(client: stripe.StripeClient, sandbox: Runnin
         time.sleep(0.05)
         log = sandbox.webhook_deliveries()
         assert [d["attempt"] for d in log] == [1, 2, 3, 4]
+        # Each POST started (`sent_at`) before its answer (`time`), after the last answer:
+        # what a receiver's latency is measured from (bench/bench_payment_latency.py).
+        assert all(d["sent_at"] <= d["time"] for d in log)
+        assert all(a["time"] <= b["sent_at"] for a, b in itertools.pairwise(log))
         event = client.v1.events.list().data[0]
         assert event.pending_webhooks == 0
 
