@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
@@ -176,12 +176,20 @@ def load(engine: Engine, run_id: str) -> tuple[BillingRun, Sequence[BillingRunIt
 
 
 def finished_count(engine: Engine, run_id: str) -> tuple[int, int]:
-    """(entries with an outcome, entries whose outcome is a failure): for progress bars."""
-    loaded = load(engine, run_id)
-    if loaded is None:
-        return 0, 0
-    outcomes = [item.outcome for item in loaded[1] if item.outcome is not None]
-    return len(outcomes), sum(1 for o in outcomes if not Outcome(o).done)
+    """(entries with an outcome, entries whose outcome is a failure): for progress bars.
+
+    Counted by the database, outcome by outcome: progress polls this every few
+    seconds, and loading 10,000 manifest rows each time is work for nothing.
+    """
+    query = (
+        select(BillingRunItem.outcome, func.count())
+        .where(BillingRunItem.run_id == run_id, col(BillingRunItem.outcome).is_not(None))
+        .group_by(col(BillingRunItem.outcome))
+    )
+    with reading(engine) as session:
+        counts: dict[str, int] = {str(outcome): int(n) for outcome, n in session.exec(query).all()}
+    failed = sum(n for outcome, n in counts.items() if not Outcome(outcome).done)
+    return sum(counts.values()), failed
 
 
 def artifact_key(run_id: str) -> str:
