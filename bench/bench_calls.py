@@ -91,6 +91,8 @@ def main() -> None:
             "STRIPE_API_KEY": KEY,
             "STRIPE_API_BASE": sandbox.url,
             "INVOICEFLOW_DATABASE_URL": url,
+            # Counts calls, not rate: the sandbox has no limit, so neither do we.
+            "INVOICEFLOW_STRIPE_RATE": "off",
         }
         os.environ.update(env)
         prefix = f"calls{int(time.time())}"

@@ -176,6 +176,8 @@ def app_env(sandbox_url: str, database_url: str, api_url: str, **extra: str) -> 
         "STRIPE_API_BASE": sandbox_url,
         "INVOICEFLOW_DATABASE_URL": database_url,
         "INVOICEFLOW_AWAIT_PAID_SECONDS": "0",
+        # The sandbox sets no rate limit here, so neither do we (a caller may).
+        "INVOICEFLOW_STRIPE_RATE": "off",
         "PREFECT_API_URL": api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
