@@ -30,9 +30,9 @@ from typing import Any
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from _common import (
+from stack import (
     KEY,
-    ROOT,
+    REPO,
     Sandbox,
     count_calls,
     database,
@@ -102,7 +102,7 @@ def main() -> None:
                 source = write_jsonl(workdir / f"{run}.jsonl", requests(prefix, run, n, k))
                 subprocess.run(
                     [sys.executable, "-m", "invoiceflow", "batch", source],
-                    cwd=ROOT,
+                    cwd=REPO,
                     env={**os.environ, **env},
                     check=True,
                     capture_output=True,

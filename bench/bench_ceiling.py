@@ -31,9 +31,9 @@ from pathlib import Path
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from _common import (
+from stack import (
     KEY,
-    ROOT,
+    REPO,
     Sandbox,
     batch_requests,
     count_calls,
@@ -104,7 +104,7 @@ def billing_run(
     say(f"[{name}] warm-up: {args.customers} customers in another process…")
     done = subprocess.run(
         [sys.executable, "-m", "invoiceflow", "batch", str(warm_file), "--run-id", f"{prefix}-w"],
-        cwd=ROOT,
+        cwd=REPO,
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -33,11 +33,8 @@ import argparse
 import logging
 import os
 import random
-import shutil
 import statistics
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -49,26 +46,9 @@ from typing import Any
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-KEY = "sk_test_bench"
-WRITE_METHODS = ("POST", "DELETE")
+from stack import CUSTOMERS, KEY, SKUS, WRITE_METHODS, database, say
+
 MAX_LINES = 250
-CUSTOMERS = [
-    ("acme", "Acme Corp"),
-    ("initech", "Initech GmbH"),
-    ("globex", "Globex Inc"),
-    ("umbrella", "Umbrella plc"),
-]
-# sku, name, unit amount in cents
-SKUS = [
-    ("consulting-hour", "Consulting hour", 15_000),
-    ("support-plan", "Support plan", 99_000),
-    ("seat-licence", "Seat licence", 999),
-    ("travel", "Travel expenses", 4_825),
-    ("hosting", "Managed hosting", 3_575),
-    ("training-day", "Training day", 120_000),
-    ("storage-tb", "Storage, per TB-month", 2_300),
-    ("api-calls-1k", "API calls, per 1000", 40),
-]
 
 
 @dataclass
@@ -108,36 +88,6 @@ def prefect_server() -> Iterator[str]:
     with local_prefect_server(**extra) as server:
         SERVER_LOG.append(server.log_path)
         yield f"{server.api_url} (started in {server.started_in_seconds:.0f} s)"
-
-
-@contextmanager
-def database(admin_url: str | None) -> Iterator[tuple[str, str]]:
-    """(URL, description): a temporary SQLite file, or a new PostgreSQL database."""
-    from invoiceflow.db.engine import dispose_engines
-
-    if admin_url is None:
-        directory = Path(tempfile.mkdtemp(prefix="invoiceflow-bench-db-"))
-        try:
-            yield f"sqlite:///{directory / 'invoiceflow.db'}", "SQLite (temporary file)"
-        finally:
-            dispose_engines()
-            shutil.rmtree(directory, ignore_errors=True)
-        return
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"invoiceflow_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin_url).set(database=name)
-    try:
-        yield url.render_as_string(hide_password=False), f"PostgreSQL ({url!r})"
-    finally:
-        dispose_engines()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def request_data(request_id: str, customer: tuple[str, str], items: list[dict[str, Any]]) -> Any:
@@ -269,10 +219,6 @@ def times(values: list[float]) -> str:
 
 def mean(values: list[int]) -> float:
     return sum(values) / len(values)
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def first_run(sandbox: Any, requests: list[Any]) -> list[Sample]:

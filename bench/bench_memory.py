@@ -95,8 +95,9 @@ def bill(
 ) -> Run:
     """Bill `size` requests; past `time_limit` seconds the batch gets Ctrl-C (it exits
     130, resumable) and the run is reported for what it billed until then."""
-    sandbox_flags = ("--latency-ms", "0", "--rate-limit", "off")
-    with stack.sandbox_process(work, *sandbox_flags) as sandbox_url:
+    # The sandbox's defaults: no added latency, no rate limit (memory, not Stripe's pace).
+    with stack.sandbox_process() as sandbox:
+        sandbox_url = sandbox.url
         source = work / f"requests-{size}.jsonl"
         lines = stack.write_requests(source, f"mem{size}", size)
         env = stack.app_env(
@@ -228,7 +229,7 @@ def main() -> int:
         for size in sizes:
             size_dir = work / str(size)
             size_dir.mkdir()
-            with stack.database(args.database_url, size_dir) as database_url:
+            with stack.database(args.database_url, size_dir) as (database_url, _):
                 limit = args.time_limit * 60 or float("inf")
                 runs.append(
                     bill(size, size_dir, api_url, server_pid, database_url, args.workers, limit)

@@ -215,10 +215,11 @@ def main() -> int:
     stack.say(f"payment latency: {count} invoices, {args.rate:g} payments/s; {stack.load()}")
     with (
         stack.workdir("invoiceflow-bench-latency-") as work,
-        stack.sandbox_process(work) as sandbox_url,
+        stack.sandbox_process() as sandbox,
         stack.prefect_server() as (api_url, _),
-        stack.database(args.database_url, work) as database_url,
+        stack.database(args.database_url, work) as (database_url, _),
     ):
+        sandbox_url = sandbox.url
         env = stack.app_env(sandbox_url, database_url, api_url)
         bill(env, work, count)
         client = stripe.StripeClient(

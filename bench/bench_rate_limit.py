@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,21 +29,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "rate_limit_worker.py"
+from stack import REPO, free_port
+
+WORKER = REPO / "tests" / "rate_limit_worker.py"
 KEY = "sk_test_bench_rate_limit"
 POSTGRES_URL = os.environ.get(
     "INVOICEFLOW_BENCH_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("INVOICEFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 BACKENDS = ("memory", "postgres", "redis", "off")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -66,7 +59,7 @@ def sandbox(rate: float, latency_ms: float, jitter_ms: float) -> Iterator[str]:
             "--jitter-ms",
             str(jitter_ms),
         ],
-        cwd=ROOT,
+        cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

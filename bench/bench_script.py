@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from _common import (
+from stack import (
     KEY,
     Sandbox,
     cpu_seconds,

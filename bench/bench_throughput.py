@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,11 +40,8 @@ import httpx
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-# A sibling script's throwaway ledger database (created, then dropped).
-from bench_flow import database
+from stack import KEY, REPO, database, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-KEY = "sk_test_bench"
 LINES = 3
 CUSTOMERS = 20
 SKUS = [("consulting-hour", "Consulting hour", 15_000), ("travel", "Travel", 4_825)]
@@ -58,13 +54,6 @@ def say(message: str) -> None:
     print(f"… {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def sandbox_process(latency_ms: float, rate: float, log_dir: Path) -> Iterator[str]:
     """`invoiceflow sandbox` in a process of its own (as Stripe is: not our CPU)."""
@@ -72,7 +61,7 @@ def sandbox_process(latency_ms: float, rate: float, log_dir: Path) -> Iterator[s
     log = (log_dir / "sandbox.log").open("wb")
     command = [sys.executable, "-m", "invoiceflow", "sandbox", "--port", str(port)]
     command += ["--latency-ms", str(latency_ms), "--rate-limit", str(rate)]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -123,7 +112,7 @@ def run_batch(source: Path, shards: int, env: dict[str, str]) -> tuple[int, str,
     process = subprocess.Popen(
         [sys.executable, "-m", "invoiceflow", "batch", str(source), "--shards", str(shards)],
         env=env,
-        cwd=ROOT,
+        cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=None,  # its progress lines, as they come
         text=True,

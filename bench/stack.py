@@ -1,9 +1,11 @@
-"""What the latency and memory benchmarks both stand up: the sandbox in a process
-of its own, a real Prefect server, a ledger database, request files, and readings
-of the machine (load, a process tree's memory).
+"""What the benchmarks share: the sandbox in a process of its own, a Prefect
+server, a ledger database, generated requests, and readings of the machine (load,
+CPU seconds and memory of a process tree).
 
-Imported by `bench_payment_latency.py` and `bench_memory.py` (run as scripts from
-the repository, so `bench/` is on sys.path).
+The sandbox runs as a separate process so that its CPU is not ours: a billing
+run's figures then count our process, the Prefect server and the sandbox apart.
+The scripts run from the repository, so `bench/` is on sys.path and `import stack`
+finds this module.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -20,8 +23,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +34,35 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "sk_test_bench"
-CUSTOMERS = [("acme", "Acme Corp"), ("initech", "Initech GmbH"), ("globex", "Globex Inc")]
+WRITE_METHODS = ("POST", "DELETE")
+CUSTOMERS = [
+    ("acme", "Acme Corp"),
+    ("initech", "Initech GmbH"),
+    ("globex", "Globex Inc"),
+    ("umbrella", "Umbrella plc"),
+]
+# sku, name, unit amount in cents. Each bench takes a prefix of its own length
+# (SKUS[:5], SKUS[:6]): the requests it generates, and so its figures, stay as before.
 SKUS = [
     ("consulting-hour", "Consulting hour", 15_000),
     ("support-plan", "Support plan", 99_000),
     ("seat-licence", "Seat licence", 999),
     ("travel", "Travel expenses", 4_825),
     ("hosting", "Managed hosting", 3_575),
+    ("training-day", "Training day", 120_000),
+    ("storage-tb", "Storage, per TB-month", 2_300),
+    ("api-calls-1k", "API calls, per 1000", 40),
 ]
 
 
-def say(message: str) -> None:
-    print(message, flush=True)
+def say(text: str = "") -> None:
+    print(text, flush=True)
 
 
 def load() -> str:
     one, five, fifteen = os.getloadavg()
-    return f"load {one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min, {os.cpu_count()} cores)"
+    cpus = os.cpu_count()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min), {cpus} CPUs"
 
 
 def free_port() -> int:
@@ -54,31 +71,181 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_SANDBOX = """
+import signal, sys
+from invoiceflow.sandbox import start_sandbox
+running = start_sandbox(port={port}, seed=1, {config})
+print(running.url, flush=True)
+signal.sigwait({{signal.SIGTERM, signal.SIGINT}})
+running.stop()
+"""
+
+
+@dataclass
+class Sandbox:
+    """The sandbox's control plane, over HTTP, and its process id (for its CPU time)."""
+
+    url: str
+    pid: int
+
+    def _control(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def configure(self, **config: Any) -> None:
+        with self._control() as control:
+            control.post("/_sandbox/config", json=config).raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        with self._control() as control:
+            result: list[dict[str, Any]] = control.get("/_sandbox/requests").json()
+            return result
+
+    def reset(self) -> None:
+        with self._control() as control:
+            control.delete("/_sandbox/data").raise_for_status()
+
+
 @contextmanager
-def sandbox_process(workdir: Path, *flags: str) -> Iterator[str]:
-    """`invoiceflow sandbox` as a process of its own; yields its base URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (workdir / "sandbox.log").open("wb")
+def sandbox_process(**config: Any) -> Iterator[Sandbox]:
+    """The Stripe sandbox in a subprocess (this interpreter, warning-level logs)."""
+    settings = ", ".join(f"{name}={value!r}" for name, value in config.items())
+    code = _SANDBOX.format(port=free_port(), config=settings)
     process = subprocess.Popen(
-        [sys.executable, "-m", "invoiceflow", "sandbox", "--port", str(port), *flags],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
     try:
-        wait_until(lambda: _answers(f"{url}/_sandbox/config"), "the sandbox", process, 60)
-        yield url
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        if not url:
+            raise RuntimeError("the sandbox process did not start")
+        yield Sandbox(url, process.pid)
     finally:
-        stop(process)
-        log.close()
+        process.terminate()
+        process.wait(timeout=15)
 
 
-def _answers(url: str) -> bool:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process and its living descendants (0 if unknown)."""
+    if pid is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo += children.get(current, [])
+    return total
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def count_calls(entries: list[dict[str, Any]]) -> tuple[int, int]:
+    """(reads, writes) answered in a slice of the sandbox's request log; 429s not counted."""
+    reads = writes = 0
+    for entry in entries:
+        if entry["status"] == 429:
+            continue
+        if entry["method"] in WRITE_METHODS:
+            writes += 1
+        else:
+            reads += 1
+    return reads, writes
+
+
+_ID = re.compile(r"^[a-z]+_[A-Za-z0-9]{8,}$|^invoiceflow_.*$")
+
+
+def shape(entries: list[dict[str, Any]]) -> str:
+    """What the calls were, e.g. `POST /v1/invoices/{id}/add_lines x20`."""
+    kinds = Counter(
+        f"{e['method']} " + "/".join(_ID.sub("{id}", part) for part in e["path"].split("/"))
+        for e in entries
+        if e["status"] != 429
+    )
+    return ", ".join(f"{kind} x{n}" for kind, n in sorted(kinds.items()))
+
+
+# batch_requests cycles through six skus.
+BATCH_SKUS = SKUS[:6]
+
+
+def request_data(request_id: str, customer: str, skus: list[tuple[str, str, int]]) -> Any:
+    """A billing request as JSON data: one line per sku, quantity 1-9."""
+    rng = random.Random(request_id)
+    return {
+        "request_id": request_id,
+        "customer": {
+            "id": customer,
+            "email": f"billing@{customer}.example",
+            "name": customer.title(),
+        },
+        "currency": "usd",
+        "days_until_due": 30,
+        "items": [
+            {"sku": sku, "name": name, "unit_amount": amount, "quantity": rng.randint(1, 9)}
+            for sku, name, amount in skus
+        ],
+    }
+
+
+def batch_requests(
+    prefix: str, count: int, lines: int, customers: int, customer_prefix: str
+) -> list[Any]:
+    """`count` requests of `lines` lines over `customers` customers and the shared skus."""
+    return [
+        request_data(
+            f"{prefix}-{n:05d}",
+            f"{customer_prefix}-customer-{n % customers}",
+            [BATCH_SKUS[(n + m) % len(BATCH_SKUS)] for m in range(lines)],
+        )
+        for n in range(count)
+    ]
+
+
+@contextmanager
+def database(admin_url: str | None, workdir: Path | None = None) -> Iterator[tuple[str, str]]:
+    """(URL, description) of a ledger: a SQLite file (in `workdir`, else in a
+    temporary directory removed afterwards), or a new PostgreSQL database, dropped
+    afterwards, on the server `admin_url` names."""
+    from invoiceflow.db.engine import dispose_engines
+
+    if admin_url is None:
+        directory = workdir or Path(tempfile.mkdtemp(prefix="invoiceflow-bench-db-"))
+        try:
+            yield f"sqlite:///{directory / 'invoiceflow.db'}", "SQLite (temporary file)"
+        finally:
+            dispose_engines()
+            if workdir is None:
+                shutil.rmtree(directory, ignore_errors=True)
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"invoiceflow_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin_url).set(database=name)
     try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+        yield url.render_as_string(hide_password=False), f"PostgreSQL ({url!r})"
+    finally:
+        dispose_engines()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def wait_until(
@@ -135,31 +302,6 @@ def _listening_pid(port: int) -> int | None:
 
 
 @contextmanager
-def database(admin_url: str | None, workdir: Path) -> Iterator[str]:
-    """A ledger URL: a SQLite file in `workdir`, or a new PostgreSQL database
-    (dropped afterwards) on the server `admin_url` names."""
-    if admin_url is None:
-        yield f"sqlite:///{workdir / 'invoiceflow.db'}"
-        return
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"invoiceflow_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        from invoiceflow.db.engine import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
 def workdir(prefix: str) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     try:
@@ -186,15 +328,16 @@ def app_env(sandbox_url: str, database_url: str, api_url: str, **extra: str) -> 
 
 
 def write_requests(path: Path, prefix: str, count: int, seed: int = 7) -> int:
-    """`count` requests of 1-3 lines as JSONL; how many lines in all."""
+    """`count` requests of 1-3 lines as JSONL (three customers, five skus); how many
+    lines in all."""
     rng = random.Random(seed)
     lines = 0
     with path.open("w") as out:
         for n in range(count):
-            customer_id, name = rng.choice(CUSTOMERS)
+            customer_id, name = rng.choice(CUSTOMERS[:3])
             items = [
                 {"sku": sku, "name": title, "unit_amount": amount, "quantity": rng.randint(1, 9)}
-                for sku, title, amount in rng.sample(SKUS, rng.randint(1, 3))
+                for sku, title, amount in rng.sample(SKUS[:5], rng.randint(1, 3))
             ]
             lines += len(items)
             request = {
