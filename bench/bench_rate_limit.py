@@ -23,13 +23,12 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from stack import REPO, free_port
+from stack import REPO, database, free_port
 
 WORKER = REPO / "tests" / "rate_limit_worker.py"
 KEY = "sk_test_bench_rate_limit"
@@ -86,23 +85,6 @@ def control(url: str, method: str, path: str) -> Any:
 
 
 @contextmanager
-def scratch_postgres() -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"invoiceflow_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
 def backend_env(backend: str, rate: float, workdir: Path) -> Iterator[dict[str, str]]:
     env = {
         "STRIPE_API_KEY": KEY,
@@ -110,7 +92,7 @@ def backend_env(backend: str, rate: float, workdir: Path) -> Iterator[dict[str, 
         "INVOICEFLOW_DATABASE_URL": f"sqlite:///{workdir / f'{backend}.db'}",
     }
     if backend == "postgres":
-        with scratch_postgres() as url:
+        with database(POSTGRES_URL) as (url, _):
             yield {
                 **env,
                 "INVOICEFLOW_DATABASE_URL": url,
