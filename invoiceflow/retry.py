@@ -75,6 +75,7 @@ def retry_after_seconds(exc: BaseException) -> float | None:
 
 
 def is_rate_limited(exc: BaseException) -> bool:
+    """Stripe said 429: the shared limit, not only this call, must slow down."""
     return isinstance(exc, stripe.RateLimitError) or (
         isinstance(exc, stripe.StripeError) and exc.http_status == 429
     )
@@ -98,7 +99,7 @@ def is_transient(exc: BaseException, *, read: bool = False) -> bool:
     if isinstance(exc, stripe.CardError | stripe.AuthenticationError | stripe.PermissionError):
         return False
     status = exc.http_status or 0
-    return status >= 500 or status in (409, 429) or isinstance(exc, stripe.RateLimitError)
+    return status >= 500 or status == 409 or is_rate_limited(exc)
 
 
 def call_with_retries(
