@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from stack import REPO, database, free_port
+from stack import REPO, busiest_second, database, free_port, percentile
 
 WORKER = REPO / "tests" / "rate_limit_worker.py"
 KEY = "sk_test_bench_rate_limit"
@@ -135,23 +135,6 @@ def run_workers(env: dict[str, str], processes: int, threads: int, seconds: floa
     return results
 
 
-def busiest_second(times: list[float]) -> int:
-    times = sorted(times)
-    most, first = 0, 0
-    for last, at in enumerate(times):
-        while at - times[first] >= 1.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
-
-
-def percentile(values: list[float], share: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
 def measure(backend: str, args: argparse.Namespace, url: str, workdir: Path) -> dict[str, Any]:
     control(url, "DELETE", "/_sandbox/data")
     with backend_env(backend, args.rate, workdir) as env:
@@ -168,8 +151,8 @@ def measure(backend: str, args: argparse.Namespace, url: str, workdir: Path) -> 
         "refused": sum(1 for e in log if e["status"] == 429),
         "busiest": busiest_second([e["time"] for e in log]),
         "failed": sum(len(result["failed"]) for result in results),
-        "p50": percentile(reserve_ms, 0.50),
-        "p99": percentile(reserve_ms, 0.99),
+        "p50": percentile(reserve_ms, 0.50) if reserve_ms else float("nan"),
+        "p99": percentile(reserve_ms, 0.99) if reserve_ms else float("nan"),
     }
 
 

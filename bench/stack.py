@@ -391,3 +391,18 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.4999)))
     return ordered[rank - 1]
+
+
+def busiest_second(times: list[float]) -> int:
+    """Most calls in any window of one second (sliding, starting at each call).
+
+    Counting windows, not timing anything, is how a rate is checked on a busy
+    machine: the sandbox's own log times each call on arrival.
+    """
+    times = sorted(times)
+    most, first = 0, 0
+    for last, at in enumerate(times):
+        while at - times[first] >= 1.0:
+            first += 1
+        most = max(most, last - first + 1)
+    return most

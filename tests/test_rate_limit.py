@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import stripe
 
+from bench.stack import busiest_second
 from invoiceflow.ratelimit import BURST, Limiter, Unlimited, build, limiter, reset_limiter
 from invoiceflow.retry import RetryPolicy, call_with_retries
 from invoiceflow.settings import SettingsError, load_settings
@@ -107,17 +108,6 @@ def _fresh_redis_limit(sandbox_url: str) -> None:
     client.close()
 
 
-def _busiest_second(times: list[float]) -> int:
-    """Most calls in any window of one second (sliding, starting at each call)."""
-    times = sorted(times)
-    most, first = 0, 0
-    for last, at in enumerate(times):
-        while at - times[first] >= 1.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
-
-
 def _api_requests(sandbox: Any) -> list[dict[str, Any]]:
     return [entry for entry in sandbox.requests() if entry["path"].startswith("/v1/")]
 
@@ -156,11 +146,11 @@ def test_threads_sharing_a_limiter_never_exceed_the_rate(
     # GCRA: n calls take at least (n - burst) intervals from the first slot,
     # however fast the callers; load only makes them later. (0.98: clock rounding.)
     assert max(starts) - began >= 0.98 * (total - BURST) / RATE
-    busiest = _busiest_second(starts)
+    busiest = busiest_second(starts)
     assert busiest <= RATE + BURST + SCHEDULING_SLACK, f"{busiest} calls began in one second"
     arrivals = [entry["time"] for entry in _api_requests(sandbox)]
     assert len(arrivals) == total
-    busiest = _busiest_second(arrivals)
+    busiest = busiest_second(arrivals)
     assert busiest <= RATE + BURST + SCHEDULING_SLACK, f"{busiest} calls in one second"
 
 
