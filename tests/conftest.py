@@ -152,6 +152,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No STRIPE_* or INVOICEFLOW_* setting from the caller's shell, and no stray .env:
+    settings tests see exactly what they set (the returned monkeypatch)."""
+    for name in list(os.environ):
+        if name.startswith(("STRIPE_", "INVOICEFLOW_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> Iterator[str]:
     yield f"sqlite:///{tmp_path / 'invoiceflow.db'}"
     from invoiceflow.db.engine import dispose_engines

@@ -270,19 +270,10 @@ def test_a_429_holds_back_every_sharer_not_only_the_caller(
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    for name in (
-        "STRIPE_API_KEY",
-        "STRIPE_API_BASE",
-        "INVOICEFLOW_DATABASE_URL",
-        "INVOICEFLOW_ALLOW_LIVE",
-        "INVOICEFLOW_STRIPE_RATE",
-        "INVOICEFLOW_RATE_LIMIT_BACKEND",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    monkeypatch.setenv("INVOICEFLOW_DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
-    return monkeypatch
+def clean_env(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """The shared clean environment, on a SQLite ledger of its own."""
+    clean_env.setenv("INVOICEFLOW_DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
+    return clean_env
 
 
 @pytest.mark.parametrize(

@@ -12,18 +12,7 @@ from invoiceflow.settings import SettingsError, load_settings
 LIVE_KEY = "sk_live_51abcdefSECRETSECRET"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory) -> None:
-    for name in (
-        "STRIPE_API_KEY",
-        "STRIPE_API_BASE",
-        "STRIPE_WEBHOOK_SECRET",
-        "INVOICEFLOW_DATABASE_URL",
-        "INVOICEFLOW_ALLOW_LIVE",
-        "INVOICEFLOW_TRIGGER_TOKEN",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)  # no stray .env
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def test_defaults_need_no_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
