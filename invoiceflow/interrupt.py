@@ -86,7 +86,7 @@ class InterruptGuard:
             self._release_our_lease()
         if prefect_answered:
             _drain_prefect()
-        _stop_temporary_server()
+        stop_temporary_server()
         self._exit()
 
     def _release_our_lease(self) -> None:
@@ -124,7 +124,7 @@ def _drain_prefect() -> None:
         EventsWorker.drain_all(timeout=DRAIN_SECONDS)
 
 
-def _stop_temporary_server() -> None:
+def stop_temporary_server() -> None:
     """os._exit skips Prefect's atexit hook that stops the local-mode server;
     stop it here, or it would outlive us when only this process got the signal."""
     import sys

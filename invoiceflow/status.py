@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel
 
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint
+from invoiceflow.db.utc import as_utc
 from invoiceflow.money import format_minor_units
 
 SECONDS_PER_DAY = 86_400
@@ -46,7 +47,7 @@ class RequestStatus(BaseModel):
             attempts=row.attempts,
             last_error=row.last_error,
             customer=row.customer_key,
-            due_date=_aware(row.due_date),
+            due_date=as_utc(row.due_date),
             days_overdue=_days_overdue(row, now or datetime.now(UTC)),
         )
 
@@ -109,17 +110,10 @@ def totals_by_currency(statuses: Iterable[RequestStatus]) -> list[CurrencyTotals
 
 def _days_overdue(row: BillingRequestRow, now: datetime) -> int | None:
     """Whole days past Stripe's due date, for an invoice still open; else None."""
-    due = _aware(row.due_date)
+    due = as_utc(row.due_date)
     if row.point is not RecoveryPoint.SENT or due is None or due >= now:
         return None
     return math.floor((now - due).total_seconds() / SECONDS_PER_DAY)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; ours are all stored in UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 def _plural(count: int, noun: str) -> str:

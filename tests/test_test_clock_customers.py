@@ -13,6 +13,7 @@ import stripe
 
 from invoiceflow import ledger
 from invoiceflow.db.models import RecoveryPoint
+from invoiceflow.db.utc import as_utc
 from invoiceflow.runtime import get_runtime, reset_runtime
 from invoiceflow.settings import SettingsError
 from invoiceflow.stripe_clock import stripe_now
@@ -29,13 +30,6 @@ START = datetime(2031, 3, 1, 9, 0, tzinfo=UTC)
 def _use_clock(monkeypatch: pytest.MonkeyPatch, clock_id: str) -> None:
     monkeypatch.setenv("INVOICEFLOW_STRIPE_TEST_CLOCK", clock_id)
     reset_runtime()  # also clears the cached settings
-
-
-def _as_utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes for timezone-aware columns; they are UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 def test_invoice_flow_bills_on_the_test_clock(
@@ -60,8 +54,8 @@ def test_invoice_flow_bills_on_the_test_clock(
     assert invoice.created == int(START.timestamp())
     assert invoice.due_date == invoice.created + request.days_until_due * DAY
     row = ledger.require(get_runtime().engine, request.request_id)
-    assert _as_utc(row.due_date) == datetime.fromtimestamp(invoice.due_date, UTC)
-    assert row.due_date is not None and _as_utc(row.due_date) == START + timedelta(days=14)
+    assert as_utc(row.due_date) == datetime.fromtimestamp(invoice.due_date, UTC)
+    assert row.due_date is not None and as_utc(row.due_date) == START + timedelta(days=14)
 
     # A second request for the same customer reuses the customer on the clock; a rerun of
     # the first writes nothing (the create params, clock included, never changed).

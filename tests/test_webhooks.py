@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from invoiceflow import ledger
 from invoiceflow.db.models import RecoveryPoint
+from invoiceflow.db.utc import as_utc
 from invoiceflow.status import RequestStatus
 from invoiceflow.webhooks import inbox
 from tests.helpers import invoices_for, make_request, wait_for
@@ -54,11 +55,6 @@ def _wait_point(receiver: Receiver, request_id: str, point: RecoveryPoint) -> No
     wait_for(lambda: _point(receiver, request_id) is point, f"{request_id} to be {point.value}")
 
 
-def _as_utc(moment: datetime | None) -> datetime:
-    assert moment is not None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite drops the zone
-
-
 def test_paid_out_of_band_applied_once_though_delivered_three_times(
     sandbox: Any, stripe_client: stripe.StripeClient, receiver: Receiver
 ) -> None:
@@ -77,7 +73,7 @@ def test_paid_out_of_band_applied_once_though_delivered_three_times(
     assert row.amount_paid == paid.amount_paid == row.total_amount
     assert row.invoice_status == "paid"
     assert paid.status_transitions.paid_at is not None
-    assert _as_utc(row.paid_at) == datetime.fromtimestamp(paid.status_transitions.paid_at, UTC)
+    assert as_utc(row.paid_at) == datetime.fromtimestamp(paid.status_transitions.paid_at, UTC)
     [stored] = inbox_rows(receiver.engine, "invoice.paid")
     assert stored.request_id == request_id and stored.invoice_id == invoice_id
     assert stored.outcome.startswith("applied") and stored.needs_settle

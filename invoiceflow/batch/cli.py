@@ -262,7 +262,7 @@ def _release_leases(engine: Engine, run_id: str, sharded: bool) -> None:
     cancel the run's shards on the workers (a sharded run)."""
     from invoiceflow import lease, ledger
     from invoiceflow.batch import dispatch, manifest
-    from invoiceflow.interrupt import _stop_temporary_server
+    from invoiceflow.interrupt import stop_temporary_server
 
     # The database may be down too; then the leases lapse on their own.
     with contextlib.suppress(Exception):
@@ -275,4 +275,4 @@ def _release_leases(engine: Engine, run_id: str, sharded: bool) -> None:
     if sharded:
         with contextlib.suppress(Exception):  # Prefect may be gone too: the rerun copes
             dispatch.cancel_shards(run_id)
-    _stop_temporary_server()
+    stop_temporary_server()

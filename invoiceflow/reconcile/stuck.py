@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 
 from invoiceflow import progress
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, utcnow
+from invoiceflow.db.utc import as_utc
 from invoiceflow.reconcile.report import ReconcileReport
-from invoiceflow.reconcile.window import as_utc
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import describe
 from invoiceflow.status import RequestStatus

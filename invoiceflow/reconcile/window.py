@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from invoiceflow.db.engine import insert_if_absent, reading, transaction
 from invoiceflow.db.models import BillingRequestRow, SyncCursor, utcnow
+from invoiceflow.db.utc import as_utc
 
 CURSOR_NAME = "stripe-events"
 # How far before the cursor a sweep starts again.
@@ -58,11 +59,6 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     if moment > now:
         raise BadSince(f"--since must not be in the future, got {text!r}")
     return moment
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were written in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def read_cursor(engine: Engine) -> int | None:
