@@ -349,6 +349,8 @@ def _forge(stack: Stack, url: str, audit: AuditSecrets, invoice_id: str) -> None
         ("stale", sign(body, endpoint_secret, now - 400)),
     ]:
         headers = {"Stripe-Signature": signature} if signature else {}
+        if signature:  # never logged, stored or echoed either (README "Webhooks")
+            audit.more.append(Secret(f"{how} signature", signature.split("v1=")[1]))
         answer = httpx.post(f"{url}/webhooks/stripe", content=body, headers=headers, timeout=60)
         stack.observed.forged_webhooks.append((how, answer.status_code))
     if inbox.get(get_engine(stack.ledger_url), event_id) is not None:
@@ -536,20 +538,20 @@ def test_every_stripe_command_refuses_a_live_key_in_one_line(
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_api")
 def test_an_allowed_live_key_reaches_stripe_and_its_refusal_shows_no_key(
-    tmp_path: Path, sandbox: Any, sqlite_url: str
+    tmp_path: Path, sandbox: Any, database_url: str
 ) -> None:
     """Allowed, the key goes to Stripe; the sandbox, a test account, answers 401, and
     neither the output nor the ledger keeps more of the key than Stripe's last four."""
     live = _secret("sk_live_", "AUDITLIVE")
     request_file = tmp_path / "live.json"
     request_file.write_text(json.dumps(make_request("live-2").model_dump(mode="json")))
-    env = app_env(sandbox.url, sqlite_url, STRIPE_API_KEY=live.value, INVOICEFLOW_ALLOW_LIVE="1")
+    env = app_env(sandbox.url, database_url, STRIPE_API_KEY=live.value, INVOICEFLOW_ALLOW_LIVE="1")
 
     done = run_cli("invoice", str(request_file), "--no-wait", env=env, cwd=tmp_path)
 
-    assert done.returncode not in (0, 2), done.stdout + done.stderr
+    assert done.returncode == 4, done.stdout + done.stderr  # refused by Stripe, for good
     assert "Invalid API Key provided" in done.stdout + done.stderr
     assert [e for e in sandbox.requests() if e["status"] == 401], "the key never reached Stripe"
     findings = Scanner([live]).text("output", done.stdout + done.stderr)
-    findings += scan([live], Places(databases=[sqlite_url]))
+    findings += scan([live], Places(databases=[database_url]))  # last_error, audit log
     assert findings == [], report(findings)
