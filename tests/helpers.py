@@ -110,10 +110,10 @@ def stalled(sandbox: Any, when: str) -> dict[str, Any] | None:
 
 def crash_cli_at(
     sandbox: Any, request: BillingRequest, path: str, when: str, env: dict[str, str], workdir: Any
-) -> None:
+) -> str:
     """Run `invoiceflow invoice` in a real process and SIGKILL it while the sandbox
     holds the first write to `path` open: before Stripe wrote it
-    (`stall_before_write`) or after (`stall_after_write`)."""
+    (`stall_before_write`) or after (`stall_after_write`). What it printed."""
     import json
     import os
     import signal
@@ -140,3 +140,4 @@ def crash_cli_at(
     # Let the abandoned request finish inside the sandbox before anyone goes on.
     wait_for(lambda: stalled(sandbox, when)["status"] is not None, "the stalled write to end")
     sandbox.configure(faults=[])
+    return output

@@ -42,6 +42,7 @@ class Service:
     log: Path
     stripe: stripe.StripeClient
     workdir: Path
+    webhook_secret: str = ""  # the signing secret the sandbox made for serve's endpoint
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -72,10 +73,16 @@ def _answers(url: str) -> bool:
 
 @contextlib.contextmanager
 def _running_service(
-    prefect_api: str, sandbox_url: str, workdir: Path, **extra_env: str
+    prefect_api: str,
+    sandbox_url: str,
+    workdir: Path,
+    *,
+    more_webhook_secrets: tuple[str, ...] = (),
+    **extra_env: str,
 ) -> Iterator[Service]:
     """`invoiceflow serve` in a subprocess, answering, registered in the sandbox as
     the webhook endpoint for invoice events; killed with its flow runs after.
+    `more_webhook_secrets` are accepted beside the endpoint's (as in a rotation).
 
     The billing cycle's schedules are off unless `extra_env` sets them: a
     scheduled run left on the session's server would start in the next test's
@@ -91,7 +98,7 @@ def _running_service(
         **os.environ,
         **app_env(sandbox_url, f"sqlite:///{workdir / 'invoiceflow.db'}"),
         "INVOICEFLOW_TRIGGER_TOKEN": TOKEN,
-        "STRIPE_WEBHOOK_SECRET": endpoint.secret or "",
+        "STRIPE_WEBHOOK_SECRET": ",".join([endpoint.secret or "", *more_webhook_secrets]),
         "PREFECT_API_URL": prefect_api,
         **{f"INVOICEFLOW_{name}_CRON": "off" for name in ("BILLING", "DUNNING", "RECONCILE")},
         **extra_env,
@@ -107,7 +114,8 @@ def _running_service(
             start_new_session=True,  # its flow-run subprocesses share its process group
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-    running = Service(process, f"http://127.0.0.1:{port}", log, client, workdir)
+    url = f"http://127.0.0.1:{port}"
+    running = Service(process, url, log, client, workdir, endpoint.secret or "")
     try:
         deadline = time.monotonic() + 180
         while not _answers(running.url):
