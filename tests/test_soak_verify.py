@@ -32,8 +32,6 @@ from tests.conftest import TEST_KEY
 from tests.helpers import invoices_for, make_request, wait_for
 from tests.webhooks import Receiver, inbox_rows, registered_receiver
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api", "configured")]
-
 FATES = ("pay", "decline", "void", "leave")
 ITEMS = [
     {"sku": "soak-seat", "name": "Seat", "unit_amount": 1200, "quantity": 3},
@@ -186,6 +184,8 @@ def _take_to_fates(
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api", "configured")
 def test_a_clean_soak_is_ok_and_every_failure_is_named(
     soak: Soak, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -193,7 +193,7 @@ def test_a_clean_soak_is_ok_and_every_failure_is_named(
     assert clean.problems == []
     assert clean.ok
     assert (clean.requests, clean.invoices, clean.duplicates, clean.missing) == (4, 4, 0, 0)
-    assert (clean.conflicts_detected, clean.kills, clean.stops) == (1, 1, 1)
+    assert (clean.conflicts_detected, clean.forged_webhooks, clean.kills, clean.stops) == (1,) * 4
     assert clean.faults_by_kind == {"before_write": 1}
     assert clean.faults_injected == 1
     assert clean.line() == (
@@ -292,4 +292,33 @@ def _stripe_that_holds_something_else(soak: Soak, tmp_path: Path) -> None:
     assert (
         f"{leave}: {soak.invoice_ids['leave']} is paid in Stripe, our ledger says sent"
         in lost.problems
+    )
+
+
+def test_a_workdir_that_cannot_be_judged_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path}/soak.json: cannot read it (No such file or directory); "
+        "is this a soak's --workdir?\n"
+    )
+
+    soak_json = {"api_key_env": KEY_ENV, "sandbox_url": "http://127.0.0.1:9", "database_url": "x"}
+    (tmp_path / "soak.json").write_text(json.dumps(soak_json))
+    assert main([str(tmp_path)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {KEY_ENV}: not set; export the soak's Stripe key in it\n"
+    )
+
+    monkeypatch.setenv(KEY_ENV, TEST_KEY)
+    (tmp_path / "requests.jsonl").write_text(
+        '{"request_id": "r1", "currency": "usd", "items": [{"unit_price": "1.00"}]}\n'
+    )
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: {tmp_path}/requests.jsonl entry 1: needs request_id, currency and items of "
+        "integer unit_amount and quantity"
     )

@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 import stripe
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
 from invoiceflow import progress
@@ -69,6 +70,9 @@ FAILURES = (
     "unknown_invoices",
 )
 
+# What the one-line verdict sums up as "wrong".
+WRONG = ("wrong_lines", "wrong_totals", "wrong_status", "ledger_mismatches")
+
 
 class SoakFilesError(ValueError):
     """The work directory cannot be judged (a file missing or malformed): one line says why."""
@@ -87,6 +91,7 @@ class Verdict:
     sent_more_than_once: int = 0
     payments_lost: int = 0  # Stripe paid, our ledger not (or the harness paid, Stripe not)
     payments_applied_twice: int = 0  # two paid moves in our ledger, or Stripe paid beyond total
+    forged_webhooks: int = 0  # sent by the harness with a bad signature
     bad_signatures_accepted: int = 0  # forged webhooks answered 2xx or kept in our inbox
     conflicts_detected: int = 0  # changed resubmissions refused
     conflicts_missed: int = 0  # changed resubmissions NOT refused
@@ -124,7 +129,7 @@ class Verdict:
 
     def line(self) -> str:
         """The one-line verdict, the harness's last line of output."""
-        wrong = self.wrong_lines + self.wrong_totals + self.wrong_status + self.ledger_mismatches
+        wrong = sum(getattr(self, name) for name in WRONG)
         said = (
             f"{self.requests} requests, {self.invoices} invoices, {self.duplicates} duplicates, "
             f"{self.missing} missing, {wrong} wrong, {self.kills} kills, "
@@ -132,11 +137,11 @@ class Verdict:
         )
         if self.ok:
             return f"soak OK: {said}"
-        named = ("duplicates", "missing", "wrong_lines", "wrong_totals", "wrong_status")
+        said_already = ("duplicates", "missing", *WRONG)
         others = [
             f"{getattr(self, name)} {name.replace('_', ' ')}"
             for name in FAILURES
-            if name not in named and name != "ledger_mismatches" and getattr(self, name)
+            if name not in said_already and getattr(self, name)
         ]
         return f"soak FAILED: {said}" + (f"; {', '.join(others)}" if others else "")
 
@@ -237,12 +242,14 @@ def _expected(path: Path) -> dict[str, Expected]:
             ) from None
         if want.fate not in FATE_STATUS:
             raise SoakFilesError(f"{path} entry {number}: _soak.fate {want.fate!r} is unknown")
+        if want.request_id in found:
+            raise SoakFilesError(f"{path} entry {number}: request_id {want.request_id} repeated")
         found[want.request_id] = want
     return found
 
 
 def _forged_ids(journal: Iterable[Mapping[str, Any]]) -> set[str]:
-    return {str(e["event_id"]) for e in journal if e.get("kind") == "forged_webhook"}
+    return {str(e.get("event_id")) for e in journal if e.get("kind") == "forged_webhook"}
 
 
 # --- what Stripe holds ---------------------------------------------------------------
@@ -467,7 +474,8 @@ def _judge_journal(verdict: Verdict, journal: list[dict[str, Any]], ledger: _Led
     verdict.kills, verdict.stops = kinds["kill"], kinds["stop"]
     for entry in journal:
         if entry.get("kind") == "forged_webhook":
-            event_id, status = str(entry["event_id"]), entry.get("status")
+            verdict.forged_webhooks += 1
+            event_id, status = str(entry.get("event_id")), entry.get("status")
             kept = ledger.forged_in_inbox.get(event_id)
             if kept is not None or (isinstance(status, int) and 200 <= status < 300):
                 verdict.add(
@@ -507,22 +515,54 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m bench.soak.verify WORKDIR", file=sys.stderr)
         return 2
+    workdir = Path(args[0])
+    progress.print_to_stderr()  # long listings say how far they got
     try:
-        soak = json.loads((Path(args[0]) / "soak.json").read_text())
-        key_env = str(soak["api_key_env"])
-        key = os.environ.get(key_env)
-        if not key:
-            raise SoakFilesError(f"{key_env}: not set; export the soak's Stripe key in it")
-        client = stripe.StripeClient(key, base_addresses={"api": soak["sandbox_url"]})
-        verdict = verify(Path(args[0]), client, soak["sandbox_url"], soak["database_url"])
-    except (OSError, KeyError, json.JSONDecodeError, SoakFilesError) as exc:
-        print(f"error: {args[0]}: cannot judge the soak: {exc}", file=sys.stderr)
+        key, sandbox_url, database_url = _soak_settings(workdir)
+        client = stripe.StripeClient(key, base_addresses={"api": sandbox_url})
+        verdict = verify(workdir, client, sandbox_url, database_url)
+    except SoakFilesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (httpx.HTTPError, stripe.StripeError, SQLAlchemyError) as exc:
+        # The soak's sandbox or ledger is gone (the harness stopped them): say which.
+        print(f"error: cannot read the soak's Stripe or ledger: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(verdict.table())
     for problem in verdict.problems:
         print(f"- {problem}")
     print(verdict.line())
     return 0 if verdict.ok else 1
+
+
+def _soak_settings(workdir: Path) -> tuple[str, str, str]:
+    """The API key (from the variable soak.json names), sandbox URL and ledger URL."""
+    path = workdir / "soak.json"
+    try:
+        soak = json.loads(path.read_text())
+    except OSError as exc:
+        raise SoakFilesError(
+            f"{path}: cannot read it ({exc.strerror}); is this a soak's --workdir?"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise SoakFilesError(f"{path}: not JSON ({exc.msg})") from None
+    if not isinstance(soak, dict):
+        raise SoakFilesError(f"{path}: not a JSON object")
+    found: dict[str, str] = {}
+    for name in ("api_key_env", "sandbox_url", "database_url"):
+        value = soak.get(name)
+        if not isinstance(value, str) or not value:
+            raise SoakFilesError(f"{path}: {name} missing; the harness writes it")
+        found[name] = value
+    key = os.environ.get(found["api_key_env"])
+    if not key:
+        raise SoakFilesError(f"{found['api_key_env']}: not set; export the soak's Stripe key in it")
+    return key, found["sandbox_url"], found["database_url"]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 if __name__ == "__main__":
