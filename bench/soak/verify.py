@@ -169,6 +169,8 @@ def verify(
     expected = _expected(workdir / "requests.jsonl")
     journal = _read_jsonl(workdir / "journal.jsonl", required=False)
     verdict = Verdict(requests=len(expected))
+    # First: the sandbox's faults hit our own reads below too, and those are not the soak's.
+    _count_faults(verdict, sandbox_url)
     invoices = _invoices_by_request(stripe)
     sent = Counter(
         event.data.object["id"]
@@ -193,7 +195,6 @@ def verify(
         paid = want.request_id in paid_by_card
         _judge_request(verdict, stripe, want, found, sent, ledger, paid)
     _judge_journal(verdict, journal, ledger)
-    _count_faults(verdict, sandbox_url)
     return verdict
 
 
