@@ -84,6 +84,8 @@ def _entry(kind: str, **fields: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def soak(
+    prefect_api: str,
+    configured: dict[str, str],
     sandbox: Any,
     stripe_client: stripe.StripeClient,
     database_url: str,
@@ -185,7 +187,6 @@ def _take_to_fates(
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("prefect_api", "configured")
 def test_a_clean_soak_is_ok_and_every_failure_is_named(
     soak: Soak, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
