@@ -10,8 +10,11 @@ Prefect server is shared, as in production.
 Printed per size: the batch process's peak RSS (the kernel's own maximum,
 `ru_maxrss` from wait4), its RSS as the run went (from /proc, at each tenth of
 the requests), wall time and time per request, and the Prefect server's RSS
-(its whole process tree) after the run. Then the ratios of the last size to
-the first: per-request time and peak RSS. Goals: peak RSS under 1 GB, and the
+(its whole process tree) after the run; CPU per request of the batch, the
+Prefect server and the sandbox (on a loaded machine, what to compare: wall
+time is what the other loads leave over), and Stripe calls per request from
+the sandbox's request log. Then the ratios of the last size to the first:
+per-request time and CPU, and peak RSS. Goals: peak RSS under 1 GB, and the
 big run within 1.5x the small one's time per request.
 
 On a busy machine a big run can take hours: --time-limit M stops each run
@@ -57,10 +60,25 @@ class Run:
     server_kib: int | None = None
     summary: str = ""
     load: str = ""
+    # CPU seconds spent on this run: the batch process (its own rusage), the sandbox
+    # and the Prefect server (their process trees, from /proc). Less load-bound than wall.
+    batch_cpu: float = 0.0
+    sandbox_cpu: float = 0.0
+    server_cpu: float = 0.0
+    stripe_reads: int = 0
+    stripe_writes: int = 0
 
     @property
     def per_request_ms(self) -> float:
         return self.wall / max(1, self.requests) * 1000
+
+    def cpu_ms(self, seconds: float) -> float:
+        return seconds / max(1, self.requests) * 1000
+
+    @property
+    def calls_per_request(self) -> str:
+        n = max(1, self.requests)
+        return f"{self.stripe_reads / n:.2f} + {self.stripe_writes / n:.2f}"
 
     @property
     def label(self) -> str:
@@ -105,6 +123,7 @@ def bill(
         )
         stack.say(f"{size} requests ({lines} lines): invoiceflow batch …; {stack.load()}")
         err = (work / f"batch-{size}.err").open("wb")
+        server_cpu_before = stack.cpu_seconds(server_pid)
         started = time.monotonic()
         process = subprocess.Popen(
             [sys.executable, "-m", "invoiceflow", "batch", str(source)],
@@ -151,8 +170,14 @@ def bill(
         stop.set()
         sampler.join(timeout=10)
         err.close()
+        server_cpu = stack.cpu_seconds(server_pid) - server_cpu_before
+        sandbox_cpu = stack.cpu_seconds(sandbox.pid)
+        reads, writes = stack.count_calls(sandbox.requests())
     done = size if process.returncode == 0 else max(billed_last[0], 0)
     run = Run(done, size, lines, process.returncode, wall, usage.ru_maxrss, rss_path)
+    run.batch_cpu = usage.ru_utime + usage.ru_stime
+    run.sandbox_cpu, run.server_cpu = sandbox_cpu, server_cpu
+    run.stripe_reads, run.stripe_writes = reads, writes
     if out:
         run.summary = out.splitlines()[0]
     elif run.requests < size:
@@ -163,7 +188,10 @@ def bill(
     run.load = stack.load()
     stack.say(
         f"   exit {run.exit_code}, {run.wall:.0f} s ({run.per_request_ms:.0f} ms/request), "
-        f"peak RSS {run.peak_kib / 1024:.0f} MiB; {run.summary}"
+        f"peak RSS {run.peak_kib / 1024:.0f} MiB; CPU ms per request: batch "
+        f"{run.cpu_ms(run.batch_cpu):.0f}, Prefect server {run.cpu_ms(run.server_cpu):.0f}, "
+        f"sandbox {run.cpu_ms(run.sandbox_cpu):.1f}; Stripe calls per request "
+        f"{run.calls_per_request} (reads + writes); {run.summary}"
     )
     return run
 
@@ -172,24 +200,34 @@ def report(runs: list[Run], database: str) -> bool:
     stack.say("")
     stack.say(f"billing runs, {database} ledger; {stack.load()}")
     stack.say(
-        "| requests | wall (s) | per request (ms) | batch peak RSS (MiB) "
+        "| requests | wall (s) | per request (ms) | CPU ms per request: batch / Prefect "
+        "server / sandbox | Stripe calls per request | batch peak RSS (MiB) "
         "| Prefect server RSS, peak (MiB) | exit |"
     )
-    stack.say("| --- | --- | --- | --- | --- | --- |")
+    stack.say("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in runs:
         server = f"{run.server_kib / 1024:.0f}" if run.server_kib else "n/a"
+        cpu = " / ".join(
+            f"{run.cpu_ms(seconds):.0f}"
+            for seconds in (run.batch_cpu, run.server_cpu, run.sandbox_cpu)
+        )
         stack.say(
-            f"| {run.label} | {run.wall:.0f} | {run.per_request_ms:.0f} "
-            f"| {run.peak_kib / 1024:.0f} | {server} | {run.exit_code} |"
+            f"| {run.label} | {run.wall:.0f} | {run.per_request_ms:.0f} | {cpu} "
+            f"| {run.calls_per_request} | {run.peak_kib / 1024:.0f} | {server} "
+            f"| {run.exit_code} |"
         )
     first, last = runs[0], runs[-1]
     time_ratio = last.per_request_ms / first.per_request_ms
     memory_ratio = last.peak_kib / first.peak_kib
     ok = all(r.requests == r.size and r.peak_kib / 1024 < GOAL_PEAK_MIB for r in runs)
     if len(runs) > 1:
+        cpu_ratio = last.cpu_ms(last.batch_cpu + last.server_cpu) / max(
+            1e-9, first.cpu_ms(first.batch_cpu + first.server_cpu)
+        )
         stack.say(
             f"{last.label} vs {first.label}: time per request x{time_ratio:.2f} "
-            f"(goal <= {GOAL_RATIO}), peak RSS x{memory_ratio:.2f}"
+            f"(goal <= {GOAL_RATIO}), CPU per request (batch + Prefect server) "
+            f"x{cpu_ratio:.2f}, peak RSS x{memory_ratio:.2f}"
         )
         ok = ok and time_ratio <= GOAL_RATIO
     for run in runs:

@@ -228,8 +228,11 @@ def _create_draft(
         # Any other may hold ours already — made by a run that died before
         # recording it, with a ledger that is new, restored or another
         # machine's — and past Stripe's 24 h key window only this read
-        # (one list of the customer's invoices) stops a second invoice.
+        # stops a second invoice. It is one Search, not a list of the
+        # customer's invoices: that list grows with the customer's history
+        # (a page per 100 invoices, every month, for every request).
         look_first=not fresh.is_fresh(customer_id),
+        find_first=lambda: _search_invoice(rt, customer_id, request_id),
         recheck_replays=True,
     )
 
@@ -262,6 +265,27 @@ def _find_invoice(rt: Runtime, customer_id: str, request_id: str) -> stripe.Invo
         if metadata_of(invoice).get(META_REQUEST_ID) == request_id:
             return invoice
     return None
+
+
+def _search_invoice(rt: Runtime, customer_id: str, request_id: str) -> stripe.Invoice | None:
+    """Our invoice for the request, by metadata, through Stripe's Search: one call
+    however many invoices the customer has.
+
+    Search lags behind writes (under a minute, up to an hour in an outage, as
+    Stripe documents it), so this is only the look before a first create, which
+    must find what Stripe's 24 h key window no longer covers: such an invoice
+    was indexed long ago. One younger than 24 h it may miss, but the create
+    then sends the key that made it and gets a replay (or the stored 500) back,
+    and `write_once` checks that with `_find_invoice`, the consistent list.
+    """
+    query = f"customer:'{customer_id}' AND metadata['{META_REQUEST_ID}']:'{request_id}'"
+    found = call_with_retries(
+        lambda: rt.stripe.v1.invoices.search({"query": query, "limit": 2}),
+        f"search invoices of {customer_id}",
+        search=True,
+    )
+    ours = [i for i in found.data if metadata_of(i).get(META_REQUEST_ID) == request_id]
+    return ours[0] if ours else None
 
 
 def _invoice_lines(rt: Runtime, invoice_id: str) -> Iterator[stripe.InvoiceLineItem]:

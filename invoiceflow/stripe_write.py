@@ -91,17 +91,28 @@ def write_once(
     find: Callable[[ledger.Intent], T | None],
     what: str,
     look_first: bool = False,
+    find_first: Callable[[], T | None] | None = None,
     recheck_replays: bool = False,
 ) -> tuple[T, str]:
-    """The written (or found) object and the key it was finally written under."""
+    """The written (or found) object and the key it was finally written under.
+
+    `find_first`, when given, is the `look_first` lookup instead of `find`: one
+    that need only find what Stripe's key window no longer covers (older than
+    24 h), because everything younger meets a replay or a stored 500 under our
+    key, and those are checked with `find` (consistent) as always.
+    """
     for _ in range(MAX_KEYS_PER_WRITE):
         intent = _intend(rt, key, step, request_id)
         looked = False
-        if intent.seen_before or look_first:
+        if intent.seen_before or (look_first and find_first is None):
             found = find(intent)
             if found is not None:
                 return found, key
             looked = True
+        elif look_first and find_first is not None:
+            found = find_first()
+            if found is not None:
+                return found, key
         try:
             written = call_with_retries(partial(_leased, write, key), what, read=False)
         except stripe.StripeError as exc:

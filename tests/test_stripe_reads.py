@@ -16,6 +16,7 @@ import stripe
 from invoiceflow import ledger
 from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.runtime import get_runtime
+from invoiceflow.stripe_keys import META_CUSTOMER_ID
 from tests.conftest import app_env
 from tests.helpers import assert_exactly_one_invoice, crash_cli_at, make_request
 
@@ -42,6 +43,37 @@ def test_a_warm_request_makes_four_writes_and_no_read(
     ]
     assert [call for call in calls if call[0] == "GET"] == []
     assert_exactly_one_invoice(stripe_client, make_request("warm-2"))
+
+
+def test_a_monthly_request_reads_as_much_for_a_customer_with_a_long_history(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    """A customer this process did not create (an earlier month's) is looked at
+    before its invoice is created; that look must not page through every invoice
+    the customer ever had, request after request."""
+    from flows.invoice import invoice_flow
+
+    # Made in Stripe earlier (another process, last year), with our id on it.
+    customer = stripe_client.v1.customers.create(
+        {"email": "billing@loyal.example", "name": "Loyal", "metadata": {META_CUSTOMER_ID: "loyal"}}
+    )
+    invoice_flow(make_request("month-1", customer="loyal"))  # maps it, makes the catalog
+
+    def reads_of(request_id: str) -> list[str]:
+        before = len(sandbox.requests())
+        status = invoice_flow(make_request(request_id, customer="loyal"))
+        assert status.state is RecoveryPoint.SENT, status.last_error
+        return [e["path"] for e in sandbox.requests()[before:] if e["method"] == "GET"]
+
+    short_history = reads_of("month-2")
+    for month in range(250):  # years of invoices: three pages of a list
+        stripe_client.v1.invoices.create(
+            {"customer": customer.id, "metadata": {"month": str(month)}}
+        )
+    long_history = reads_of("month-3")
+
+    assert long_history == short_history == ["/v1/invoices/search"]
+    assert_exactly_one_invoice(stripe_client, make_request("month-3", customer="loyal"))
 
 
 @pytest.mark.slow

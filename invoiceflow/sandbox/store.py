@@ -63,6 +63,11 @@ class Store:
     includable: dict[tuple[str, str], Any] = field(default_factory=dict)
     # Called with each new event (the webhook dispatcher subscribes here).
     listeners: list[Callable[[JSON], None]] = field(default_factory=list)
+    # customer id -> ids of its invoice items that were pending (on no invoice) when
+    # last noted, as an index of Stripe's would hold them: an invoice create asks for
+    # the customer's pending items, and scanning every item ever made grew with the
+    # account's history (a 10,000-invoice run scanned 20,000 items per create).
+    maybe_pending: dict[str, dict[str, None]] = field(default_factory=dict)
 
     def new_id(self, prefix: str) -> str:
         length = COLLECTIONS[prefix][2] if prefix in COLLECTIONS else _LONG_ID
@@ -98,6 +103,23 @@ class Store:
         frozen: int = clock["frozen_time"]
         return frozen
 
+    def note_pending(self, item: JSON) -> None:
+        """Call whenever an item is left on no invoice (created so, or unassigned)."""
+        self.maybe_pending.setdefault(item["customer"], {})[item["id"]] = None
+
+    def pending_items(self, customer_id: str) -> list[JSON]:
+        """The customer's items on no invoice, in the order they became pending; those
+        attached or deleted since they were noted drop out of the index here."""
+        noted = self.maybe_pending.get(customer_id, {})
+        pending = []
+        for item_id in list(noted):
+            item = self.invoiceitems.get(item_id)
+            if item is None or item["invoice"] is not None:
+                del noted[item_id]
+            else:
+                pending.append(item)
+        return pending
+
     def newest_first(self, prefix: str) -> Iterator[JSON]:
         return reversed(self.collection(prefix).values())
 
@@ -110,6 +132,7 @@ class Store:
         self.payment_intents.clear()
         self.tax_ids.clear()
         self.includable.clear()
+        self.maybe_pending.clear()
 
 
 # Set from SandboxConfig.clock_offset_s (one sandbox per process in practice).

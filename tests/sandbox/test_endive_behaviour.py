@@ -124,6 +124,12 @@ def test_remove_and_update_lines(client: stripe.StripeClient) -> None:
             invoice.id, {"lines": [{"id": first.id, "behavior": "delete"}]}
         )
     assert refused.value.code == "invoice_not_editable"
+    # The unassigned line is the customer's pending item: the next invoice takes it.
+    following = client.v1.invoices.create(
+        {"customer": customer.id, "pending_invoice_items_behavior": "include"}
+    )
+    assert following.total == 200
+    assert client.v1.invoice_items.list({"customer": customer.id, "pending": True}).data == []
 
 
 def test_product_delete_refused_with_prices(client: stripe.StripeClient) -> None:

@@ -51,6 +51,7 @@ def create(call: Call) -> JSON:
         item["discountable"] = params["discountable"]
     if invoice is None:
         store.invoiceitems[item["id"]] = item
+        store.note_pending(item)
         call.emit("invoiceitem.created", item)
         return item
     before = copy.deepcopy(invoice)

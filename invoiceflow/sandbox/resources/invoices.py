@@ -168,11 +168,7 @@ def create(call: Call) -> JSON:
     params = read(call, _CREATE)
     store = call.store
     customer = store.get("cus", params["customer"], param="customer")
-    pending = [
-        item
-        for item in store.invoiceitems.values()
-        if item["customer"] == customer["id"] and item["invoice"] is None
-    ]
+    pending = store.pending_items(customer["id"])
     include = params.get("pending_invoice_items_behavior") == "include"
     currency = (
         (params.get("currency") or "").lower()
@@ -375,6 +371,7 @@ def remove_lines(call: Call, id: str) -> JSON:
             call.emit("invoiceitem.deleted", item)
         else:
             item["invoice"] = None  # Stripe has no invoiceitem.updated event
+            store.note_pending(item)
     if "invoice_metadata" in params:
         merge_metadata(invoice, {"metadata": params["invoice_metadata"]})
     call.emit("invoice.updated", invoice, changed(before, invoice))
