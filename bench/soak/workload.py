@@ -78,14 +78,15 @@ def _items(rng: random.Random, currency: str, lines: int) -> list[dict[str, Any]
     items = []
     for n in range(lines):
         sku, name = SKUS[n % len(SKUS)] if lines > len(SKUS) else rng.choice(SKUS)
-        items.append(
-            {
-                "sku": sku,
-                "name": name if lines <= len(SKUS) else f"{name}, site {n // len(SKUS) + 1}",
-                "unit_amount": rng.choice(AMOUNTS[currency]),
-                "quantity": rng.randint(1, 3),
-            }
-        )
+        item = {
+            "sku": sku,
+            "name": name,  # one sku, one name within a request
+            "unit_amount": rng.choice(AMOUNTS[currency]),
+            "quantity": rng.randint(1, 3),
+        }
+        if lines > len(SKUS):  # usage lines, e.g. one per site and service
+            item["description"] = f"Site {n // len(SKUS) + 1}"
+        items.append(item)
     return items
 
 
