@@ -167,8 +167,14 @@ def main() -> int:
         )
         soak.run()
         processes.stop_serve()
-        verdict = verify(workdir, client, sandbox.url, ledger_url)
+        try:
+            verdict = verify(workdir, client, sandbox.url, ledger_url)
+        except Exception as exc:  # a soak it cannot judge is a failed soak, said in one line
+            stack.say(f"soak FAILED: the verifier could not judge it: {exc}")
+            print(f"the work directory is kept for inspection: {workdir}", file=sys.stderr)
+            return 1
         update_soak_json(workdir, finished=time.time())
+    (workdir / "verdict.md").write_text(f"{verdict.table()}\n\n{verdict.line()}\n")
     stack.say(verdict.table())
     stack.say(verdict.line())
     if verdict.ok and not args.keep and args.workdir is None:
