@@ -174,8 +174,10 @@ def main() -> int:
             print(f"the work directory is kept for inspection: {workdir}", file=sys.stderr)
             return 1
         update_soak_json(workdir, finished=time.time())
-    (workdir / "verdict.md").write_text(f"{verdict.table()}\n\n{verdict.line()}\n")
+    problems = "".join(f"- {problem}\n" for problem in getattr(verdict, "problems", []))
+    (workdir / "verdict.md").write_text(f"{verdict.table()}\n\n{problems}\n{verdict.line()}\n")
     stack.say(verdict.table())
+    stack.say(problems.rstrip())
     stack.say(verdict.line())
     if verdict.ok and not args.keep and args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
