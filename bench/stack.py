@@ -106,12 +106,14 @@ class Sandbox:
 
 
 @contextmanager
-def sandbox_process(**config: Any) -> Iterator[Sandbox]:
-    """The Stripe sandbox in a subprocess (this interpreter, warning-level logs)."""
+def sandbox_process(*, log_path: Path | None = None, **config: Any) -> Iterator[Sandbox]:
+    """The Stripe sandbox in a subprocess (this interpreter, warning-level logs, into
+    `log_path` when given, else on our stderr)."""
     settings = ", ".join(f"{name}={value!r}" for name, value in config.items())
     code = _SANDBOX.format(port=free_port(), config=settings)
+    log = log_path.open("ab") if log_path is not None else None
     process = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True
     )
     try:
         assert process.stdout is not None
@@ -122,6 +124,8 @@ def sandbox_process(**config: Any) -> Iterator[Sandbox]:
     finally:
         process.terminate()
         process.wait(timeout=15)
+        if log is not None:
+            log.close()
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -216,10 +220,12 @@ def batch_requests(
 
 
 @contextmanager
-def database(admin_url: str | None, workdir: Path | None = None) -> Iterator[tuple[str, str]]:
+def database(
+    admin_url: str | None, workdir: Path | None = None, keep: bool = False
+) -> Iterator[tuple[str, str]]:
     """(URL, description) of a ledger: a SQLite file (in `workdir`, else in a
     temporary directory removed afterwards), or a new PostgreSQL database, dropped
-    afterwards, on the server `admin_url` names."""
+    afterwards unless `keep`, on the server `admin_url` names."""
     from invoiceflow.db.engine import dispose_engines
 
     if admin_url is None:
@@ -243,8 +249,9 @@ def database(admin_url: str | None, workdir: Path | None = None) -> Iterator[tup
         yield url.render_as_string(hide_password=False), f"PostgreSQL ({url!r})"
     finally:
         dispose_engines()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if not keep:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 

@@ -67,6 +67,10 @@ class LocalWorkers:
     # worker does not race a busy one for the second shard), as on N machines.
     runs_per_worker: int = 1
     workers: list[Worker] = field(default_factory=list)
+    # Where each worker's log goes (default: the server's home, removed with it).
+    log_dir: Path | None = None
+    # The server's PostgreSQL database (asyncpg URL), e.g. to inspect it afterwards.
+    database_url: str = ""
 
     @property
     def api_url(self) -> str:
@@ -74,7 +78,7 @@ class LocalWorkers:
 
     def start_worker(self, name: str | None = None) -> Worker:
         name = name or f"worker-{len(self.workers) + 1}"
-        log_path = self.server.home / f"{name}.log"
+        log_path = (self.log_dir or self.server.home) / f"{name}.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(  # noqa: S603 (our interpreter, fixed arguments)
                 [
@@ -136,13 +140,16 @@ def local_workers(
     deployments: tuple[str, ...] = ("billing-shard",),
     runs_per_worker: int = 1,
     postgres_admin_url: str = DEFAULT_POSTGRES_ADMIN_URL,
+    log_dir: Path | None = None,
+    keep_database: bool = False,
 ) -> Iterator[LocalWorkers]:
     """A Prefect server on a fresh PostgreSQL database, the `invoiceflow` process work
     pool, `deployments` registered from deployments/prefect.yaml, the crashed-runs
     automation, and `workers` workers running with `app_env`. Exports PREFECT_API_URL
-    in this process while it lasts."""
+    in this process while it lasts. The workers log into `log_dir` when given; the
+    database outlives it with `keep_database` (for inspection)."""
     with ExitStack() as stack:
-        database = stack.enter_context(_prefect_database(postgres_admin_url))
+        database = stack.enter_context(_prefect_database(postgres_admin_url, keep_database))
         say("starting a Prefect server on PostgreSQL (first start migrates it: ~20-60 s)")
         server = stack.enter_context(
             local_prefect_server(
@@ -167,7 +174,9 @@ def local_workers(
         _prefect_cli(env, "--no-prompt", "deploy", *names, "--prefect-file", str(PREFECT_FILE))
         say("creating the crashed-runs automation")
         _run(env, [sys.executable, "-m", "invoiceflow", "automations"])
-        topology = LocalWorkers(server, env, runs_per_worker=runs_per_worker)
+        topology = LocalWorkers(
+            server, env, runs_per_worker=runs_per_worker, log_dir=log_dir, database_url=database
+        )
         stack.callback(topology.stop_workers)
         for _ in range(workers):
             topology.start_worker()
@@ -178,8 +187,9 @@ def local_workers(
 
 
 @contextmanager
-def _prefect_database(admin_url: str) -> Iterator[str]:
-    """A fresh PostgreSQL database for the Prefect server (asyncpg URL), dropped afterwards."""
+def _prefect_database(admin_url: str, keep: bool = False) -> Iterator[str]:
+    """A fresh PostgreSQL database for the Prefect server (asyncpg URL), dropped
+    afterwards unless `keep`."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -191,8 +201,9 @@ def _prefect_database(admin_url: str) -> Iterator[str]:
     try:
         yield url.render_as_string(hide_password=False)
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if not keep:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 

@@ -103,12 +103,10 @@ def write_once(
     """
     for _ in range(MAX_KEYS_PER_WRITE):
         intent = _intend(rt, key, step, request_id)
-        looked = False
         if intent.seen_before or (look_first and find_first is None):
             found = find(intent)
             if found is not None:
                 return found, key
-            looked = True
         elif look_first and find_first is not None:
             found = find_first()
             if found is not None:
@@ -125,10 +123,13 @@ def write_once(
             continue
         if not (recheck_replays and fresh.replayed(written)):
             return written, key
-        if not looked:
-            found = find(intent)
-            if found is not None:
-                return found, key
+        # Look again even if we looked before writing: a replay may be of this very
+        # write, whose answer was lost (a dropped connection, a timeout) so that the
+        # retry under the same key got it replayed. Only Stripe tells that apart
+        # from a deleted object; the earlier lookup predates the write.
+        found = find(intent)
+        if found is not None:
+            return found, key
         log.warning("%s: key %s replays an object Stripe no longer has; writing anew", what, key)
         key += GONE_KEY_SUFFIX
     raise RuntimeError(f"{what}: Stripe failed {MAX_KEYS_PER_WRITE} times after starting the write")

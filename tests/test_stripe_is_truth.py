@@ -111,6 +111,29 @@ def test_a_draft_deleted_before_we_recorded_it_is_made_anew_not_stuck(
     assert again.state is RecoveryPoint.SENT and again.stripe_invoice_id == invoice.id
 
 
+def test_a_retried_create_whose_answer_is_lost_adopts_its_draft_not_a_second(
+    sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    """Found by the chaos soak. The invoice create fails until its task retries
+    (nothing written); the retry looks Stripe up first (the intent was seen) and
+    finds nothing; Stripe then makes the draft but the connection drops before the
+    answer, and the same key replays it. That is this write's own draft, not a
+    deleted one: adopt it. It was written under a new key instead, and as the
+    customer was made by this process nothing looked first: a second invoice."""
+    from flows.invoice import invoice_flow
+
+    request = make_request(f"lost-{uuid.uuid4().hex[:8]}", customer=f"c-{uuid.uuid4().hex[:8]}")
+    refused = {"method": "POST", "path": "^/v1/invoices$", "when": "before_write", "times": 6}
+    lost = {"method": "POST", "path": "^/v1/invoices$", "when": "drop_after_write"}
+    sandbox.configure(faults=[refused, lost])
+
+    status = invoice_flow(request)
+
+    assert status.state is RecoveryPoint.SENT, status.last_error
+    assert [e for e in sandbox.requests() if e["fault"] == "drop_after_write"], "no fault"
+    assert_exactly_one_invoice(stripe_client, request)
+
+
 def test_a_recorded_draft_deleted_in_the_dashboard_is_replaced(
     sandbox: Any,
     stripe_client: stripe.StripeClient,
