@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -79,6 +80,11 @@ class Secret:
         if aligned:
             found.setdefault(base64.b64encode(aligned.encode()).decode(), "base64")
         return found
+
+
+def recognizable(prefix: str, marker: str, separator: str = "_") -> Secret:
+    """A fake secret no one could mistake: a real prefix, a marker word, 24 random hex."""
+    return Secret(marker, f"{prefix}{marker}{separator}{secrets.token_hex(12)}", marker)
 
 
 @dataclass(frozen=True)

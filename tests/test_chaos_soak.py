@@ -7,6 +7,13 @@ faults and abused webhooks. A fixed seed makes the workload and the harness's
 decisions the same every time; the machine's timing is not, which is the point.
 The verdict is the verifier's (`bench/soak/verify.py`): the last line must say
 `soak OK`, after some kills and some injected faults.
+
+Each soak is also a secrets audit (issue 10): it runs with recognizable fake
+secrets (the Stripe key, the trigger token, an extra webhook secret), keeps its
+work directory and databases, and `tests/secrets_scan.py` must find no trace of
+them in any log or output, in the ledger or in Prefect's database, before the
+databases are dropped. (`tests/test_secrets_audit.py` audits the served stack's
+other paths: a wrong key, refused calls, live keys.)
 """
 
 from __future__ import annotations
@@ -19,8 +26,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from tests.conftest import POSTGRES_ADMIN_URL, REPO
+from tests.secrets_scan import Places, Secret, recognizable, report, scan
 
 REQUESTS = 24
 KILLS = 10
@@ -30,10 +40,23 @@ SEED = 20261126
 TIMEOUT_SECONDS = 1_500
 
 
-def run_soak(workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def soak_secrets() -> dict[str, Secret]:
+    """The harness's secrets, by the variable it reads each from."""
+    return {
+        "CHAOS_STRIPE_KEY": recognizable("sk_test_", "SOAKKEY"),
+        "CHAOS_WEBHOOK_SECRET": recognizable("whsec_", "SOAKHOOK"),
+        "CHAOS_TRIGGER_TOKEN": recognizable("", "SOAKTOKEN"),
+    }
+
+
+def run_soak(
+    workdir: Path, secrets: dict[str, Secret], *extra: str
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update({name: secret.value for name, secret in secrets.items()})
     command = [sys.executable, "bench/chaos.py", "--requests", str(REQUESTS)]
-    command += ["--seed", str(SEED), "--kills", str(KILLS), "--workdir", str(workdir), *extra]
+    command += ["--seed", str(SEED), "--kills", str(KILLS), "--workdir", str(workdir), "--keep"]
+    command += extra
     return subprocess.run(
         command,
         cwd=REPO,
@@ -61,15 +84,43 @@ def assert_soak_ok(result: subprocess.CompletedProcess[str], workdir: Path) -> N
     assert {"kill", "restart", "forged_webhook", "reconcile"} <= kinds, sorted(kinds)
 
 
+def assert_no_secret_left(workdir: Path, secrets: dict[str, Secret]) -> None:
+    """Nothing of the secrets in the work directory (logs, journal, outputs, a SQLite
+    ledger), the PostgreSQL ledger or Prefect's database; then drop the databases."""
+    soak = json.loads((workdir / "soak.json").read_text())
+    postgres = [soak["prefect_database_url"]]
+    if not soak["database_url"].startswith("sqlite"):
+        postgres.append(soak["database_url"])
+    try:
+        findings = scan(secrets.values(), Places(directories=[workdir], databases=postgres))
+        assert not findings, report(findings)
+    finally:
+        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            for url in postgres:
+                name = make_url(url).database
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def soak_and_audit(workdir: Path, *extra: str) -> None:
+    secrets = soak_secrets()
+    result = run_soak(workdir, secrets, *extra)
+    try:
+        assert_soak_ok(result, workdir)
+    finally:
+        assert_no_secret_left(workdir, secrets)
+
+
 @pytest.mark.slow
 def test_short_soak_on_sqlite(tmp_path: Path, postgres_unavailable: str | None) -> None:
     if postgres_unavailable:  # Prefect's server runs on PostgreSQL in the soak
         pytest.skip(postgres_unavailable)
-    assert_soak_ok(run_soak(tmp_path), tmp_path)
+    soak_and_audit(tmp_path)
 
 
 @pytest.mark.slow
 def test_short_soak_on_postgres(tmp_path: Path, postgres_unavailable: str | None) -> None:
     if postgres_unavailable:
         pytest.skip(postgres_unavailable)
-    assert_soak_ok(run_soak(tmp_path, "--database-url", POSTGRES_ADMIN_URL), tmp_path)
+    soak_and_audit(tmp_path, "--database-url", POSTGRES_ADMIN_URL)

@@ -38,26 +38,24 @@ import stripe
 from invoiceflow.sandbox.webhooks import sign
 from tests.conftest import TEST_KEY, app_env, run_cli
 from tests.helpers import crash_cli_at, invoices_for, make_request, wait_for
-from tests.secrets_scan import Finding, Places, Scanner, Secret, report, scan
+from tests.secrets_scan import Finding, Places, Scanner, Secret, recognizable, report, scan
 from tests.test_service import _refused, _running_service
 
 RUN_TIMEOUT = 240  # seconds; a run takes a few, but the machine is shared and busy
 
 
-def _secret(prefix: str, marker: str, separator: str = "_") -> Secret:
-    return Secret(marker, f"{prefix}{marker}{separator}{random_tokens.token_hex(12)}", marker)
-
-
 @dataclass
 class AuditSecrets:
-    key: Secret = field(default_factory=lambda: _secret("sk_test_", "AUDITKEY"))
-    webhook: Secret = field(default_factory=lambda: _secret("whsec_", "AUDITHOOK"))
-    token: Secret = field(default_factory=lambda: _secret("", "AUDITTOKEN"))
+    key: Secret = field(default_factory=lambda: recognizable("sk_test_", "AUDITKEY"))
+    webhook: Secret = field(default_factory=lambda: recognizable("whsec_", "AUDITHOOK"))
+    token: Secret = field(default_factory=lambda: recognizable("", "AUDITTOKEN"))
     # Used on purpose where they must be refused: a mistyped key (the hyphen makes
     # Stripe answer 401), a guessed token, a forger's signing secret.
-    wrong_key: Secret = field(default_factory=lambda: _secret("sk_test_", "AUDITWRONGKEY", "-"))
-    wrong_token: Secret = field(default_factory=lambda: _secret("", "AUDITWRONGTOKEN"))
-    forger: Secret = field(default_factory=lambda: _secret("whsec_", "AUDITFORGER"))
+    wrong_key: Secret = field(
+        default_factory=lambda: recognizable("sk_test_", "AUDITWRONGKEY", "-")
+    )
+    wrong_token: Secret = field(default_factory=lambda: recognizable("", "AUDITWRONGTOKEN"))
+    forger: Secret = field(default_factory=lambda: recognizable("whsec_", "AUDITFORGER"))
     more: list[Secret] = field(default_factory=list)  # learnt on the way (the endpoint's)
 
     def all(self) -> list[Secret]:
@@ -519,7 +517,7 @@ def test_serve_refuses_a_live_key_unless_allowed(tmp_path: Path, prefix: str) ->
 def test_every_stripe_command_refuses_a_live_key_in_one_line(
     tmp_path: Path, sandbox: Any, sqlite_url: str, command: str
 ) -> None:
-    live = _secret("sk_live_", "AUDITLIVE")
+    live = recognizable("sk_live_", "AUDITLIVE")
     source = tmp_path / "billing.jsonl"
     source.write_text(json.dumps(make_request("live-1").model_dump(mode="json")) + "\n")
     args = ["batch", str(source)] if command == "batch" else ["reconcile"]
@@ -542,7 +540,7 @@ def test_an_allowed_live_key_reaches_stripe_and_its_refusal_shows_no_key(
 ) -> None:
     """Allowed, the key goes to Stripe; the sandbox, a test account, answers 401, and
     neither the output nor the ledger keeps more of the key than Stripe's last four."""
-    live = _secret("sk_live_", "AUDITLIVE")
+    live = recognizable("sk_live_", "AUDITLIVE")
     request_file = tmp_path / "live.json"
     request_file.write_text(json.dumps(make_request("live-2").model_dump(mode="json")))
     env = app_env(sandbox.url, database_url, STRIPE_API_KEY=live.value, INVOICEFLOW_ALLOW_LIVE="1")
