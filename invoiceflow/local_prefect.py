@@ -22,9 +22,13 @@ from pathlib import Path
 
 import httpx
 
-# A first start creates and migrates the server's SQLite database: ~10 s on two
-# idle cores, several times that on a loaded CI machine.
-START_TIMEOUT_SECONDS = 120
+from invoiceflow import progress
+
+# A first start creates and migrates the server's database: ~10 s (SQLite) to
+# ~60 s (PostgreSQL) on two idle cores, and several times that on a machine
+# whose load is 15: 120 s was seen to be too short there. It says so while it waits.
+START_TIMEOUT_SECONDS = 420
+START_PROGRESS_EVERY_SECONDS = 15
 
 
 @dataclass(frozen=True)
@@ -86,10 +90,15 @@ def local_prefect_server(
     # A second server inside a test session (the UI test's, the outage test's)
     # must hand the session's own server back to the rest of the session.
     previous_api_url = os.environ.get("PREFECT_API_URL")
+    throttle = progress.Throttle(START_PROGRESS_EVERY_SECONDS)
+    throttle.due()  # the first note after a full interval: a quick start says nothing
     try:
         while not _healthy(api_url):
-            if server.poll() is not None or time.monotonic() - started > START_TIMEOUT_SECONDS:
+            waited = time.monotonic() - started
+            if server.poll() is not None or waited > START_TIMEOUT_SECONDS:
                 raise RuntimeError(f"Prefect server did not start; see {log_path}")
+            if throttle.due():
+                progress.note("the Prefect server is still starting (%.0f s)", waited)
             time.sleep(0.25)
         os.environ["PREFECT_API_URL"] = api_url
         yield LocalPrefectServer(api_url, home, port, log_path, time.monotonic() - started)

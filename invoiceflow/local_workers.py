@@ -31,8 +31,9 @@ from invoiceflow.local_prefect import LocalPrefectServer, local_prefect_server
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 DEFAULT_POSTGRES_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
-# How long the workers may take to report to the server.
-WORKERS_ONLINE_TIMEOUT_SECONDS = 180
+# How long the workers may take to report to the server: each imports Prefect
+# (~10 s idle), which takes several times that at load 15.
+WORKERS_ONLINE_TIMEOUT_SECONDS = 300
 # How often a worker asks for runs (Prefect's default, 10 s, delays every shard).
 WORKER_POLL_SECONDS = "1"
 # `prefect deploy` and friends import all of Prefect: slow on a busy machine.
