@@ -124,6 +124,7 @@ def _cache_invoice(row: BillingRequestRow, invoice: stripe.Invoice) -> None:
     row.invoice_status = invoice.status
     row.invoice_number = invoice.number
     row.amount_due = invoice.amount_due
+    row.amount_paid = invoice.amount_paid
     row.hosted_invoice_url = invoice.hosted_invoice_url
     due = getattr(invoice, "due_date", None)
     row.due_date = datetime.fromtimestamp(due, UTC) if due else None
@@ -759,7 +760,10 @@ def record_settlement(
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
         _cache_invoice(row, invoice)
         if point is RecoveryPoint.PAID:
-            row.paid_at = row.paid_at or utcnow()
+            # Stripe's time of payment, as the webhook receiver records it; ours
+            # only if Stripe's invoice has none.
+            paid_at = getattr(invoice.status_transitions, "paid_at", None)
+            row.paid_at = datetime.fromtimestamp(paid_at, UTC) if paid_at else utcnow()
         # Stripe's status machine past `open`, the same one the webhook receiver follows.
         ledger.settle(session, row, point, f"invoice {invoice.status}", invoice=invoice.id)
     log.info("Invoice %s for request %s is %s", invoice.id, request_id, invoice.status)

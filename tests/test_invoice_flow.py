@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import stripe
 
 from invoiceflow import ledger
 from invoiceflow.db.models import RecoveryPoint
+from invoiceflow.db.utc import as_utc
 from invoiceflow.runtime import get_runtime
 from tests.helpers import assert_exactly_one_invoice, invoices_for, make_request, writes
 
@@ -137,7 +139,13 @@ def test_a_rerun_picks_up_a_payment_no_webhook_brought(
     status = state.result()
     assert status.state is RecoveryPoint.PAID and state.name == "Completed"
     assert status.invoice_status == "paid"
-    assert ledger.require(get_runtime().engine, request.request_id).paid_at is not None
+    # The same cache the webhook receiver writes (the chaos soak found this path
+    # had left amount_paid empty): Stripe's amounts and Stripe's time of payment.
+    paid = stripe_client.v1.invoices.retrieve(invoice_id)
+    row = ledger.require(get_runtime().engine, request.request_id)
+    assert (row.amount_paid, row.amount_due) == (paid.amount_paid, paid.amount_due)
+    assert paid.amount_paid > 0 and paid.status_transitions.paid_at is not None
+    assert as_utc(row.paid_at) == datetime.fromtimestamp(paid.status_transitions.paid_at, UTC)
     assert len(writes(sandbox)) == before
 
 
