@@ -9,10 +9,11 @@ under an idempotency key derived from those ids.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import stripe
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from invoiceflow import ledger
 from invoiceflow.db.engine import reading, transaction
@@ -40,6 +41,14 @@ def prices_mapped(rt: Runtime, request: BillingRequest) -> bool:
             select(PriceMap.lookup_key).where(col(PriceMap.lookup_key).in_(keys))
         ).all()
     return len(set(found)) == len(keys)
+
+
+def prices_in(session: Session, keys: Iterable[str]) -> dict[str, str]:
+    """Stripe price ids by lookup key, for those of `keys` our map holds: one read."""
+    statement = select(PriceMap.lookup_key, PriceMap.stripe_price_id).where(
+        col(PriceMap.lookup_key).in_(list(keys))
+    )
+    return {key: price_id for key, price_id in session.exec(statement).all()}
 
 
 def ensure_product(rt: Runtime, sku: str, name: str, request_id: str | None = None) -> str:

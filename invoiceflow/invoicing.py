@@ -26,7 +26,7 @@ from functools import partial
 import stripe
 
 from invoiceflow import catalog, customers, fresh, ledger, stripe_paging
-from invoiceflow.db.models import BillingRequestRow, PriceMap, RecoveryPoint, RequestLine, utcnow
+from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, RequestLine, utcnow
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
@@ -138,18 +138,18 @@ def mark_catalog_ready(
     `customer`: a customer resolved without Stripe (`customers.known`), whose
     `customer_ready` is committed here too — one transaction, not two.
     """
-    row = ledger.require(rt.engine, request_id)
-    if row.progress.reached(RecoveryPoint.CATALOG_READY):
-        return
+    # Checked under the lock, not read first: this step writes in the common case.
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
+        if row.progress.reached(RecoveryPoint.CATALOG_READY):
+            return
         if customer is not None and row.stripe_customer_id is None:
             customers.commit_known(session, row, customer)
         request_lines = ledger.lines_in(session, request_id)
+        prices = catalog.prices_in(session, {line.price_lookup_key for line in request_lines})
         for line in request_lines:
-            price = session.get(PriceMap, line.price_lookup_key)
-            if price is None:
+            if line.price_lookup_key not in prices:
                 raise RuntimeError(f"price for line {line.position} ({line.sku}) is not ready")
-            line.stripe_price_id = price.stripe_price_id
+            line.stripe_price_id = prices[line.price_lookup_key]
             session.add(line)
         ledger.advance(session, row, RecoveryPoint.CATALOG_READY, "catalog ready")
         customer_id = row.stripe_customer_id

@@ -165,24 +165,27 @@ def reading(engine: Engine) -> Iterator[Session]:
         yield session
 
 
+def upsert_into(session: Session, model: type[Any]) -> Any:
+    """An INSERT with ON CONFLICT clauses for the session's backend (both have them)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(model)
+
+
 def insert_if_absent(session: Session, model: type[Any], key: str, **values: Any) -> bool:
     """INSERT … ON CONFLICT (key) DO NOTHING, in the caller's transaction; True if inserted.
 
     Two runs inserting the same first row at once both succeed; the caller then
     reads the row (under a lock) and works with whichever insert won.
     """
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        statement: Any = pg_insert(model)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        statement = sqlite_insert(model)
     # RETURNING, not rowcount: an ORM session reports -1 rows for this statement.
     result = session.execute(
-        statement.values(**values)
+        upsert_into(session, model)
+        .values(**values)
         .on_conflict_do_nothing(index_elements=[key])
         .returning(getattr(model, key))
     )
