@@ -80,7 +80,17 @@ def bill(rt: Runtime, request: BillingRequest, owner: str, steps: Steps, log: Lo
     with lease.held(rt.engine, request_id, owner, ttl, patience_seconds=ttl, on_take=start_attempt):
         try:
             row = started[-1]
-            log.info("Request %s (%s) at %s", request_id, row.customer_key, row.recovery_point)
+            if row.attempts > 1 or row.point is not RecoveryPoint.PLANNED:
+                # Where a rerun picks up. A first attempt's next line ("Draft
+                # invoice … for request …") says as much, and a billing run of
+                # thousands pays for every line twice (console and Prefect API).
+                log.info(
+                    "Request %s (%s) resumes at %s, attempt %d",
+                    request_id,
+                    row.customer_key,
+                    row.recovery_point,
+                    row.attempts,
+                )
             if not row.progress.reached(RecoveryPoint.SENT):
                 steps.prepare(request, owner)
                 draft_to_sent(request_id, owner, steps)

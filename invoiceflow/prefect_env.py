@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 _DEFAULTS = {
     # Offline machines can't reach Prefect's analytics endpoint; trying logs errors.
@@ -37,5 +38,10 @@ def configure_prefect(*, quiet_console: bool = False) -> None:
     ours = logging.getLogger("invoiceflow")
     if ours.level == logging.NOTSET:  # business lines are INFO; the root default is WARNING
         ours.setLevel(logging.INFO)
+    if not sys.stderr.isatty():
+        # Colour is for a terminal. Elsewhere (a worker's log, CI, a pipe) it adds
+        # nothing to read, yet Prefect's console handler still ran its highlighter's
+        # regexes over every line: a measurable share of a billing run's CPU.
+        os.environ.setdefault("PREFECT_LOGGING_COLORS", "false")
     if quiet_console:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
