@@ -153,9 +153,25 @@ def known(rt: Runtime, row: BillingRequestRow) -> Known | None:
 
 
 def commit_known(session: Session, row: BillingRequestRow, known: Known) -> None:
-    """`customer_ready` for a `Known` customer, in the caller's transaction (row locked)."""
+    """`customer_ready` for a `Known` customer, in the caller's transaction (row locked).
+
+    The map row already says what the request says, so it is only checked (under
+    its lock), not rewritten: every invoice of a customer rewriting that one row
+    made concurrent invoices of the customer queue on it, for nothing. If it
+    changed since `known` read it, the general path records it.
+    """
     details = (known.customer.email, known.customer.name)
-    _record(session, row, known.customer, known.stripe_id, details, [])
+    mapping = session.get(CustomerMap, known.customer.id, with_for_update=True)
+    if mapping is None or (mapping.stripe_customer_id, mapping.email, mapping.name) != (
+        known.stripe_id,
+        *details,
+    ):
+        _record(session, row, known.customer, known.stripe_id, details, [])
+        return
+    row.stripe_customer_id = mapping.stripe_customer_id
+    ledger.advance(
+        session, row, RecoveryPoint.CUSTOMER_READY, "customer ready", customer=known.stripe_id
+    )
 
 
 def _commit(
