@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import islice
 
 # Far inside Stripe's 24 h idempotency-key retention.
 FRESH_SECONDS = 3600.0
+# Stale ids forgotten per note: more than one, so the map shrinks after a burst.
+PRUNE_PER_NOTE = 8
 
 _made: dict[str, float] = {}
 _lock = threading.Lock()
@@ -39,9 +42,16 @@ def note(what: str, stripe_object: object) -> None:
         return
     now = time.monotonic()
     with _lock:
-        for stale in [k for k, at in _made.items() if now - at > FRESH_SECONDS]:
-            del _made[stale]
+        # Oldest first (a re-noted id moves to the end), so forgetting what went
+        # stale stops at the first fresh one. Scanning the whole map on every
+        # note cost a long-lived worker more with each invoice: at 25 a second
+        # it holds a quarter of a million ids by the end of the hour.
+        _made.pop(what, None)
         _made[what] = now
+        for oldest, made_at in list(islice(_made.items(), PRUNE_PER_NOTE)):
+            if now - made_at <= FRESH_SECONDS:
+                break
+            del _made[oldest]
 
 
 def is_fresh(what: str | None) -> bool:
