@@ -4,15 +4,21 @@ A billing run (`flows.billing_run.billing_run_flow`, in this process) of N
 requests x L lines over C customers, against the sandbox in a process of its
 own with no latency and no rate limit, a real Prefect server, and a real
 database (SQLite file, then PostgreSQL). The customers, products and prices
-exist already (a warm-up `invoiceflow batch` in another process made them, as
-last month's run would have), so every request is the steady-state path.
+exist already, so every request is the steady-state path, in two scenarios:
+
+- `earlier`: a warm-up `invoiceflow batch` in another process made them, as
+  last month's run would have: each invoice looks for itself first (1 Search)
+  and makes 4 writes;
+- `here`: the warm-up ran in this process within the hour (a long-lived
+  worker, or a run that made its customers): 4 writes, the case the live
+  bound of 100 calls/s ÷ 4 writes = 25 invoices/s is about.
 
 Prints invoices per wall-second end to end, and CPU seconds per invoice for
 this process, the Prefect server and the sandbox, then a markdown table and
 the machine's load.
 
     python bench/bench_ceiling.py [--requests 500] [--lines 3] [--customers 50]
-        [--databases sqlite,postgres] [--smoke]
+        [--databases sqlite,postgres] [--scenarios here,earlier] [--smoke]
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ POSTGRES = os.environ.get(
 @dataclass
 class Result:
     database: str
+    scenario: str
     requests: int
     wall: float
     ours: float
@@ -84,6 +91,7 @@ def billing_run(
     server_pid: int | None,
     args: argparse.Namespace,
     workdir: Path,
+    scenario: str,
 ) -> Result:
     from invoiceflow.runtime import get_runtime, reset_runtime
 
@@ -97,27 +105,32 @@ def billing_run(
     os.environ.update(env)
     reset_runtime()
     get_runtime()  # migrate before anything is timed
-    prefix = f"{name}-{int(time.time())}"
-    # Last month: one request per customer made the customers, products and prices.
+    prefix = f"{name}-{scenario}-{int(time.time())}"
+    # One request per customer made the customers, products and prices.
     warm = batch_requests(f"{prefix}-warm", args.customers, args.lines, args.customers, prefix)
     warm_file = write_jsonl(workdir / f"{prefix}-warm.jsonl", warm)
-    say(f"[{name}] warm-up: {args.customers} customers in another process…")
-    done = subprocess.run(
-        [sys.executable, "-m", "invoiceflow", "batch", str(warm_file), "--run-id", f"{prefix}-w"],
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"warm-up failed ({done.returncode}): {done.stderr[-2000:]}")
-
     from flows.billing_run import billing_run_flow
+
+    if scenario == "here":
+        say(f"[{name}/{scenario}] warm-up: {args.customers} customers in this process…")
+        billing_run_flow(source=str(warm_file), run_id=f"{prefix}-w")
+    else:
+        say(f"[{name}/{scenario}] warm-up: {args.customers} customers in another process…")
+        command = [sys.executable, "-m", "invoiceflow", "batch", str(warm_file)]
+        done = subprocess.run(
+            [*command, "--run-id", f"{prefix}-w"],
+            cwd=REPO,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"warm-up failed ({done.returncode}): {done.stderr[-2000:]}")
 
     requests = batch_requests(prefix, args.requests, args.lines, args.customers, prefix)
     source = write_jsonl(workdir / f"{prefix}.jsonl", requests)
-    say(f"[{name}] billing run: {args.requests} requests x {args.lines} lines…")
+    say(f"[{name}/{scenario}] billing run: {args.requests} requests x {args.lines} lines…")
     log_before = len(sandbox.requests())
     cpu_before = (own_cpu_seconds(), cpu_seconds(server_pid), cpu_seconds(sandbox.pid))
     started = time.perf_counter()
@@ -126,13 +139,13 @@ def billing_run(
     cpu_after = (own_cpu_seconds(), cpu_seconds(server_pid), cpu_seconds(sandbox.pid))
     entries = sandbox.requests()[log_before:]
     reads, writes = count_calls(entries)
-    say(f"[{name}] Stripe calls: {shape(entries)}")
+    say(f"[{name}/{scenario}] Stripe calls: {shape(entries)}")
     invoiced = report.counts.get("invoiced", 0)
-    say(f"[{name}] {report.lines()[0]}")
+    say(f"[{name}/{scenario}] {report.lines()[0]}")
     ours, server, box = (
         after - before for after, before in zip(cpu_after, cpu_before, strict=True)
     )
-    return Result(name, args.requests, wall, ours, server, box, reads, writes, invoiced)
+    return Result(name, scenario, args.requests, wall, ours, server, box, reads, writes, invoiced)
 
 
 def main() -> None:
@@ -141,6 +154,9 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=3)
     parser.add_argument("--customers", type=int, default=50)
     parser.add_argument("--databases", default="sqlite,postgres")
+    parser.add_argument(
+        "--scenarios", default="here,earlier", help="who made the customers: here, earlier"
+    )
     parser.add_argument("--smoke", action="store_true", help="20 requests, 5 customers: seconds")
     args = parser.parse_args()
     if args.smoke:
@@ -158,9 +174,12 @@ def main() -> None:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         say(f"Prefect {api_url} (pid {server_pid}); sandbox {sandbox.url} (pid {sandbox.pid})")
         for name in wanted:
-            admin = None if name == "sqlite" else POSTGRES
-            with database(admin) as (url, _description):
-                results.append(billing_run(name, url, sandbox, server_pid, args, workdir))
+            for scenario in args.scenarios.split(","):
+                admin = None if name == "sqlite" else POSTGRES
+                with database(admin) as (url, _description):
+                    results.append(
+                        billing_run(name, url, sandbox, server_pid, args, workdir, scenario)
+                    )
     table(results, args)
 
 
@@ -173,13 +192,13 @@ def table(results: list[Result], args: argparse.Namespace) -> None:
         "no latency, no rate limit.\n"
     )
     say(
-        "| database | invoices/s | CPU ms per invoice: ours / Prefect server / sandbox "
-        "| Stripe reads + writes per invoice |"
+        "| database | customers made | invoices/s | CPU ms per invoice: ours / Prefect server "
+        "/ sandbox | Stripe reads + writes per invoice |"
     )
-    say("| --- | ---: | --- | --- |")
+    say("| --- | --- | ---: | --- | --- |")
     for r in results:
         say(
-            f"| {r.database} | {r.rate:.1f} | {r.per_invoice(r.ours)} / "
+            f"| {r.database} | {r.scenario} | {r.rate:.1f} | {r.per_invoice(r.ours)} / "
             f"{r.per_invoice(r.server)} / {r.per_invoice(r.sandbox)} "
             f"| {r.reads / r.requests:.2f} + {r.writes / r.requests:.2f} |"
         )

@@ -20,6 +20,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -53,6 +55,26 @@ EVENT_RETENTION = timedelta(days=29)
 # Lines checked from the answer of the add_lines call this process made moments
 # ago are as current as a read right before finalizing would be; older, re-read.
 VERIFIED_SECONDS = 60.0
+
+
+# Whether each step says what it did (the invoice flow, where each step is a
+# task run of its own), or the caller says it once per request (a billing run
+# of thousands, where every line costs twice: the console and Prefect's API).
+_steps_quiet: ContextVar[bool] = ContextVar("invoiceflow_steps_quiet", default=False)
+
+
+@contextmanager
+def quiet_steps() -> Iterator[None]:
+    """Within the block, this thread's steps log at DEBUG; the caller sums up."""
+    token = _steps_quiet.set(True)
+    try:
+        yield
+    finally:
+        _steps_quiet.reset(token)
+
+
+def _step_done(message: str, *args: object) -> None:
+    log.log(logging.DEBUG if _steps_quiet.get() else logging.INFO, message, *args)
 
 
 # Each write's idempotency key, named in one place: a step records the next
@@ -176,7 +198,7 @@ def create_invoice(rt: Runtime, request_id: str, owner: str) -> str:
         # the Dashboard, or a database from another account): resolve it again.
         customer_id = _replace_customer(rt, request_id, owner, row.stripe_customer_id)
         invoice, key = _create_draft(rt, ledger.require(rt.engine, request_id), customer_id)
-    log.info("Draft invoice %s for request %s", invoice.id, request_id)
+    _step_done("Draft invoice %s for request %s", invoice.id, request_id)
 
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
         row.stripe_invoice_id = invoice.id
@@ -598,7 +620,7 @@ def finalize(rt: Runtime, request_id: str, owner: str) -> None:
             find=lambda _intent: _unless_status(retrieve_invoice(rt, invoice_id), "draft"),
             what=f"finalize {invoice_id}",
         )
-        log.info("Finalized invoice %s (%s)", written.id, written.number)
+        _step_done("Finalized invoice %s (%s)", written.id, written.number)
         invoice = written
     assert invoice is not None  # read above, or the write's answer
     sending: ledger.Intent | None = None
@@ -676,7 +698,7 @@ def send(rt: Runtime, request_id: str, owner: str) -> None:
             raise
         record_settlement(rt, request_id, owner, current, settled)
         return
-    log.info("Invoice %s is sent to the customer", invoice_id)
+    _step_done("Invoice %s is sent to the customer", invoice_id)
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
         _cache_invoice(row, invoice)
         row.sent_at = row.sent_at or utcnow()

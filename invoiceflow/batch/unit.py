@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from invoiceflow import ledger, pipeline
+from invoiceflow import invoicing, ledger, pipeline
 from invoiceflow.batch import manifest
 from invoiceflow.batch.outcome import Outcome, of_exit, of_point
 from invoiceflow.outcomes import classify
@@ -26,6 +26,7 @@ _log = logging.getLogger(__name__)
 class UnitResult:
     outcome: Outcome
     reason: str | None = None
+    invoice: str | None = None  # the Stripe invoice, as "in_… (number)", once there is one
 
 
 def bill_entry(
@@ -37,8 +38,13 @@ def bill_entry(
     log: pipeline.Log = _log,
 ) -> UnitResult:
     """Submit the request, take it as far as sent, and record the outcome in the manifest."""
-    result = _bill(rt, request, owner, log)
+    with invoicing.quiet_steps():  # one line per request, below, not one per step
+        result = _bill(rt, request, owner, log)
     manifest.record(rt.engine, run_id, position, result.outcome, result.reason)
+    if result.reason is None:
+        log.info("Request %s: %s, invoice %s", request.request_id, result.outcome, result.invoice)
+    else:
+        log.warning("Request %s: %s: %s", request.request_id, result.outcome, result.reason)
     return result
 
 
@@ -53,7 +59,8 @@ def _bill(rt: Runtime, request: BillingRequest, owner: str, log: pipeline.Log) -
     outcome = of_point(billed.row.point)
     if outcome is None:  # cannot happen after a clean attempt; say so rather than guess
         return UnitResult(Outcome.UNEXPECTED, f"ended at {billed.row.recovery_point}")
-    return UnitResult(outcome)
+    row = billed.row
+    return UnitResult(outcome, invoice=f"{row.stripe_invoice_id} ({row.invoice_number})")
 
 
 def failed(exc: BaseException) -> UnitResult:
