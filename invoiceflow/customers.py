@@ -153,25 +153,9 @@ def known(rt: Runtime, row: BillingRequestRow) -> Known | None:
 
 
 def commit_known(session: Session, row: BillingRequestRow, known: Known) -> None:
-    """`customer_ready` for a `Known` customer, in the caller's transaction (row locked).
-
-    The map row already says what the request says, so it is only checked (under
-    its lock), not rewritten: every invoice of a customer rewriting that one row
-    made concurrent invoices of the customer queue on it, for nothing. If it
-    changed since `known` read it, the general path records it.
-    """
+    """`customer_ready` for a `Known` customer, in the caller's transaction (row locked)."""
     details = (known.customer.email, known.customer.name)
-    mapping = session.get(CustomerMap, known.customer.id, with_for_update=True)
-    if mapping is None or (mapping.stripe_customer_id, mapping.email, mapping.name) != (
-        known.stripe_id,
-        *details,
-    ):
-        _record(session, row, known.customer, known.stripe_id, details, [])
-        return
-    row.stripe_customer_id = mapping.stripe_customer_id
-    ledger.advance(
-        session, row, RecoveryPoint.CUSTOMER_READY, "customer ready", customer=known.stripe_id
-    )
+    _record(session, row, known.customer, known.stripe_id, details, [])
 
 
 def _commit(
@@ -197,25 +181,39 @@ def _record(
     keys: list[str],
 ) -> None:
     """The map row is the one truth for our customer id: if another request mapped
-    it first, this request takes that mapping."""
-    insert_if_absent(
-        session,
-        CustomerMap,
-        "customer_key",
-        customer_key=customer.id,
-        stripe_customer_id=stripe_id,
-        email=customer.email,
-        created_at=utcnow(),
-    )
+    it first, this request takes that mapping.
+
+    The row is read (under its lock) before anything is written, and rewritten
+    only when it says something other than the request: every invoice of a
+    mapped customer rewriting that one row with the same details made
+    concurrent invoices of the customer queue on its lock, for nothing.
+    """
     mapping = session.get(CustomerMap, customer.id, with_for_update=True, populate_existing=True)
-    assert mapping is not None
-    if mapping.stripe_customer_id == stripe_id:
-        mapping.email, mapping.name, mapping.updated_at = customer.email, customer.name, utcnow()
-    session.add(mapping)
+    if mapping is None:
+        now = utcnow()
+        insert_if_absent(
+            session,
+            CustomerMap,
+            "customer_key",
+            customer_key=customer.id,
+            stripe_customer_id=stripe_id,
+            email=customer.email,
+            name=customer.name,
+            created_at=now,
+            updated_at=now,
+        )
+        mapping = session.get(
+            CustomerMap, customer.id, with_for_update=True, populate_existing=True
+        )
+        assert mapping is not None
+    details = (customer.email, customer.name)
+    if mapping.stripe_customer_id == stripe_id and (mapping.email, mapping.name) != details:
+        mapping.email, mapping.name, mapping.updated_at = *details, utcnow()
+        session.add(mapping)
     for key in keys:
         ledger.fulfil(session, key, stripe_id)
     row.stripe_customer_id = mapping.stripe_customer_id
-    details_changed = previous != (customer.email, customer.name)
+    details_changed = previous != details
     ledger.advance(
         session,
         row,
