@@ -37,10 +37,7 @@ def prices_mapped(rt: Runtime, request: BillingRequest) -> bool:
     one per sku and price, for the common case of a catalog that exists already."""
     keys = {price_lookup_key(i.sku, request.currency, i.unit_amount) for i in request.items}
     with reading(rt.engine) as session:
-        found = session.exec(
-            select(PriceMap.lookup_key).where(col(PriceMap.lookup_key).in_(keys))
-        ).all()
-    return len(set(found)) == len(keys)
+        return len(prices_in(session, keys)) == len(keys)
 
 
 def prices_in(session: Session, keys: Iterable[str]) -> dict[str, str]:

@@ -472,10 +472,9 @@ def intend_in(session: Session, key: str, step: str, request_id: str | None) -> 
     count = upsert_into(session, StripeWrite).values(
         idempotency_key=key, step=step, request_id=request_id, calls=1, intended_at=utcnow()
     )
-    table = StripeWrite.__table__  # type: ignore[attr-defined]
     count = count.on_conflict_do_update(
-        index_elements=["idempotency_key"], set_={"calls": table.c.calls + 1}
-    ).returning(table.c.calls, table.c.intended_at)
+        index_elements=["idempotency_key"], set_={"calls": col(StripeWrite.calls) + 1}
+    ).returning(col(StripeWrite.calls), col(StripeWrite.intended_at))
     calls, intended_at = session.execute(count).one()
     return Intent(key, seen_before=calls > 1, intended_at=intended_at)
 
