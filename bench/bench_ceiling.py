@@ -174,8 +174,8 @@ def main() -> None:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         say(f"Prefect {api_url} (pid {server_pid}); sandbox {sandbox.url} (pid {sandbox.pid})")
         for name in wanted:
+            admin = None if name == "sqlite" else POSTGRES
             for scenario in args.scenarios.split(","):
-                admin = None if name == "sqlite" else POSTGRES
                 with database(admin) as (url, _description):
                     results.append(
                         billing_run(name, url, sandbox, server_pid, args, workdir, scenario)
