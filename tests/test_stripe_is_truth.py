@@ -9,7 +9,6 @@ Real processes, the real sandbox, SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import stripe
 
-from invoiceflow import fresh, ledger
+from invoiceflow import ledger
 from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.runtime import get_runtime, reset_runtime
 from tests.conftest import app_env, run_cli
@@ -256,20 +255,3 @@ def test_an_archived_price_is_refused_with_what_to_do(
     assert "archived" in (row.last_error or "")
     [draft] = invoices_for(stripe_client, second.request_id)
     assert draft.status == "draft"  # never finalized with a wrong or missing line
-
-
-def test_what_this_process_made_stays_fresh_for_its_span_and_then_is_forgotten(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """`fresh` forgets oldest first: a re-noted id is fresh again, stale ones go."""
-    monkeypatch.setattr(fresh, "FRESH_SECONDS", 5.0)
-    monkeypatch.setattr(fresh, "_made", {})
-    made = object()  # no last_response: not a replay
-    fresh.note("in_old", made)
-    fresh.note("in_again", made)
-    time.sleep(5.2)
-    fresh.note("in_again", made)  # made again: moves to the end, fresh once more
-    fresh.note("in_new", made)
-    assert fresh.is_fresh("in_new") and fresh.is_fresh("in_again")
-    assert not fresh.is_fresh("in_old")
-    assert list(fresh._made) == ["in_again", "in_new"]  # the stale one is gone, not kept
