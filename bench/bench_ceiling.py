@@ -14,7 +14,8 @@ exist already, so every request is the steady-state path, in two scenarios:
   bound of 100 calls/s ÷ 4 writes = 25 invoices/s is about.
 
 Prints invoices per wall-second end to end, and CPU seconds per invoice for
-this process, the Prefect server and the sandbox, then a markdown table and
+this process, the Prefect server, the sandbox and (on PostgreSQL) the
+database server's backends, then a markdown table and
 the machine's load.
 
     python bench/bench_ceiling.py [--requests 500] [--lines 3] [--customers 50]
@@ -45,6 +46,7 @@ from stack import (
     count_calls,
     cpu_seconds,
     database,
+    database_cpu_seconds,
     load,
     own_cpu_seconds,
     prefect_server,
@@ -67,6 +69,7 @@ class Result:
     ours: float
     server: float
     sandbox: float
+    backends: float
     reads: int
     writes: int
     invoiced: int
@@ -132,20 +135,31 @@ def billing_run(
     source = write_jsonl(workdir / f"{prefix}.jsonl", requests)
     say(f"[{name}/{scenario}] billing run: {args.requests} requests x {args.lines} lines…")
     log_before = len(sandbox.requests())
-    cpu_before = (own_cpu_seconds(), cpu_seconds(server_pid), cpu_seconds(sandbox.pid))
+
+    def cpu() -> tuple[float, float, float, float]:
+        return (
+            own_cpu_seconds(),
+            cpu_seconds(server_pid),
+            cpu_seconds(sandbox.pid),
+            database_cpu_seconds(url),
+        )
+
+    cpu_before = cpu()
     started = time.perf_counter()
     report = billing_run_flow(source=str(source), run_id=prefix)
     wall = time.perf_counter() - started
-    cpu_after = (own_cpu_seconds(), cpu_seconds(server_pid), cpu_seconds(sandbox.pid))
+    cpu_after = cpu()
     entries = sandbox.requests()[log_before:]
     reads, writes = count_calls(entries)
     say(f"[{name}/{scenario}] Stripe calls: {shape(entries)}")
     invoiced = report.counts.get("invoiced", 0)
     say(f"[{name}/{scenario}] {report.lines()[0]}")
-    ours, server, box = (
+    ours, server, box, backends = (
         after - before for after, before in zip(cpu_after, cpu_before, strict=True)
     )
-    return Result(name, scenario, args.requests, wall, ours, server, box, reads, writes, invoiced)
+    return Result(
+        name, scenario, args.requests, wall, ours, server, box, backends, reads, writes, invoiced
+    )
 
 
 def main() -> None:
@@ -193,13 +207,14 @@ def table(results: list[Result], args: argparse.Namespace) -> None:
     )
     say(
         "| database | customers made | invoices/s | CPU ms per invoice: ours / Prefect server "
-        "/ sandbox | Stripe reads + writes per invoice |"
+        "/ sandbox / PostgreSQL | Stripe reads + writes per invoice |"
     )
     say("| --- | --- | ---: | --- | --- |")
     for r in results:
         say(
             f"| {r.database} | {r.scenario} | {r.rate:.1f} | {r.per_invoice(r.ours)} / "
-            f"{r.per_invoice(r.server)} / {r.per_invoice(r.sandbox)} "
+            f"{r.per_invoice(r.server)} / {r.per_invoice(r.sandbox)} / "
+            f"{r.per_invoice(r.backends) if r.database == 'postgres' else '—'} "
             f"| {r.reads / r.requests:.2f} + {r.writes / r.requests:.2f} |"
         )
     say(f"\n{load()}")

@@ -151,6 +151,31 @@ def cpu_seconds(pid: int | None) -> float:
     return total
 
 
+def database_cpu_seconds(url: str) -> float:
+    """User + system CPU seconds of the PostgreSQL backends now serving `url`'s
+    database (0 for SQLite, whose work is in its caller's process). Backends
+    that ended in between are not counted: measure while the pool is open."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or not parsed.database:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                title = f.read().decode(errors="replace")
+            if not title.startswith("postgres:") or f" {parsed.database} " not in title:
+                continue
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def own_cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system

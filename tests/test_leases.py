@@ -239,3 +239,37 @@ def test_postgres_sessions_cannot_wait_or_idle_forever(database_url: str, monkey
         idle = session.execute(text("SHOW idle_in_transaction_session_timeout")).scalar_one()
     assert lock == f"{PG_LOCK_TIMEOUT_MS // 1000}s"
     assert idle == f"{PG_IDLE_IN_TRANSACTION_TIMEOUT_MS // 1000}s"
+
+
+def test_a_postgres_connection_the_server_dropped_is_replaced_before_use(
+    database_url: str, monkeypatch: Any
+) -> None:
+    """A pooled connection that sat idle is pinged first: after the server ended
+    its backends (a restart, a failover), the next read and write just work."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server to drop a connection")
+    from invoiceflow.db import engine as engines
+
+    monkeypatch.setattr(engines, "PG_PING_AFTER_IDLE_SECONDS", 0.0)  # every checkout is "idle"
+    engine = get_runtime().engine
+    ledger.submit(engine, make_request("req-dropped"))
+    with reading(engine) as session:
+        before = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            ended = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+    finally:
+        admin.dispose()
+    assert ended >= 1
+    with reading(engine) as session:
+        after = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    assert after != before
+    assert ledger.require(engine, "req-dropped").point is RecoveryPoint.PLANNED
+    with engines.transaction(engine) as session:
+        assert ledger.lock_row(session, "req-dropped") is not None

@@ -11,7 +11,9 @@ Two kinds of session:
   the same per request.
 - `reading(engine)`: a read-only session. On SQLite it starts a plain deferred
   BEGIN: under WAL it never takes the write lock, so a paused or slow reader
-  can never block another run's writes.
+  can never block another run's writes. On PostgreSQL it runs in autocommit:
+  under READ COMMITTED each statement takes its own snapshot inside a
+  transaction too, so BEGIN and ROLLBACK bought nothing but two round trips.
 
 Waits are bounded on both backends: a stalled transaction (a paused process,
 a hung disk) makes the others fail after a bounded time with a clear error
@@ -21,6 +23,7 @@ instead of holding them past their patience and their lease.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -28,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import InvalidatePoolError
 from sqlmodel import Session, create_engine
 
 # How long a SQLite connection waits for another process's write lock before
@@ -41,6 +45,10 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30
 PG_LOCK_TIMEOUT_MS = 15_000
 PG_STATEMENT_TIMEOUT_MS = 60_000
 PG_IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
+# A pooled PostgreSQL connection idle longer than this is pinged before use (one
+# that was just used is not: pinging every checkout, as pool_pre_ping does, was
+# a round trip per transaction, twenty per invoice in a billing run).
+PG_PING_AFTER_IDLE_SECONDS = 2.0
 # Marks connections that should begin with BEGIN IMMEDIATE on SQLite.
 _WRITE_OPTION = "invoiceflow_write"
 
@@ -92,13 +100,34 @@ def make_engine(url: str) -> Engine:
         f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} -c statement_timeout={PG_STATEMENT_TIMEOUT_MS} "
         f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
     )
-    return create_engine(
+    engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=10,
         max_overflow=10,
         connect_args={"options": options, "connect_timeout": 10},
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """pool_pre_ping for connections that sat idle: one a restarted server (or a
+    firewall) dropped is replaced, and the whole pool with it, before any work."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PG_PING_AFTER_IDLE_SECONDS:
+            return  # new, or just used
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+            dbapi_connection.rollback()  # the ping opened a transaction
+        except Exception as exc:
+            raise InvalidatePoolError() from exc
 
 
 def get_engine(url: str) -> Engine:
@@ -158,10 +187,18 @@ def _writer_turn(engine: Engine) -> Iterator[None]:
         yield
 
 
+@cache
+def reader(engine: Engine) -> Engine:
+    """The same engine, its sessions in autocommit on PostgreSQL (see `reading`)."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 @contextmanager
 def reading(engine: Engine) -> Iterator[Session]:
     """A read-only session: never takes SQLite's write lock; objects stay usable after."""
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(reader(engine), expire_on_commit=False) as session:
         yield session
 
 
