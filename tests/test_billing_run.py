@@ -179,6 +179,7 @@ def test_sixty_requests_five_bad_each_good_one_invoiced_once_each_bad_one_named(
     )
     assert _run(database_url, run_id).attempts == 1
     _assert_table_artifact(run_id, invoiced=55, failures=5)
+    _assert_each_invoice_has_its_story(good)
 
     # The storm is over: rerunning the source retries only the temporary failure.
     sandbox.configure(faults=[])
@@ -214,6 +215,35 @@ def _assert_table_artifact(run_id: str, *, invoiced: int, failures: int) -> None
     assert len([row for row in rows if row["request"]]) == failures
     assert f"| invoiced | {invoiced} |" in str(summary.data)
     assert "sk_test" not in str(table.data) + str(summary.data)
+
+
+def _assert_each_invoice_has_its_story(requests: list[BillingRequest]) -> None:
+    """The UI shows each invoice: a task run named by its request, and its artifact."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+
+    from invoiceflow.story import artifact_key
+
+    names = [f"invoice-{request.request_id}" for request in requests]
+    keys = [artifact_key(request.request_id) for request in requests]
+    with get_client(sync_client=True) as client:
+
+        def named() -> set[str]:  # task runs are recorded from events, a moment later
+            found = client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=names))
+            )
+            return {run.name for run in found if run.state and run.state.is_completed()}
+
+        wait_for(lambda: named() == set(names), "a completed task run per invoice")
+        stories = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+        )
+    assert {story.key for story in stories} == set(keys)
 
 
 # --- killed mid-run, rerun --------------------------------------------------------
