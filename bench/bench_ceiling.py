@@ -19,7 +19,8 @@ database server's backends, then a markdown table and
 the machine's load.
 
     python bench/bench_ceiling.py [--requests 500] [--lines 3] [--customers 50]
-        [--databases sqlite,postgres] [--scenarios here,earlier] [--smoke]
+        [--databases sqlite,postgres] [--scenarios here,earlier]
+        [--prefect-database sqlite] [--smoke]
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def billing_run(
     def cpu() -> tuple[float, float, float, float]:
         return (
             own_cpu_seconds(),
-            cpu_seconds(server_pid),
+            cpu_seconds(server_pid) + database_cpu_seconds(args.prefect_database_url),
             cpu_seconds(sandbox.pid),
             database_cpu_seconds(url),
         )
@@ -171,6 +172,12 @@ def main() -> None:
     parser.add_argument(
         "--scenarios", default="here,earlier", help="who made the customers: here, earlier"
     )
+    parser.add_argument(
+        "--prefect-database",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the Prefect server's own database (its PostgreSQL backends count as the server's)",
+    )
     parser.add_argument("--smoke", action="store_true", help="20 requests, 5 customers: seconds")
     args = parser.parse_args()
     if args.smoke:
@@ -183,7 +190,15 @@ def main() -> None:
     results: list[Result] = []
     with ExitStack() as stack:
         say("Starting a Prefect server and the sandbox (a process of its own)…")
-        api_url, server_pid = stack.enter_context(prefect_server())
+        server_env = {}
+        if args.prefect_database == "postgres":
+            from invoiceflow.local_workers import prefect_database
+
+            server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = stack.enter_context(
+                prefect_database(POSTGRES)
+            )
+        api_url, server_pid = stack.enter_context(prefect_server(**server_env))
+        args.prefect_database_url = server_env.get("PREFECT_API_DATABASE_CONNECTION_URL", "")
         sandbox = stack.enter_context(sandbox_process())
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         say(f"Prefect {api_url} (pid {server_pid}); sandbox {sandbox.url} (pid {sandbox.pid})")
@@ -203,7 +218,7 @@ def table(results: list[Result], args: argparse.Namespace) -> None:
     say(
         f"\nBilling run of {args.requests} requests x {args.lines} lines over {args.customers} "
         f"warm customers, {get_settings().batch_workers} workers; sandbox in its own process, "
-        "no latency, no rate limit.\n"
+        f"no latency, no rate limit; the Prefect server on {args.prefect_database}.\n"
     )
     say(
         "| database | customers made | invoices/s | CPU ms per invoice: ours / Prefect server "

@@ -157,6 +157,8 @@ def database_cpu_seconds(url: str) -> float:
     that ended in between are not counted: measure while the pool is open."""
     from sqlalchemy.engine import make_url
 
+    if not url:
+        return 0.0
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql" or not parsed.database:
         return 0.0

@@ -150,7 +150,7 @@ def local_workers(
     in this process while it lasts. The workers log into `log_dir` when given; the
     database outlives it with `keep_database` (for inspection)."""
     with ExitStack() as stack:
-        database = stack.enter_context(_prefect_database(postgres_admin_url, keep_database))
+        database = stack.enter_context(prefect_database(postgres_admin_url, keep_database))
         say("starting a Prefect server on PostgreSQL (first start migrates it: ~20-60 s)")
         server = stack.enter_context(
             local_prefect_server(
@@ -188,7 +188,7 @@ def local_workers(
 
 
 @contextmanager
-def _prefect_database(admin_url: str, keep: bool = False) -> Iterator[str]:
+def prefect_database(admin_url: str, keep: bool = False) -> Iterator[str]:
     """A fresh PostgreSQL database for the Prefect server (asyncpg URL), dropped
     afterwards unless `keep`."""
     from sqlalchemy import create_engine, text

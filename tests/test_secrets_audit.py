@@ -179,14 +179,14 @@ def served_workload(audit: AuditSecrets, env: dict[str, str], workdir: Path) -> 
     still answers. `audit` holds the secrets that must be refused on the way."""
     from bench.stack import sandbox_process
     from invoiceflow.local_prefect import local_prefect_server
-    from invoiceflow.local_workers import _prefect_database
+    from invoiceflow.local_workers import prefect_database
     from tests.conftest import POSTGRES_ADMIN_URL
 
     for home in ("prefect-server", "prefect-client"):
         (workdir / home).mkdir(exist_ok=True)
     with contextlib.ExitStack() as stack:
         sandbox = stack.enter_context(sandbox_process())
-        prefect_db = stack.enter_context(_prefect_database(POSTGRES_ADMIN_URL))
+        prefect_db = stack.enter_context(prefect_database(POSTGRES_ADMIN_URL))
         server = stack.enter_context(
             local_prefect_server(
                 home=workdir / "prefect-server",
