@@ -128,25 +128,32 @@ def sandbox_process(*, log_path: Path | None = None, **config: Any) -> Iterator[
             log.close()
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process and its living descendants (0 if unknown)."""
-    if pid is None:
-        return 0.0
+def _process_times() -> dict[int, tuple[int, float]]:
+    """Every living process: pid -> (parent pid, user + system CPU seconds)."""
     tick = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
+    processes: dict[int, tuple[int, float]] = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+        processes[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return processes
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process and its living descendants (0 if unknown)."""
+    if pid is None:
+        return 0.0
+    processes = _process_times()
+    children: dict[int, list[int]] = {}
+    for child, (parent, _cpu) in processes.items():
+        children.setdefault(parent, []).append(child)
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
-        total += times.get(current, 0.0)
+        total += processes.get(current, (0, 0.0))[1]
         todo += children.get(current, [])
     return total
 
@@ -162,19 +169,15 @@ def database_cpu_seconds(url: str) -> float:
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql" or not parsed.database:
         return 0.0
-    tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for entry in filter(str.isdigit, os.listdir("/proc")):
+    for pid, (_parent, cpu) in _process_times().items():
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 title = f.read().decode(errors="replace")
-            if not title.startswith("postgres:") or f" {parsed.database} " not in title:
-                continue
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / tick
+        if title.startswith("postgres:") and f" {parsed.database} " in title:
+            total += cpu
     return total
 
 
