@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,7 @@ def billing_run(
     name: str,
     url: str,
     sandbox: Sandbox,
-    server_pid: int | None,
+    server_cpu: Callable[[], float],
     args: argparse.Namespace,
     workdir: Path,
     scenario: str,
@@ -140,7 +141,7 @@ def billing_run(
     def cpu() -> tuple[float, float, float, float]:
         return (
             own_cpu_seconds(),
-            cpu_seconds(server_pid) + database_cpu_seconds(args.prefect_database_url),
+            server_cpu(),
             cpu_seconds(sandbox.pid),
             database_cpu_seconds(url),
         )
@@ -190,15 +191,19 @@ def main() -> None:
     results: list[Result] = []
     with ExitStack() as stack:
         say("Starting a Prefect server and the sandbox (a process of its own)…")
-        server_env = {}
+        server_database = ""  # the server's own SQLite, inside its process
         if args.prefect_database == "postgres":
             from invoiceflow.local_workers import prefect_database
 
-            server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = stack.enter_context(
-                prefect_database(POSTGRES)
-            )
-        api_url, server_pid = stack.enter_context(prefect_server(**server_env))
-        args.prefect_database_url = server_env.get("PREFECT_API_DATABASE_CONNECTION_URL", "")
+            server_database = stack.enter_context(prefect_database(POSTGRES))
+        server_env = {"PREFECT_API_DATABASE_CONNECTION_URL": server_database}
+        api_url, server_pid = stack.enter_context(
+            prefect_server(**(server_env if server_database else {}))
+        )
+
+        def server_cpu() -> float:  # its process, and its PostgreSQL backends if any
+            return cpu_seconds(server_pid) + database_cpu_seconds(server_database)
+
         sandbox = stack.enter_context(sandbox_process())
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         say(f"Prefect {api_url} (pid {server_pid}); sandbox {sandbox.url} (pid {sandbox.pid})")
@@ -207,7 +212,7 @@ def main() -> None:
             for scenario in args.scenarios.split(","):
                 with database(admin) as (url, _description):
                     results.append(
-                        billing_run(name, url, sandbox, server_pid, args, workdir, scenario)
+                        billing_run(name, url, sandbox, server_cpu, args, workdir, scenario)
                     )
     table(results, args)
 
