@@ -13,6 +13,12 @@ exist already, so every request is the steady-state path, in two scenarios:
   worker, or a run that made its customers): 4 writes, the case the live
   bound of 100 calls/s ÷ 4 writes = 25 invoices/s is about.
 
+First, on the same server, the same number of empty invoice tasks that only
+publish their story artifact (`prefect_floor`), before and after the billing
+runs: Prefect's own cost, and the most any billing run can reach on this
+machine; each billing run is then also given as a fraction of that rate, a
+ratio that holds when the machine's speed does not.
+
 Prints invoices per wall-second end to end, and CPU seconds per invoice for
 this process, the Prefect server, the sandbox and (on PostgreSQL) the
 database server's backends, then a markdown table and
@@ -164,6 +170,26 @@ def billing_run(
     )
 
 
+def prefect_alone(server_cpu: Callable[[], float], args: argparse.Namespace, when: str) -> Result:
+    """The same number of empty invoice tasks (`prefect_floor`): Prefect's share, measured.
+
+    Run before the billing runs and after them: the same Prefect server costs
+    more per task run once it has recorded a few hundred (its process, not its
+    database: a restarted server on the same database is fast again).
+    """
+    from prefect_floor import prefect_floor_flow
+
+    say(f"[Prefect alone, {when}] {args.requests} empty invoice tasks with their story artifact…")
+    ours, server = own_cpu_seconds(), server_cpu()
+    started = time.perf_counter()
+    done = prefect_floor_flow(prefix=f"floor-{int(time.time())}", count=args.requests)
+    wall = time.perf_counter() - started
+    ours, server = own_cpu_seconds() - ours, server_cpu() - server
+    return Result(
+        "none", f"Prefect alone, {when}", args.requests, wall, ours, server, 0.0, 0.0, 0, 0, done
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500)
@@ -207,6 +233,7 @@ def main() -> None:
         sandbox = stack.enter_context(sandbox_process())
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         say(f"Prefect {api_url} (pid {server_pid}); sandbox {sandbox.url} (pid {sandbox.pid})")
+        results.append(prefect_alone(server_cpu, args, "before"))
         for name in wanted:
             admin = None if name == "sqlite" else POSTGRES
             for scenario in args.scenarios.split(","):
@@ -214,6 +241,7 @@ def main() -> None:
                     results.append(
                         billing_run(name, url, sandbox, server_cpu, args, workdir, scenario)
                     )
+        results.append(prefect_alone(server_cpu, args, "after"))
     table(results, args)
 
 
@@ -237,6 +265,17 @@ def table(results: list[Result], args: argparse.Namespace) -> None:
             f"{r.per_invoice(r.backends) if r.database == 'postgres' else '—'} "
             f"| {r.reads / r.requests:.2f} + {r.writes / r.requests:.2f} |"
         )
+    floors = [r for r in results if r.database == "none"]
+    slowest, fastest = min(floors, key=lambda r: r.rate), max(floors, key=lambda r: r.rate)
+    say(
+        f"\nPrefect alone ({slowest.rate:.1f} to {fastest.rate:.1f} tasks/s) is the most any "
+        "billing run reaches on this machine and server; each run's share of it: "
+        + ", ".join(
+            f"{r.database}/{r.scenario} {r.rate / fastest.rate:.2f} to {r.rate / slowest.rate:.2f}"
+            for r in results
+            if r.database != "none"
+        )
+    )
     say(f"\n{load()}")
 
 
