@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -47,6 +47,9 @@ from invoiceflow.batch import source as source_module
 from invoiceflow.request import BillingRequest
 from invoiceflow.runtime import get_runtime
 from invoiceflow.settings import get_settings
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _run_name() -> str:
@@ -73,19 +76,35 @@ def invoice_entry(run_id: str, position: int, request: BillingRequest) -> str:
 def bill_entries(run_id: str, entries: Iterable[tuple[int, BillingRequest]]) -> None:
     """One `invoice-<request id>` task per entry on the flow's thread pool; wait for all.
 
-    Each task records its entry's outcome in the manifest itself. Only a window
-    of twice the pool's threads is submitted at a time: a 10,000-request run
-    that submitted every task up front held each one's future and its Prefect
+    Each task records its entry's outcome in the manifest itself.
+    """
+    for _done in in_window(lambda entry: invoice_entry.submit(run_id, *entry), entries):
+        pass
+
+
+def in_window(
+    submit: Callable[[T], PrefectFuture[R]], items: Iterable[T]
+) -> Iterator[PrefectFuture[R]]:
+    """Submit a task per item, each future yielded, in order, once its task has finished.
+
+    Only a window of twice the pool's threads is submitted at a time, and only
+    while the caller takes what this yields: a 10,000-request run that
+    submitted every task up front held each one's future and its Prefect
     bookkeeping (about 20 KiB a request) until the end.
     """
     window = 2 * get_settings().batch_workers
-    in_flight: deque[PrefectFuture[Any]] = deque()
-    for position, request in entries:
+    in_flight: deque[PrefectFuture[R]] = deque()
+    for item in items:
         if len(in_flight) >= window:
-            in_flight.popleft().wait()
-        in_flight.append(invoice_entry.submit(run_id, position, request))
+            yield _finished(in_flight.popleft())
+        in_flight.append(submit(item))
     while in_flight:
-        in_flight.popleft().wait()
+        yield _finished(in_flight.popleft())
+
+
+def _finished(future: PrefectFuture[R]) -> PrefectFuture[R]:
+    future.wait()
+    return future
 
 
 def thread_pool() -> TaskRunner[PrefectFuture[Any]]:
