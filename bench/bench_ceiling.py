@@ -173,9 +173,10 @@ def billing_run(
 def prefect_alone(server_cpu: Callable[[], float], args: argparse.Namespace, when: str) -> Result:
     """The same number of empty invoice tasks (`prefect_floor`): Prefect's share, measured.
 
-    Run before the billing runs and after them: the same Prefect server costs
-    more per task run once it has recorded a few hundred (its process, not its
-    database: a restarted server on the same database is fast again).
+    Run before the billing runs and after them: the same Prefect server's cost
+    per task run changes from one run to the next, up to twice as much once it
+    has recorded its first few hundred (its process, not its database: a
+    restarted server on the same database is as fast as a new one again).
     """
     from prefect_floor import prefect_floor_flow
 
@@ -218,14 +219,13 @@ def main() -> None:
     with ExitStack() as stack:
         say("Starting a Prefect server and the sandbox (a process of its own)…")
         server_database = ""  # the server's own SQLite, inside its process
+        server_env = {}
         if args.prefect_database == "postgres":
             from invoiceflow.local_workers import prefect_database
 
             server_database = stack.enter_context(prefect_database(POSTGRES))
-        server_env = {"PREFECT_API_DATABASE_CONNECTION_URL": server_database}
-        api_url, server_pid = stack.enter_context(
-            prefect_server(**(server_env if server_database else {}))
-        )
+            server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = server_database
+        api_url, server_pid = stack.enter_context(prefect_server(**server_env))
 
         def server_cpu() -> float:  # its process, and its PostgreSQL backends if any
             return cpu_seconds(server_pid) + database_cpu_seconds(server_database)
