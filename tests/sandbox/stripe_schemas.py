@@ -1,4 +1,4 @@
-"""Stripe's endive JSON Schemas, read in place from `../shared/stripe/` (never copied here).
+"""Stripe's endive JSON Schemas, kept in `tests/sandbox/stripe/` with Stripe's licence.
 
 The file names its definitions like `resources~Invoices#Invoice`, which are not valid JSON
 pointer segments (`~` and `#` would need escaping), so the definitions are renamed to plain
@@ -12,9 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-SCHEMAS = Path(__file__).resolve().parents[2] / ".." / "shared" / "stripe" / "endive-schemas.json"
+SCHEMAS = Path(__file__).resolve().parent / "stripe" / "endive-schemas.json"
 # Stripe's API error object: the schema file has no top-level error type, but an invoice's
 # `last_finalization_error` is the very object Stripe sends as `{"error": {...}}`.
 ERROR_DEF = "resources~Invoices#Invoice.LastFinalizationError"
@@ -34,8 +32,8 @@ CREATE_ONLY_FIELDS = {"webhook_endpoint": {"secret"}}
 
 
 def require_schemas() -> None:
-    if not SCHEMAS.exists():
-        pytest.skip(f"Stripe's endive schemas are not at {SCHEMAS} (kept outside the repo)")
+    # The schemas ship with the tests: a missing file is a broken checkout, not a reason to skip.
+    assert SCHEMAS.exists(), f"Stripe's endive schemas are missing from {SCHEMAS}"
 
 
 @cache

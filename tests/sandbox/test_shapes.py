@@ -1,7 +1,8 @@
 """Every object the sandbox serves has the fields of Stripe's own fixture for its type.
 
-Compared with `fixtures3.json` from Stripe's OpenAPI repository, kept beside the project
-(`../shared/stripe/`), so code reading any field finds it here as it would in Stripe.
+Compared with `fixtures3.json` from Stripe's OpenAPI repository, kept in the repository
+(`tests/sandbox/stripe/`, with Stripe's licence), so code reading any field finds it here as it
+would in Stripe.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from invoiceflow.sandbox import RunningSandbox
 from tests.sandbox.conftest import API_KEY
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "stripe" / "fixtures3.json"
+FIXTURES = Path(__file__).resolve().parent / "stripe" / "fixtures3.json"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 # Fields Stripe returns beside the documented object in exactly one call.
 ONE_CALL_EXTRAS = {("webhook_endpoint", "create"): {"secret"}}
@@ -29,8 +30,7 @@ ADDED_SINCE_FIXTURE = {"product": {"tax_details"}}
 
 @pytest.fixture(scope="module")
 def fixtures() -> dict[str, Any]:
-    if not FIXTURES.exists():
-        pytest.skip(f"Stripe's fixtures are not at {FIXTURES} (kept outside the repo)")
+    assert FIXTURES.exists(), f"Stripe's fixtures are missing from {FIXTURES}"
     resources: dict[str, Any] = json.loads(FIXTURES.read_text())["resources"]
     return resources
 
