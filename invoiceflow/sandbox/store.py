@@ -33,6 +33,7 @@ COLLECTIONS: dict[str, tuple[str, str, int]] = {
     "evt": ("events", "event", _LONG_ID),
     "we": ("webhook_endpoints", "webhook endpoint", _LONG_ID),
     "clock": ("test_clocks", "test clock", _LONG_ID),
+    "card": ("cards", "source", _LONG_ID),
 }
 
 
@@ -50,6 +51,8 @@ class Store:
     events: dict[str, JSON] = field(default_factory=dict)
     webhook_endpoints: dict[str, JSON] = field(default_factory=dict)
     test_clocks: dict[str, JSON] = field(default_factory=dict)
+    # Card sources made from test tokens (`customers.create(source=…)`), see sources.py.
+    cards: dict[str, JSON] = field(default_factory=dict)
     # Kept beside the endpoint: Stripe returns the secret only from the create call.
     webhook_secrets: dict[str, str] = field(default_factory=dict)
     # Deleted customers stay retrievable as `{"id", "object", "deleted": true}` like Stripe's.

@@ -104,7 +104,9 @@ def _workload(client: stripe.StripeClient) -> None:
             "tax_id_data": [{"type": "eu_vat", "value": "DE123456789"}],
         }
     )
-    v1.customers.retrieve(customer.id)
+    v1.customers.retrieve(customer.id, {"expand": ["tax_ids"]})
+    carded = v1.customers.create({"source": "tok_visa", "expand": ["sources", "default_source"]})
+    _attempt(lambda: v1.customers.create({"source": "tok_nonsense"}))
     v1.customers.update(customer.id, {"phone": "+15555550100"})
     v1.customers.list({"limit": 2})
     v1.customers.search({"query": "email:'buyer@example.com'"})
@@ -179,6 +181,10 @@ def _workload(client: stripe.StripeClient) -> None:
     )
     v1.invoice_items.create({"customer": customer.id, "invoice": sent.id, "amount": 5000})
     v1.invoices.send_invoice(sent.id)
+    by_card = v1.invoices.create({"customer": carded.id})
+    v1.invoice_items.create({"customer": carded.id, "invoice": by_card.id, "amount": 700})
+    _attempt(lambda: v1.invoices.pay(by_card.id, {"source": "card_missing"}))
+    v1.invoices.pay(by_card.id, {"source": str(carded.default_source.id)})
     v1.invoices.mark_uncollectible(sent.id)
     v1.invoices.void_invoice(sent.id)
     draft = v1.invoices.create({"customer": customer.id})

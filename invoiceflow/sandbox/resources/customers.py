@@ -24,7 +24,7 @@ from invoiceflow.sandbox.params import (
     Obj,
     Str,
 )
-from invoiceflow.sandbox.resources import fields
+from invoiceflow.sandbox.resources import fields, sources
 from invoiceflow.sandbox.resources.common import (
     Route,
     assign,
@@ -74,6 +74,8 @@ _CREATE = {
         Obj(fields={"type": Str(required=True), "value": Str(required=True)}),
         max_items=MAX_TAX_IDS,
     ),
+    # A test token (`tok_visa`) made into the customer's default card source.
+    "source": Str(),
     # Only at creation: Stripe never moves a customer onto or off a clock afterwards.
     "test_clock": Str(),
 }
@@ -111,9 +113,10 @@ def create(call: Call) -> JSON:
     customer = shapes.customer(store.new_id("cus"), store.clock_time(clock), prefix)
     customer["test_clock"] = clock
     _apply(customer, params)
+    if params.get("source"):  # checked before anything is stored: nothing half created
+        sources.attach_token(store, customer, params["source"])
     store.customers[customer["id"]] = customer
-    if tax_ids:
-        store.tax_ids[customer["id"]] = tax_ids
+    sources.tax_ids(store, customer, tax_ids)
     call.emit("customer.created", customer)
     return customer
 
@@ -212,6 +215,7 @@ def _apply(customer: JSON, params: dict[str, Any]) -> None:
 
 
 def _tax_id(datum: dict[str, Any], index: int) -> JSON:
+    """One `tax_id_data` entry checked by shape (sources.tax_ids makes the objects)."""
     if not _TAX_ID_TYPE.match(datum["type"]):
         raise invalid(
             f"Invalid value for tax_id_data[{index}][type]: {datum['type']}",

@@ -31,7 +31,7 @@ from invoiceflow.sandbox.params import (
     Obj,
     Str,
 )
-from invoiceflow.sandbox.resources import billing, fields, payments
+from invoiceflow.sandbox.resources import billing, fields, payments, sources
 from invoiceflow.sandbox.resources.common import (
     Route,
     assign,
@@ -456,6 +456,7 @@ def pay(call: Call, id: str) -> JSON:
         {
             "paid_out_of_band": Bool(),
             "payment_method": Str(),
+            "source": Str(),
             "forgive": Bool(),
             "off_session": Bool(),
         },
@@ -465,11 +466,16 @@ def pay(call: Call, id: str) -> JSON:
         raise wrong_state("Invoice is already paid")
     if invoice["status"] == "void":
         raise wrong_state("This invoice can no longer be paid: it is void.")
-    method = params.get("payment_method") or invoice["default_payment_method"]
-    if params.get("paid_out_of_band") and "payment_method" in params:
-        raise exclusive(["paid_out_of_band", "payment_method"])
+    for first, second in (
+        ("paid_out_of_band", "payment_method"),
+        ("paid_out_of_band", "source"),
+        ("payment_method", "source"),
+    ):
+        if params.get(first) and params.get(second):
+            raise exclusive([first, second])
+    method, decline = None, None
     if not params.get("paid_out_of_band"):
-        _check_payment_method(method)
+        method, decline = _payment_means(call.store, invoice, params)
     if invoice["status"] == "draft":
         _finalize(call, invoice)  # Stripe finalizes a draft before attempting payment
         if invoice["status"] == "paid":  # a zero-amount invoice is paid on finalization
@@ -481,8 +487,8 @@ def pay(call: Call, id: str) -> JSON:
     before = copy.deepcopy(invoice)
     invoice["attempted"] = True
     invoice["attempt_count"] += 1
-    if method in _DECLINES:
-        decline_code, message = _DECLINES[method]
+    if decline is not None:
+        decline_code, message = decline
         invoice["next_payment_attempt"] = None
         error = card_declined(decline_code, message)
         # Stripe's card errors carry the invoice's PaymentIntent, its last error set.
@@ -493,6 +499,24 @@ def pay(call: Call, id: str) -> JSON:
     payments.settle(call.store, invoice, succeeded=True, payment_method=method)
     _mark_paid(call, invoice, attempted=True, before=before)
     return invoice
+
+
+def _payment_means(
+    store: Store, invoice: JSON, params: dict[str, Any]
+) -> tuple[str, tuple[str, str] | None]:
+    """What `pay` charges, and how it declines if it does: Stripe's order is the named
+    payment method or source, then the invoice's default payment method, then the
+    customer's default source."""
+    if params.get("source"):
+        named = sources.of_customer(store, invoice["customer"], params["source"])
+        return named["id"], sources.decline_of(named)
+    method = params.get("payment_method") or invoice["default_payment_method"]
+    card = None if method else sources.default_of(store, invoice["customer"])
+    if card is not None:
+        return card["id"], sources.decline_of(card)
+    _check_payment_method(method)
+    assert method is not None  # _check_payment_method refused an empty one
+    return method, _DECLINES.get(method)
 
 
 def void(call: Call, id: str) -> JSON:
