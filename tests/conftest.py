@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -117,33 +118,97 @@ def postgres_unavailable() -> str | None:
     return _postgres_reachable()
 
 
-def _postgres_database(reason: str | None) -> Iterator[str]:
-    """A database of its own for one test, dropped afterwards."""
-    if reason:
-        pytest.skip(reason)
+def _create_database(template: str | None = None) -> str:
+    """A new PostgreSQL database (a copy of `template` when given); its URL."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     name = f"invoiceflow_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    clause = f' TEMPLATE "{template}"' if template else ""
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"{clause}'))
+    admin.dispose()
+    return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _migrated(url: str) -> None:
+    """Bring `url` to the newest schema and leave no connection open to it."""
+    from invoiceflow.db.engine import make_engine
+    from invoiceflow.db.migrate import upgrade
+
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+
+
+_templates: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_templates() -> Iterator[None]:
+    yield
+    for url in _templates.values():
+        with contextlib.suppress(Exception):
+            _drop_database(url)
+
+
+def _postgres_template() -> str:
+    """The name of a database migrated once per test session, for CREATE DATABASE … TEMPLATE:
+    cloning it takes a fraction of the 1 to 2 s that running every migration per test did."""
+    from sqlalchemy.engine import make_url
+
+    if "postgres" not in _templates:
+        url = _create_database()
+        _templates["postgres"] = url
+        _migrated(url)
+    name = make_url(_templates["postgres"]).database
+    assert name is not None
+    return name
+
+
+def _postgres_database(reason: str | None, *, migrated: bool = True) -> Iterator[str]:
+    """A database of its own for one test (already at the newest schema unless
+    `migrated=False`), dropped afterwards."""
+    if reason:
+        pytest.skip(reason)
+    url = _create_database(_postgres_template() if migrated else None)
     try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
         from invoiceflow.db.engine import dispose_engines
 
         dispose_engines()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        _drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per session; each test gets a copy of it."""
+    path = tmp_path_factory.mktemp("template") / "invoiceflow.db"
+    _migrated(f"sqlite:///{path}")
+    return path
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each test using it runs once on SQLite and once on PostgreSQL."""
+    """Each test using it runs once on SQLite and once on PostgreSQL, on a database of its
+    own that is already at the newest schema (a copy of the session's migrated template)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'invoiceflow.db'}"
+        database = tmp_path / "invoiceflow.db"
+        shutil.copyfile(request.getfixturevalue("_sqlite_template"), database)
+        yield f"sqlite:///{database}"
         from invoiceflow.db.engine import dispose_engines
 
         dispose_engines()
