@@ -11,7 +11,9 @@ key; nothing here builds a request.
 Every attempt first takes a slot of the shared rate limit
 (`invoiceflow.ratelimit`), and a 429 pushes that limit back for everyone who
 shares it: one caller meeting Stripe's limit slows all of them down, instead
-of each finding out on its own with a 429 of its own.
+of each finding out on its own with a 429 of its own. A limit whose store is
+down fails closed (no slot, no call) and is transient like a connection error:
+retried here with backoff, then `temporary` for the run, which a rerun resumes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import TypeVar
 import stripe
 
 from invoiceflow import progress
-from invoiceflow.ratelimit import limiter
+from invoiceflow.ratelimit import Limiter, RateLimitStoreDown, Unlimited, limiter
 
 T = TypeVar("T")
 
@@ -87,8 +89,8 @@ def is_transient(exc: BaseException, *, read: bool = False) -> bool:
     `read`: the call only reads, so no idempotency key can have stored its
     failure and any 5xx is worth another try whatever Stripe-Should-Retry says.
     """
-    if isinstance(exc, stripe.APIConnectionError):
-        return True
+    if isinstance(exc, stripe.APIConnectionError | RateLimitStoreDown):
+        return True  # the store: no call was made, so a write is as safe to retry as a read
     if not isinstance(exc, stripe.StripeError):
         return False
     if read and (exc.http_status or 0) >= 500:
@@ -121,8 +123,8 @@ def call_with_retries(
     gate = limiter()
     attempt = 1
     while True:
-        gate.acquire("search" if search else "api")
         try:
+            gate.acquire("search" if search else "api")  # in the try: its store may be down
             return call()
         except Exception as exc:
             if not is_transient(exc, read=read) or attempt >= policy.attempts:
@@ -130,12 +132,21 @@ def call_with_retries(
                 raise
             wait = policy.delay(attempt, exc)
             if is_rate_limited(exc):
-                gate.push_back(wait)
+                _push_back(gate, wait)
             progress.log.warning(
                 "Stripe: %s: %s; retry %d in %.1fs", what, describe(exc), attempt, wait
             )
             sleep(wait)
             attempt += 1
+
+
+def _push_back(gate: Limiter | Unlimited, seconds: float) -> None:
+    """Hold the sharers back after a 429; with the store down, this caller's own
+    backoff must do (its next slot fails closed until the store is back)."""
+    try:
+        gate.push_back(seconds)
+    except RateLimitStoreDown as exc:
+        progress.log.warning("Could not hold back the rate limit's sharers: %s", exc)
 
 
 def _name_the_call(exc: BaseException, what: str) -> None:

@@ -3,7 +3,8 @@
 `limiter()` is this process's limiter, built from the settings
 (INVOICEFLOW_STRIPE_RATE, INVOICEFLOW_RATE_LIMIT_BACKEND); `acquire(kind)`
 blocks until one more call fits Stripe's budget, and `push_back(seconds)`
-holds every sharer back after a 429. See `gcra` for the algorithm.
+holds every sharer back after a 429. See `gcra` for the algorithm. A store
+that cannot be reached raises `RateLimitStoreDown`: no slot, no call.
 
 Imports go one way: `invoiceflow.retry` uses this package, never the reverse.
 """
@@ -12,11 +13,20 @@ from __future__ import annotations
 
 import threading
 
-from invoiceflow.ratelimit.gcra import Budget, MemoryStore, Store
+from invoiceflow.ratelimit.gcra import Budget, MemoryStore, RateLimitStoreDown, Store
 from invoiceflow.ratelimit.limiter import Kind, Limiter, Unlimited
 from invoiceflow.settings import Settings, get_settings
 
-__all__ = ["Budget", "Kind", "Limiter", "Unlimited", "build", "limiter", "reset_limiter"]
+__all__ = [
+    "Budget",
+    "Kind",
+    "Limiter",
+    "RateLimitStoreDown",
+    "Unlimited",
+    "build",
+    "limiter",
+    "reset_limiter",
+]
 
 # Stripe's Search API allows 20 calls a second in either mode.
 SEARCH_RATE = 20.0

@@ -50,8 +50,28 @@ def pushed(tat: float, now: float, seconds: float, budget: Budget) -> float:
     return max(tat, now + seconds + budget.allowance)
 
 
+class RateLimitStoreDown(Exception):
+    """The shared store could not be reached, so no slot was taken and no Stripe call
+    may go (the limiter fails closed). Temporary: the call is retried with backoff,
+    and a run that still meets it ends the request as `temporary`, resumable.
+
+    The message names the backend's own error (its class and first line), never the
+    store's URL, which may hold a password.
+    """
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        first_line = (str(cause).splitlines() or [""])[0][:200]
+        super().__init__(
+            f"rate limit store unreachable ({what}: {type(cause).__name__}: {first_line}); "
+            "no Stripe call was made"
+        )
+
+
 class Store(Protocol):
-    """Where the TATs live; each method is one atomic step on the store's clock."""
+    """Where the TATs live; each method is one atomic step on the store's clock.
+
+    A store that cannot be reached raises `RateLimitStoreDown`, nothing else.
+    """
 
     def reserve(self, budget: Budget) -> float:
         """Take the next slot of `budget`; return the seconds to wait before using it."""

@@ -13,10 +13,14 @@ machines cannot let two of them spend the same slot.
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from invoiceflow.ratelimit.gcra import Budget
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from invoiceflow.ratelimit.gcra import Budget, RateLimitStoreDown
 
 # Upsert the row to max(tat, now) + interval and say how long this caller waits.
 # `now` is read once, so the wait is measured on the same instant as the TAT.
@@ -56,8 +60,18 @@ class PostgresStore:
             connect_args={"connect_timeout": 10, "options": "-c statement_timeout=10000"},
         )
 
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as connection:
+                yield connection
+        except (OperationalError, InterfaceError) as exc:
+            # Unreachable, restarting, or past statement_timeout: no slot, so no call.
+            # The driver's own error, not SQLAlchemy's (which quotes the statement).
+            raise RateLimitStoreDown("PostgreSQL", exc.orig or exc) from exc
+
     def reserve(self, budget: Budget) -> float:
-        with self._engine.connect() as connection:
+        with self._connection() as connection:
             wait = connection.execute(
                 _RESERVE,
                 {"name": budget.name, "interval": budget.interval, "allowance": budget.allowance},
@@ -65,7 +79,7 @@ class PostgresStore:
         return float(wait)
 
     def push_back(self, budget: Budget, seconds: float) -> None:
-        with self._engine.connect() as connection:
+        with self._connection() as connection:
             connection.execute(
                 _PUSH_BACK, {"name": budget.name, "ahead": seconds + budget.allowance}
             )

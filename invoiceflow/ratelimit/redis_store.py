@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from invoiceflow.ratelimit.gcra import Budget
+from invoiceflow.ratelimit.gcra import Budget, RateLimitStoreDown
 
 # KEYS[1]: the limit. ARGV: interval, allowance, push-back seconds (-1: reserve).
 # Returns the wait as a string: Lua numbers would be truncated to integers.
@@ -42,7 +42,12 @@ class RedisStore:
 
     def _run(self, budget: Budget, push: float) -> float:
         key = f"invoiceflow:stripe_rate_limit:{budget.name}"
-        result = self._script(keys=[key], args=[budget.interval, budget.allowance, push])
+        try:
+            result = self._script(keys=[key], args=[budget.interval, budget.allowance, push])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Down, restarting, still loading its data, or refusing our credentials:
+            # no slot, so no call. (Redis's messages name the host, never the password.)
+            raise RateLimitStoreDown("Redis", exc) from exc
         return float(result)
 
     def reserve(self, budget: Budget) -> float:

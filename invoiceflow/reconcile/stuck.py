@@ -25,10 +25,11 @@ from invoiceflow.status import RequestStatus
 Resume = Callable[[BillingRequest], RequestStatus]
 
 # A failure worth another run, as `retry.describe` wrote it into `last_error`:
-# the connection, Stripe's 5xx/409/429, the database. Anything else (a refused
-# card, a mismatched invoice) would only fail the same way again.
+# the connection, Stripe's 5xx/409/429, the database, the rate limit's store.
+# Anything else (a refused card, a mismatched invoice) would only fail the same way again.
 _TEMPORARY = re.compile(
-    r"\b(APIConnectionError|RateLimitError|OperationalError|TimeoutError|ConnectionError)\b"
+    r"\b(APIConnectionError|RateLimitError|RateLimitStoreDown|OperationalError|TimeoutError"
+    r"|ConnectionError)\b"
     r"|\bHTTP (5\d\d|409|429)\b"
 )
 
