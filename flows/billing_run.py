@@ -40,7 +40,7 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run, task_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from invoiceflow import lease, progress
+from invoiceflow import lease, progress, story
 from invoiceflow.batch import dispatch, manifest, report, unit
 from invoiceflow.batch import shards as sharding
 from invoiceflow.batch import source as source_module
@@ -69,7 +69,10 @@ def _run_name() -> str:
 def invoice_entry(run_id: str, position: int, request: BillingRequest) -> str:
     """One request: submitted, taken to sent, its outcome recorded. Never raises for it."""
     owner = lease.new_owner(task_run.id or uuid.uuid4().hex)
-    result = unit.bill_entry(get_runtime(), run_id, position, request, owner, get_run_logger())
+    rt = get_runtime()
+    result = unit.bill_entry(rt, run_id, position, request, owner, get_run_logger())
+    if result.row is not None:
+        story.publish(rt.engine, result.row)
     return result.outcome.value
 
 

@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from invoiceflow import lease, ledger, pipeline
+from invoiceflow import lease, ledger, pipeline, story
 from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.outcomes import failure_message
 from invoiceflow.request import BillingRequest
@@ -80,6 +80,8 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
 
     owner = lease.new_owner(flow_run.id or uuid.uuid4().hex)
     billed = pipeline.bill(rt, request, owner, STEPS_AS_TASKS, logger)
+    if billed.tells_story:
+        story.publish(rt.engine, billed.row)
     if billed.error is not None:
         # The run's page says why in business terms; calling the flow still
         # raises the error itself. (Lost lease: the run that took over owns it.)

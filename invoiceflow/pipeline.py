@@ -23,7 +23,7 @@ from functools import partial
 
 from sqlmodel import Session
 
-from invoiceflow import catalog, customers, invoicing, lease, ledger, story
+from invoiceflow import catalog, customers, invoicing, lease, ledger
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint
 from invoiceflow.invoicing import DraftGone
 from invoiceflow.request import BillingRequest
@@ -60,12 +60,19 @@ class Billed:
     row: BillingRequestRow
     error: BaseException | None = None
 
+    @property
+    def tells_story(self) -> bool:
+        """Whether this attempt's ending is the request's story to publish: not after a
+        lost lease, where the run that took over owns the request and tells it."""
+        return not isinstance(self.error, ledger.LeaseLost)
+
 
 def bill(rt: Runtime, request: BillingRequest, owner: str, steps: Steps, log: Log = _log) -> Billed:
     """Take the request from wherever it stands to sent (or refresh a sent one), under its lease.
 
-    The request must be recorded already (`ledger.submit`). Publishes the
-    request's story (a Prefect artifact) when the attempt ends.
+    The request must be recorded already (`ledger.submit`). Plain calls only:
+    the caller (a flow or task) publishes the request's story from the result,
+    so this path runs, and is tested, without Prefect.
     """
     request_id = request.request_id
     ttl = rt.settings.lease_seconds
@@ -101,12 +108,8 @@ def bill(rt: Runtime, request: BillingRequest, owner: str, steps: Steps, log: Lo
             return Billed(ledger.require(rt.engine, request_id), exc)
         except Exception as exc:
             _record_failure(rt, request_id, owner, exc, log)
-            failed = ledger.require(rt.engine, request_id)
-            story.publish(rt.engine, failed)
-            return Billed(failed, exc)
-    row = ledger.require(rt.engine, request_id)
-    story.publish(rt.engine, row)
-    return Billed(row)
+            return Billed(ledger.require(rt.engine, request_id), exc)
+    return Billed(ledger.require(rt.engine, request_id))
 
 
 def draft_to_sent(request_id: str, owner: str, steps: Steps) -> None:

@@ -9,11 +9,12 @@ and the run goes on with the others.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from invoiceflow import invoicing, ledger, pipeline
 from invoiceflow.batch import manifest
 from invoiceflow.batch.outcome import Outcome, of_exit, of_point
+from invoiceflow.db.models import BillingRequestRow
 from invoiceflow.outcomes import classify
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import describe
@@ -27,6 +28,7 @@ class UnitResult:
     outcome: Outcome
     reason: str | None = None
     invoice: str | None = None  # the Stripe invoice, as "in_… (number)", once there is one
+    row: BillingRequestRow | None = None  # where the attempt left the request, to tell its story
 
 
 def bill_entry(
@@ -54,13 +56,14 @@ def _bill(rt: Runtime, request: BillingRequest, owner: str, log: pipeline.Log) -
         billed = pipeline.bill(rt, request, owner, pipeline.in_sequence(rt), log)
     except Exception as exc:  # never got to work on it: conflict, busy, database down
         return failed(exc)
+    told = billed.row if billed.tells_story else None
     if billed.error is not None:
-        return failed(billed.error)
+        return replace(failed(billed.error), row=told)
     outcome = of_point(billed.row.point)
     if outcome is None:  # cannot happen after a clean attempt; say so rather than guess
-        return UnitResult(Outcome.UNEXPECTED, f"ended at {billed.row.recovery_point}")
+        return UnitResult(Outcome.UNEXPECTED, f"ended at {billed.row.recovery_point}", row=told)
     row = billed.row
-    return UnitResult(outcome, invoice=f"{row.stripe_invoice_id} ({row.invoice_number})")
+    return UnitResult(outcome, invoice=f"{row.stripe_invoice_id} ({row.invoice_number})", row=told)
 
 
 def failed(exc: BaseException) -> UnitResult:
