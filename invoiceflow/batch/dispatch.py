@@ -9,7 +9,11 @@ attempt (a rerun) starts fresh ones.
 
 A shard whose process dies (a worker SIGKILLed, a lost machine) cannot report
 its end: the crashed-runs automation (`invoiceflow automations`) marks it
-Crashed once its heartbeats stop, and only then does this wait end.
+Crashed once its heartbeats stop, and only then does this wait end. A shard
+that never started is this wait's own to judge (`invoiceflow.stale_runs`): one
+left Pending by a worker that died while starting it, or left Scheduled with
+no worker polling, is marked Crashed after INVOICEFLOW_STALE_RUN_SECONDS and,
+while a worker polls, scheduled again for it; so the wait always ends.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from uuid import UUID
 
 from sqlalchemy.engine import Engine
 
-from invoiceflow import progress
+from invoiceflow import progress, stale_runs
 from invoiceflow.batch import manifest
 from invoiceflow.batch.shards import SHARD_DEPLOYMENT, WORK_POOL, ShardEnd, not_registered
 
@@ -31,6 +35,9 @@ POLL_SECONDS = 1.0
 PROGRESS_EVERY_SECONDS = 5.0
 # A shard no worker picked up for this long is said out loud (then every as long again).
 UNCLAIMED_NOTE_SECONDS = 30.0
+# A shard that never started is scheduled again at most this often, then left
+# Crashed: its entries wait for a rerun rather than for ever.
+MAX_RESCHEDULES = 2
 
 
 def run_tag(run_id: str) -> str:
@@ -100,7 +107,11 @@ def wait(
     flow_run_ids: list[UUID],
     log: Callable[[str], Any],
 ) -> list[ShardEnd]:
-    """Until every shard run is final: a progress line every few seconds, then how each ended."""
+    """Until every shard run is final: a progress line every few seconds, then how each ended.
+
+    A shard that never started and is dead by `stale_runs.why_dead` is ended
+    here (`_take_back`), so this returns even when no worker ever takes it.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -109,6 +120,7 @@ def wait(
     next_line = time.monotonic() + PROGRESS_EVERY_SECONDS
     unclaimed_since: dict[int, float] = {}
     said_unclaimed: dict[int, float] = {}
+    rescheduled = [0] * shards
     with get_client(sync_client=True) as client:
         while True:
             runs = client.read_flow_runs(
@@ -125,28 +137,69 @@ def wait(
                     ShardEnd(shard, str(flow_run_ids[shard]), _name(states[shard]))
                     for shard in range(shards)
                 ]
-            for shard, state in states.items():
-                if state is not None and (state.is_scheduled() or state.is_pending()):
-                    since = unclaimed_since.setdefault(shard, now)
-                    last = said_unclaimed.get(shard, since)
-                    if now - last >= UNCLAIMED_NOTE_SECONDS:
-                        said_unclaimed[shard] = now
-                        progress.note(
-                            "shard %d/%d of billing run %s is still %s after %.0f s: is a "
-                            "worker running (`prefect worker start --pool %s`)?",
-                            shard + 1,
-                            shards,
-                            run_id,
-                            _name(state),
-                            now - since,
-                            WORK_POOL,
-                        )
-                else:
+            polls = stale_runs.Polls(client)
+            for run in runs:
+                shard, state = index[run.id], run.state
+                if state is None or not (state.is_scheduled() or state.is_pending()):
                     unclaimed_since.pop(shard, None)
+                    continue
+                if stale_runs.judge(client, run, polls) is not None:
+                    label = f"shard {shard + 1}/{shards} of billing run {run_id} ({run.id})"
+                    if _take_back(client, run, label, rescheduled[shard], polls):
+                        rescheduled[shard] += 1
+                    unclaimed_since.pop(shard, None)
+                    continue
+                since = unclaimed_since.setdefault(shard, now)
+                last = said_unclaimed.get(shard, since)
+                if now - last >= UNCLAIMED_NOTE_SECONDS:
+                    said_unclaimed[shard] = now
+                    progress.note(
+                        "shard %d/%d of billing run %s is still %s after %.0f s: is a "
+                        "worker running (`prefect worker start --pool %s`)?",
+                        shard + 1,
+                        shards,
+                        run_id,
+                        _name(state),
+                        now - since,
+                        WORK_POOL,
+                    )
             if now >= next_line:
                 next_line = now + PROGRESS_EVERY_SECONDS
                 log(_progress_line(engine, run_id, total, states))
             time.sleep(POLL_SECONDS)
+
+
+def _take_back(
+    client: Any, run: Any, label: str, rescheduled: int, polls: stale_runs.Polls
+) -> bool:
+    """End a shard run that never started (Crashed, saying why), and schedule it again
+    when a worker could take it; whether it was scheduled again.
+
+    Only a Pending one goes back: a worker took it once, so one may again. A
+    Scheduled one is dead because nothing polls; scheduling it again would
+    wait for nobody. Either way nothing of it ran, so nothing is undone.
+    """
+    from datetime import UTC, datetime
+
+    reason = stale_runs.end(client, run.id)
+    if reason is None:
+        return False  # its process came up after all
+    if (
+        run.state.is_pending()
+        and rescheduled < MAX_RESCHEDULES
+        and stale_runs.polled_lately(polls.of(run.deployment_id), datetime.now(UTC))
+        and stale_runs.schedule_again(client, run.id, reason)
+    ):
+        progress.note(
+            "%s %s; marked Crashed and scheduled again for another worker (%d of %d)",
+            label,
+            reason,
+            rescheduled + 1,
+            MAX_RESCHEDULES,
+        )
+        return True
+    progress.note("%s %s; marked Crashed, its entries wait for a rerun", label, reason)
+    return False
 
 
 def _name(state: Any) -> str:
