@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     batch_shards: int = Field(
         default=1, ge=1, le=64, validation_alias=AliasChoices("INVOICEFLOW_BATCH_SHARDS")
     )
+    # A flow run still Pending this long (claimed, its process never came up) or
+    # Scheduled this long past its time with no worker polling is dead: a billing
+    # run takes its shard back, a repeated POST /invoices starts the request again.
+    stale_run_seconds: float = Field(
+        default=180.0, gt=0, validation_alias=AliasChoices("INVOICEFLOW_STALE_RUN_SECONDS")
+    )
     # Days after the due date on which an open invoice is emailed again.
     dunning_reminder_days: Annotated[list[int], NoDecode] = Field(
         default=[1, 7, 14], validation_alias=AliasChoices("INVOICEFLOW_DUNNING_REMINDER_DAYS")
