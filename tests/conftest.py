@@ -37,6 +37,28 @@ for _name, _value in FAST_RETRIES.items():
     os.environ.setdefault(_name, _value)
 
 
+# --- tiers -------------------------------------------------------------------
+#
+# `pytest` runs the default tier: every feature's contract, in about ten minutes on
+# two busy cores. `pytest -m heavy` runs the heavy tier: the proofs that need
+# servers, kills, browsers or soaks. CI runs both (`.ci/run`).
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test's PostgreSQL double is heavy unless the backend is what it tests.
+
+    The business rules do not depend on the ledger's backend, and their SQLite run
+    is the default tier's contract. Where PostgreSQL itself matters (locks, session
+    timeouts, races between transactions, the limiter's store), the test says so
+    with `@pytest.mark.backend` and both runs stay in the default tier.
+    """
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("database_url") == "postgres"
+        if on_postgres and item.get_closest_marker("backend") is None:
+            item.add_marker(pytest.mark.heavy)
+
+
 # --- Prefect ---------------------------------------------------------------
 
 

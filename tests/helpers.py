@@ -141,3 +141,22 @@ def crash_cli_at(
     wait_for(lambda: stalled(sandbox, when)["status"] is not None, "the stalled write to end")
     sandbox.configure(faults=[])
     return output
+
+
+def bill_plain(request: BillingRequest) -> Any:
+    """One run of the request through the plain pipeline, as a billing run's unit makes it:
+    recorded, then taken as far as it goes under a new lease owner, without Prefect. Its
+    `RequestStatus`; a failure raises, as calling the invoice flow does."""
+    import uuid
+
+    from invoiceflow import lease, ledger, pipeline
+    from invoiceflow.runtime import get_runtime
+    from invoiceflow.status import RequestStatus
+
+    rt = get_runtime()
+    ledger.submit(rt.engine, request)
+    owner = lease.new_owner(uuid.uuid4().hex)
+    billed = pipeline.bill(rt, request, owner, pipeline.in_sequence(rt))
+    if billed.error is not None:
+        raise billed.error
+    return RequestStatus.from_row(billed.row)
