@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,10 @@ from invoiceflow.local_prefect import _free_port, local_prefect_server
 from tests.helpers import invoices_for, make_request, wait_for
 from tests.test_service import RUN_TIMEOUT, _running_service, _unique, _wait_final
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # its own Prefect server, stopped
+
+# What the sweeper logs when a round could not start a settle run (once per outage).
+SWEEP_FAILED = "the events wait in the inbox"
 
 
 def _settle_runs(name: str) -> list[Any]:
@@ -32,6 +34,10 @@ def _settle_runs(name: str) -> list[Any]:
                 flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
             )
         )
+
+
+def _log_since(log: Path, offset: int) -> str:
+    return log.read_bytes()[offset:].decode(errors="replace")
 
 
 def test_a_payment_while_prefect_is_down_is_settled_once_it_is_back(
@@ -62,6 +68,7 @@ def test_a_payment_while_prefect_is_down_is_settled_once_it_is_back(
         _wait_final(posted.json()["flow_run_id"], service)
         [invoice] = invoices_for(service.stripe, request_id)
 
+        logged_before_outage = len(service.log.read_bytes())
         first.close()  # Prefect is down; serve stays up
         assert service.process.poll() is None, service.output()
         service.stripe.v1.invoices.pay(invoice.id, {"payment_method": "pm_card_visa"})
@@ -72,8 +79,17 @@ def test_a_payment_while_prefect_is_down_is_settled_once_it_is_back(
             "the receiver to record the payment without Prefect",
         )
         [event] = [e for e in inbox.events_for(engine, request_id) if e.type == "invoice.paid"]
-        time.sleep(5)  # two sweeper rounds fail against the stopped server
-        assert inbox.get(engine, event.event_id).settle_started_at is None  # type: ignore[union-attr]
+        # The sweeper calls Prefect only for a pending event, so its failure line after
+        # the outage began is a round that tried to start this event's settle run
+        # against the stopped server, and ended: it must not have claimed the event.
+        wait_for(
+            lambda: SWEEP_FAILED in _log_since(service.log, logged_before_outage),
+            "a sweeper round to fail against the stopped Prefect server",
+            timeout=RUN_TIMEOUT,
+        )
+        assert inbox.get(engine, event.event_id).settle_started_at is None, (  # type: ignore[union-attr]
+            "the sweeper claimed the event although no settle run could be started"
+        )
         assert service.process.poll() is None, service.output()
 
         stack.enter_context(local_prefect_server(home=home, port=port))

@@ -11,6 +11,7 @@ Control plane (no API key, never faulted or rate-limited), wrapped by `RunningSa
                                        replayed, fault, time (status null when dropped)
     GET      /_sandbox/responses       API response bodies, while `record_responses` is on
     GET      /_sandbox/webhooks        webhook delivery attempts
+    GET      /_sandbox/webhooks/in_flight   deliveries not yet ended (sent, retried or given up)
     POST     /_sandbox/idempotency/expire   forget saved keys (Stripe's 24 h passing)
     DELETE   /_sandbox/data[?config=1] forget all state (and restore startup knobs)
 

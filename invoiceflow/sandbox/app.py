@@ -325,6 +325,8 @@ class SandboxApp:
             return Response.json(200, [_recorded(*item) for item in self.responses])
         if (method, path) == ("GET", "/_sandbox/webhooks"):
             return Response.json(200, list(self.webhooks.deliveries))
+        if (method, path) == ("GET", "/_sandbox/webhooks/in_flight"):
+            return Response.json(200, {"in_flight": self.webhooks.in_flight()})
         if (method, path) == ("POST", "/_sandbox/idempotency/expire"):
             return Response.json(200, {"expired": self.idempotency.expire()})
         if (method, path) == ("DELETE", "/_sandbox/data"):

@@ -134,6 +134,11 @@ class RunningSandbox:
         result: list[dict[str, Any]] = self._control.get("/_sandbox/webhooks").json()
         return result
 
+    def webhooks_in_flight(self) -> int:
+        """Deliveries not yet ended (a test waits for 0 instead of sleeping)."""
+        in_flight: int = self._control.get("/_sandbox/webhooks/in_flight").json()["in_flight"]
+        return in_flight
+
     def expire_idempotency_keys(self) -> int:
         """Simulate Stripe's 24 h key retention passing: every saved key is forgotten."""
         expired: int = self._control.post("/_sandbox/idempotency/expire").json()["expired"]

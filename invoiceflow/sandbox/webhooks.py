@@ -161,6 +161,10 @@ class Dispatcher:
             return None, type(exc).__name__
         return response.status_code, None
 
+    def in_flight(self) -> int:
+        """Deliveries not yet ended: waiting, being sent, or between retries."""
+        return len(self._tasks)
+
     def cancel_all(self) -> None:
         for task in list(self._tasks):
             task.cancel()

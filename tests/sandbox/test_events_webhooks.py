@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from typing import Any
 
 import pytest
 import stripe
 
 from invoiceflow.sandbox import RunningSandbox
+from tests.helpers import wait_for
 from tests.sandbox.receiver import webhook_receiver
 
 
@@ -87,15 +89,30 @@ def test_delivery_retried_until_2xx(client: stripe.StripeClient, sandbox: Runnin
         attempts = receiver.wait_for(4)
         assert [a.status for a in attempts] == [500, 503, 404, 200]
         assert len({a.body for a in attempts}) == 1
-        time.sleep(0.05)
-        log = sandbox.webhook_deliveries()
-        assert [d["attempt"] for d in log] == [1, 2, 3, 4]
+        log = _when_done(sandbox)
+        assert [(d["attempt"], d["status"]) for d in log] == [
+            (1, 500),
+            (2, 503),
+            (3, 404),
+            (4, 200),
+        ]
         # Each POST started (`sent_at`) before its answer (`time`), after the last answer:
         # what a receiver's latency is measured from (bench/bench_payment_latency.py).
         assert all(d["sent_at"] <= d["time"] for d in log)
         assert all(a["time"] <= b["sent_at"] for a, b in itertools.pairwise(log))
         event = client.v1.events.list().data[0]
         assert event.pending_webhooks == 0
+
+
+def _when_done(sandbox: RunningSandbox, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The delivery log once the sandbox has no delivery left under way (none waiting,
+    being sent or between retries): every attempt it will ever make is in."""
+    wait_for(
+        lambda: sandbox.webhooks_in_flight() == 0,
+        "the sandbox to end its webhook deliveries (delivered or given up)",
+        timeout=timeout,
+    )
+    return sandbox.webhook_deliveries()
 
 
 def test_delivery_gives_up_after_max_attempts(
@@ -105,9 +122,10 @@ def test_delivery_gives_up_after_max_attempts(
     with webhook_receiver(script=[500] * 5) as receiver:
         client.v1.webhook_endpoints.create({"url": receiver.url, "enabled_events": ["*"]})
         client.v1.customers.create({"name": "C"})
-        receiver.wait_for(2)
-        time.sleep(0.5)
-        assert len(receiver.received) == 2
+        # Once the sandbox has nothing left to send, count what arrived.
+        log = _when_done(sandbox)
+        assert [(d["attempt"], d["status"]) for d in log] == [(1, 500), (2, 500)]
+        assert [r.status for r in receiver.received] == [500, 500]
         assert client.v1.events.list().data[0].pending_webhooks == 1
 
 
