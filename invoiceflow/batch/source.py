@@ -19,9 +19,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,15 @@ from sqlalchemy.engine import Engine
 
 from invoiceflow import ledger
 from invoiceflow.db.models import RecoveryPoint
-from invoiceflow.request import BillingRequest, RequestError, load_request, parse_request
+from invoiceflow.request import (
+    MAX_NUMBER_CHARS,
+    BillingRequest,
+    InvalidJson,
+    RequestError,
+    load_request,
+    parse_request,
+    read_json,
+)
 
 PENDING = "pending"
 REQUEST_FILE_SUFFIXES = (".json", ".yaml", ".yml")
@@ -156,10 +162,12 @@ def _jsonl(text: str) -> list[Entry]:
             continue
         where = f"line {number}"
         try:
-            # Decimal: a price written as a number is refused with why, not rounded.
-            data: Any = json.loads(line, parse_float=Decimal)
-        except json.JSONDecodeError as exc:
-            problem = f"{where}: invalid JSON at column {exc.colno}: {exc.msg}"
+            # The file loader's and the HTTP trigger's own parser: a repeated key,
+            # a price written as a number (Decimal, refused with why) alike.
+            data: Any = read_json(line)
+        except InvalidJson as exc:
+            at = f" at column {exc.column}" if exc.column else ""
+            problem = f"{where}: invalid JSON{at}: {exc.reason}"
             entries.append(Entry(len(entries), where, problem=problem))
             continue
         entries.append(_entry(len(entries), where, data))
@@ -181,30 +189,94 @@ def _csv(text: str, source: str) -> list[Entry]:
     if "request_id" not in header:
         raise SourceError(f"source {source!r}: no request_id column; one row per line item")
     reader.fieldnames = header
-    groups: dict[str, list[tuple[int, dict[str, str]]]] = {}
+    groups: dict[str, _Rows] = {}
     entries: list[Entry] = []
+    previous: str | None = None  # the request of the row above
     for row in reader:
         number = reader.line_num
         cells = {k: (v or "").strip() for k, v in row.items() if k is not None}
-        if None in row:
-            entries.append(_bad_row(number, "has more cells than the header has columns"))
-        elif not cells.get("request_id"):
+        request_id = cells.get("request_id", "")
+        if not request_id:
             entries.append(_bad_row(number, "request_id: is required"))
         else:
-            groups.setdefault(cells["request_id"], []).append((number, cells))
+            rows = groups.setdefault(request_id, _Rows())
+            rows.add(number, cells, continues=previous == request_id)
+            if None in row:  # the row is the request's: billing it without this line is wrong
+                rows.problems.append(f"line {number}: has more cells than the header has columns")
+        previous = request_id or None
     for request_id, rows in groups.items():
         entries.append(_csv_request(request_id, rows))
     entries.sort(key=lambda entry: int(entry.where.split()[1]))
     return [Entry(i, e.where, e.request, e.problem, e.request_id) for i, e in enumerate(entries)]
 
 
+class _Rows:
+    """The rows of one CSV request, and what is wrong with them as a whole.
+
+    A request's rows are consecutive lines. One that comes back after other
+    rows, or a row given twice, is what a file appended to itself or two
+    exports concatenated look like: billed, every line would be charged twice.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict[str, str]]] = []
+        self.problems: list[str] = []
+        self._seen: dict[tuple[tuple[str, str], ...], int] = {}
+        self._resumes: list[int] = []
+        self._repeats: list[tuple[int, int]] = []
+
+    def add(self, number: int, cells: dict[str, str], continues: bool) -> None:
+        if self.rows and not continues:
+            self._resumes.append(number)
+        key = tuple(sorted(cells.items()))
+        if key in self._seen:
+            self._repeats.append((number, self._seen[key]))
+        else:
+            self._seen[key] = number
+        self.rows.append((number, cells))
+
+    def refusals(self, request_id: str) -> list[str]:
+        found: list[str] = []
+        if self._resumes:
+            found.append(
+                f"line {self._resumes[0]}: request_id {request_id!r} comes back after other "
+                f"rows (its rows are at lines {_spans([n for n, _ in self.rows])}); a "
+                "request's rows must be consecutive lines (is a file or an export in it twice?)"
+            )
+        if self._repeats:
+            number, original = self._repeats[0]
+            more = len(self._repeats) - 1
+            found.append(
+                f"line {number}: repeats line {original} of request {request_id!r}"
+                + (f" (and {more} more rows repeat earlier ones)" if more else "")
+                + "; give each line once (for two of a thing, quantity 2)"
+            )
+        return found + self.problems
+
+
+def _spans(numbers: list[int]) -> str:
+    """[2, 3, 4, 8] -> "2-4, 8"."""
+    spans: list[list[int]] = []
+    for number in numbers:
+        if spans and number == spans[-1][-1] + 1:
+            spans[-1][1:] = [number]
+        else:
+            spans.append([number])
+    return ", ".join("-".join(str(n) for n in span) for span in spans)
+
+
 def _bad_row(number: int, problem: str) -> Entry:
     return Entry(0, f"line {number}", problem=f"line {number}: {problem}")
 
 
-def _csv_request(request_id: str, rows: list[tuple[int, dict[str, str]]]) -> Entry:
+def _csv_request(request_id: str, group: _Rows) -> Entry:
+    rows = group.rows
     first_line, first = rows[0]
     where = f"line {first_line}"
+    refusals = group.refusals(request_id)
+    if refusals:
+        # Refused whole, never its first rows billed: the file is not what its author meant.
+        return Entry(0, where, problem="; ".join(refusals), request_id=request_id)
     for number, cells in rows[1:]:
         for column in _CSV_REQUEST_COLUMNS:
             if cells.get(column, "") != first.get(column, ""):
@@ -252,8 +324,11 @@ def _csv_request(request_id: str, rows: list[tuple[int, dict[str, str]]]) -> Ent
 
 def _whole(text: str, name: str, problems: list[str]) -> int | str:
     """A CSV cell that must be a whole number; the text as is when it is not (reported)."""
-    if text.isascii() and text.isdigit():
+    if text.isascii() and text.isdigit() and len(text) <= MAX_NUMBER_CHARS:
         return int(text)
+    if len(text) > MAX_NUMBER_CHARS:
+        problems.append(f"{name}: {len(text)} characters long; no field takes that many")
+        return text[:MAX_NUMBER_CHARS] + "…"
     problems.append(f"{name}: must be a whole number, got {text!r}")
     return text
 

@@ -13,7 +13,6 @@ The run executes wherever the deployment is served, never in this process.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from typing import Any
 
@@ -25,7 +24,7 @@ from starlette.routing import Route
 
 from invoiceflow import ledger
 from invoiceflow.http_body import read_capped
-from invoiceflow.request import BillingRequest, RequestError, parse_request
+from invoiceflow.request import BillingRequest, InvalidJson, RequestError, parse_request, read_json
 from invoiceflow.run_tags import tags_for
 from invoiceflow.service.deployments import INVOICE_DEPLOYMENT
 from invoiceflow.settings import Settings
@@ -46,9 +45,10 @@ def create_trigger_app(settings: Settings) -> Starlette:
         if body is None:
             return _errors(413, f"body larger than {MAX_BODY_BYTES} bytes")
         try:
-            request = parse_request(json.loads(body))
-        except json.JSONDecodeError as exc:
-            return _errors(400, f"body is not valid JSON: {exc.msg} at position {exc.pos}")
+            # The file loader's own parser: same keys, numbers and limits.
+            request = parse_request(read_json(body))
+        except InvalidJson as exc:
+            return _errors(400, f"body is not valid JSON: {exc}")
         except RequestError as exc:
             return JSONResponse({"errors": [str(p) for p in exc.problems]}, status_code=400)
         try:

@@ -53,7 +53,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             event_id, type_, _created, _obj = parse_event(event)
         except (SignatureError, MalformedEvent) as exc:
             return _refuse(str(exc))
-        except ValueError:  # JSON or UTF-8 decoding
+        except (ValueError, RecursionError):  # JSON, UTF-8, a 4300+ digit number, deep nesting
             return _refuse("body is not valid JSON")
         try:
             outcome = await run_in_threadpool(receive, db, event, read_invoice)
