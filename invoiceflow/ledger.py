@@ -69,19 +69,7 @@ def submit(engine: Engine, request: BillingRequest) -> BillingRequestRow:
     if existing is None:
         try:
             with transaction(engine) as session:
-                row = _new_row(request, fingerprint)
-                session.add(row)
-                session.flush()  # the request row first: lines reference it
-                session.add_all(_new_lines(request))
-                _audit(
-                    session,
-                    row.request_id,
-                    None,
-                    RecoveryPoint.PLANNED,
-                    "request received",
-                    {"fingerprint": fingerprint, "total_amount": row.total_amount},
-                )
-            return row
+                return record_in(session, request, fingerprint)
         except IntegrityError:
             existing = load(engine, request.request_id)  # lost the race: compare with the winner
     assert existing is not None
@@ -91,6 +79,26 @@ def submit(engine: Engine, request: BillingRequest) -> BillingRequestRow:
             "resubmit the original content, or use a new request_id for a new invoice"
         )
     return existing
+
+
+def record_in(
+    session: Session, request: BillingRequest, fingerprint: str | None = None
+) -> BillingRequestRow:
+    """Store a new request in the caller's transaction (IntegrityError if its id exists)."""
+    fingerprint = fingerprint or request.fingerprint()
+    row = _new_row(request, fingerprint)
+    session.add(row)
+    session.flush()  # the request row first: lines reference it
+    session.add_all(_new_lines(request))
+    _audit(
+        session,
+        row.request_id,
+        None,
+        RecoveryPoint.PLANNED,
+        "request received",
+        {"fingerprint": fingerprint, "total_amount": row.total_amount},
+    )
+    return row
 
 
 def _new_row(request: BillingRequest, fingerprint: str) -> BillingRequestRow:
