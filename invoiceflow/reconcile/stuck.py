@@ -1,6 +1,11 @@
 """Requests stuck mid-way: a run crashed, or failed on something temporary, and
 nobody ran it again.
 
+Only a request that a run started can be stuck. One that was only submitted
+(`invoiceflow submit`, for the next billing run) is waiting, not stuck: its
+`attempts` is 0, because every run counts its attempt in the same transaction
+that takes the request's lease, before its first Stripe call.
+
 Finishing one is just running the invoice flow again: every step resumes
 where the request stands and looks in Stripe before writing, so an invoice
 sent by a run that died before recording it is found, not sent twice.
@@ -38,15 +43,22 @@ def is_temporary(last_error: str | None) -> bool:
     return bool(last_error and _TEMPORARY.search(last_error))
 
 
+def started(row: BillingRequestRow) -> bool:
+    """A run took the request at least once; False while it only waits for one."""
+    return row.attempts > 0
+
+
 def stuck_requests(
     rows: Sequence[BillingRequestRow], stale_minutes: float, now: datetime | None = None
 ) -> list[BillingRequestRow]:
-    """Of `rows`, those below `sent` that no run holds and nobody touched for `stale_minutes`."""
+    """Of `rows`, those a run started, below `sent`, that no run holds and nobody
+    touched for `stale_minutes`."""
     cutoff = (now or utcnow()) - timedelta(minutes=stale_minutes)
     return [
         row
         for row in rows
-        if not row.progress.reached(RecoveryPoint.SENT)
+        if started(row)
+        and not row.progress.reached(RecoveryPoint.SENT)
         and (row.point is not RecoveryPoint.FAILED or is_temporary(row.last_error))
         and not _leased(row)
         and as_utc(row.updated_at) <= cutoff

@@ -4,7 +4,9 @@ The order matters. Events first: they say exactly what happened and when, and
 the receiver's own code applies them. The invoice sweep then covers what no
 event told us (events past retention, a status changed without one), and
 finds drift. Stuck requests come last, minus any with drift: running the
-flow over a hand-edited draft would only fail, or worse, finalize it.
+flow over a hand-edited draft would only fail, or worse, finalize it. Only a
+request that a run started can be stuck: one only submitted waits for its
+billing run, and finishing it here would bill it early (`stuck.started`).
 """
 
 from __future__ import annotations
