@@ -5,7 +5,8 @@
     400  not JSON, or not a valid request: {"errors": [every problem, one line each]}
     409  request_id already submitted with other content
     503  Prefect's API unreachable (safe to retry: the run is keyed by request_id)
-    202  {"flow_run_id", "request_id", "state"}: the run was created (or already existed)
+    202  {"flow_run_id", "request_id", "state"}: the run was created (or already existed;
+         if that one is dead, a new run of the request was started after it)
 
 The run executes wherever the deployment is served, never in this process.
 """
@@ -22,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from invoiceflow import ledger
+from invoiceflow import ledger, stale_runs
 from invoiceflow.http_body import read_capped
 from invoiceflow.request import BillingRequest, InvalidJson, RequestError, parse_request, read_json
 from invoiceflow.run_tags import tags_for
@@ -81,19 +82,52 @@ def _submit(request: BillingRequest) -> None:
     ledger.submit(get_runtime().engine, request)
 
 
+# A request whose runs died this many times in a row is not started again by a
+# POST: the answer shows the last one's end, for a person to look into.
+MAX_RESTARTS = 20
+
+
 async def _start_run(request: BillingRequest) -> tuple[str, str]:
+    return await run_in_threadpool(_start_or_restart, request)
+
+
+def _start_or_restart(request: BillingRequest) -> tuple[str, str]:
+    """The request's run: the one its first POST created while that one lives, else a
+    new run after it (a run is dead by `stale_runs.why_dead`: ended Crashed, Failed
+    or Cancelled, or stranded Pending or Scheduled by a killed `serve`).
+
+    The first run is keyed by the request id (Prefect's idempotency key), each next
+    one by the dead run it follows (`<request id>:after:<run id>`): repeated and
+    simultaneous POSTs walk the same chain and share its newest run, and a dead
+    run is followed by exactly one. Running a request again never bills it twice:
+    the invoice flow resumes where the ledger says the request stands.
+    """
     from prefect.client.orchestration import get_client
 
-    async with get_client() as client:
-        deployment = await client.read_deployment_by_name(INVOICE_DEPLOYMENT)
-        run = await client.create_flow_run_from_deployment(
-            deployment.id,
-            parameters={"request": request.model_dump(mode="json")},
-            tags=tags_for(request, trigger="http"),
-            # Prefect returns the existing run for a key it has seen: a repeated
-            # POST never starts a second run of the same request.
-            idempotency_key=request.request_id,
-        )
+    parameters = {"request": request.model_dump(mode="json")}
+    tags = tags_for(request, trigger="http")
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(INVOICE_DEPLOYMENT)
+        polls = stale_runs.Polls(client, {deployment.id: deployment.last_polled})
+        key = request.request_id
+        for _ in range(MAX_RESTARTS + 1):
+            run = client.create_flow_run_from_deployment(
+                deployment.id, parameters=parameters, tags=tags, idempotency_key=key
+            )
+            if stale_runs.judge(client, run, polls) is None:
+                break
+            reason = stale_runs.end(client, run.id)  # Crashed, saying why, if not final yet
+            if reason is None:
+                break  # it moved on since: alive after all
+            logger.warning(
+                "request %s: flow run %s %s; starting the request again",
+                request.request_id,
+                run.id,
+                reason,
+            )
+            key = f"{request.request_id}:after:{run.id}"
+        else:
+            run = client.read_flow_run(run.id)  # the last of the chain, as it ended
     return str(run.id), run.state.type.value if run.state else "UNKNOWN"
 
 
