@@ -5,7 +5,12 @@ rate-limits, and webhooks arrive duplicated, reordered, late and forged. Then
 has exactly one invoice with exactly its lines, sent once, paid at most once.
 
     python bench/chaos.py [--requests 300] [--seed S] [--database-url URL]
-        [--workdir DIR] [--kills 50] [--keep]
+        [--workdir DIR] [--kills 50] [--keep] [--without KIND,...]
+
+Issue 19's fault kinds are on unless `--without` names them (bench/soak/kinds.py):
+foreign_events, weak_signatures, serve_kill_at_start, worker_kill_pending,
+redis_down (the rate limiter then shares a Redis of the soak's own, which the
+monkey takes down for a while).
 
 The stack is the production one, each part a process of its own: the Stripe
 sandbox, a Prefect server on PostgreSQL (a work pool, `billing-shard` deployed,
@@ -26,6 +31,7 @@ import random
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,9 +48,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import stripe
 
 from bench import stack
-from bench.soak import workload
+from bench.soak import kinds, workload
 from bench.soak.driver import Soak
 from bench.soak.journal import Journal
+from bench.soak.limiter_store import LimiterStore
 from bench.soak.monkey import Monkey
 from bench.soak.payments import Payer
 from bench.soak.processes import Processes
@@ -61,6 +68,11 @@ WEBHOOK_EVENTS = [
 # the stall makes a stalled write a timeout, as a hung Stripe call is.
 LEASE_SECONDS = 8
 STRIPE_TIMEOUT_SECONDS = 4
+# A run left Pending or Scheduled past this is crashed and rescheduled (issue 19); the
+# default (3 minutes) is for production, a soak must see it happen in its time.
+STALE_RUN_SECONDS = 45
+# What serve must refuse in its list of webhook secrets: the public prefix alone.
+WEAK_SECRET = "whsec_"
 CHAOS = {
     "rate_limit": 25,
     "fail_before_write": 0.10,
@@ -90,6 +102,7 @@ def main() -> int:
     os.environ[KEY_ENV] = key  # for a verifier that reads it by name (soak.json's api_key_env)
     token = os.environ.get("CHAOS_TRIGGER_TOKEN") or secrets.token_urlsafe(32)
     extra_secret = os.environ.get("CHAOS_WEBHOOK_SECRET")
+    on = args.kinds
     rng = random.Random(args.seed)
     requests = workload.generate(args.requests, args.seed)
     workload.write(workdir / "requests.jsonl", requests)
@@ -98,9 +111,17 @@ def main() -> int:
         f"chaos soak: {len(requests)} requests, seed {args.seed}, at least {args.kills} kills;"
         f" work directory {workdir}; {stack.load()}"
     )
+    stack.say(f"fault kinds of issue 19: {', '.join(sorted(on)) or 'none'}")
     with ExitStack() as resources:
         sandbox = resources.enter_context(stack.sandbox_process(log_path=logs / "sandbox.log"))
         ledger_url = resources.enter_context(ledger(args, workdir))
+        limiter_store = None
+        limiter_env = {}
+        if "redis_down" in on:
+            limiter_store = LimiterStore(logs, stack.free_port(), journal)
+            limiter_store.start()
+            resources.callback(limiter_store.close)
+            limiter_env = {"INVOICEFLOW_RATE_LIMIT_BACKEND": limiter_store.url}
         app_env = stack.app_env(
             sandbox.url,
             ledger_url,
@@ -110,6 +131,8 @@ def main() -> int:
             INVOICEFLOW_LEASE_SECONDS=str(LEASE_SECONDS),
             INVOICEFLOW_STRIPE_TIMEOUT_SECONDS=str(STRIPE_TIMEOUT_SECONDS),
             INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS="1,2",
+            INVOICEFLOW_STALE_RUN_SECONDS=str(STALE_RUN_SECONDS),
+            **limiter_env,
         )
         from invoiceflow.local_workers import local_workers
 
@@ -138,14 +161,17 @@ def main() -> int:
         resources.callback(processes.close)
         processes.adopt_workers()
         run_database_upgrade(processes)
+        if "weak_signatures" in on:
+            weak_secret_refused(processes, journal)
         stack.say("starting invoiceflow serve")
         processes.start_serve()
         processes.wait_serve()
+        triggers = Triggers(workdir, processes, journal, token)
         soak = Soak(
             workdir=workdir,
             requests=requests,
             processes=processes,
-            triggers=Triggers(workdir, processes, journal, token),
+            triggers=triggers,
             monkey=Monkey(
                 processes,
                 sandbox,
@@ -154,6 +180,9 @@ def main() -> int:
                 min_kills=args.kills,
                 pause_seconds=LEASE_SECONDS + 4,
                 pace_seconds=args.pace,
+                kinds=on,
+                triggers=triggers,
+                limiter_store=limiter_store,
             ),
             payer=Payer(client, journal),
             sandbox=sandbox,
@@ -164,6 +193,7 @@ def main() -> int:
             parallel=args.parallel,
             lease_seconds=LEASE_SECONDS,
             chaos_config={**CHAOS, "seed": args.seed},
+            kinds=on,
         )
         soak.run()
         processes.stop_serve()
@@ -204,7 +234,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory and the databases"
     )
+    parser.add_argument(
+        "--without",
+        default="",
+        metavar="KIND,...",
+        help=f"leave out these fault kinds of issue 19 ({', '.join(kinds.KINDS)})",
+    )
     args = parser.parse_args()
+    try:
+        args.kinds = kinds.parse_without(args.without)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1_000_000)
     return args
@@ -235,6 +275,66 @@ def run_database_upgrade(processes: Processes) -> None:
         raise SystemExit("invoiceflow db upgrade failed; see logs/db-upgrade-*.log")
 
 
+def weak_secret_refused(processes: Processes, journal: Journal) -> None:
+    """Start serve with the public prefix `whsec_` added to its webhook secrets, as a
+    careless rotation would leave it: it must refuse to start, in one line. Should it
+    start, an event signed with `whsec_` (for no invoice of ours) is posted to it, to
+    show what anyone could then do. Journals `weak_secret_config`."""
+    from bench.soak.payments import _event, post_event
+    from invoiceflow.sandbox.webhooks import sign
+
+    env = {**processes.env}
+    env["STRIPE_WEBHOOK_SECRET"] = f"{env['STRIPE_WEBHOOK_SECRET']},{WEAK_SECRET}"
+    port = stack.free_port()
+    log = processes.logs / "serve-weak-secret.log"
+    command = [sys.executable, "-m", "invoiceflow", "serve", "--host", "127.0.0.1"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            env=env,
+            cwd=stack.REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url, status = f"http://127.0.0.1:{port}", None
+    deadline = time.monotonic() + 240
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            if answers(url):
+                payload = json.dumps(_event(f"evt_weak_{secrets.token_hex(8)}", "in_none")).encode()
+                status = post_event(url, payload, sign(payload, WEAK_SECRET, int(time.time())))
+                break
+            time.sleep(0.5)
+    finally:
+        refused = process.poll() is not None
+        if not refused:
+            os.killpg(process.pid, signal.SIGKILL)
+        code = process.wait()
+    said = log.read_text(errors="replace").strip().splitlines()
+    journal.note(
+        "weak_secret_config",
+        refused=refused,
+        exit_code=code,
+        output_lines=len(said),
+        traceback=any("Traceback" in line for line in said),
+        weak_signed_status=status,
+    )
+    stack.say(
+        "  serve with a weak webhook secret: "
+        + (f"refused to start (exit {code})" if refused else f"started; whsec_ signed: {status}")
+    )
+
+
+def answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.post(f"{url}/invoices", timeout=2).status_code == 401
+    except httpx.HTTPError:
+        return False
+
+
 def write_soak_json(
     workdir: Path, args: argparse.Namespace, ledger_url: str, sandbox_url: str, prefect_url: str
 ) -> None:
@@ -250,6 +350,7 @@ def write_soak_json(
                 "prefect_database_url": without_password(prefect_url),
                 "started": time.time(),
                 "finished": None,
+                "fault_kinds": sorted(args.kinds),
             },
             indent=2,
         )

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import stripe
 
-from bench.soak.verify import Verdict, main, verify
+from bench.soak.kinds import KINDS, parse_without
+from bench.soak.verify import Verdict, _limiter_down, main, verify
 from invoiceflow import ledger
 from invoiceflow.db.engine import transaction
 from invoiceflow.db.models import AuditEvent, RecoveryPoint
@@ -208,6 +209,7 @@ def test_a_clean_soak_is_ok_and_every_failure_is_named(
     assert capsys.readouterr().out.splitlines()[-1] == clean.line()
 
     _files_that_say_something_else(soak, tmp_path)
+    _issue_19_kinds_judged(soak, tmp_path)
     _stripe_that_holds_something_else(soak, tmp_path)
 
 
@@ -241,6 +243,57 @@ def _files_that_say_something_else(soak: Soak, tmp_path: Path) -> None:
     )
     missed = soak.verify(soak.variant(tmp_path, journal=[taken]))
     assert (missed.conflicts_missed, missed.conflicts_detected, missed.ok) == (1, 1, False)
+
+
+def _issue_19_kinds_judged(soak: Soak, tmp_path: Path) -> None:
+    """Each fault kind of issue 19, as the harness journals it, gone right and gone wrong."""
+    [applied] = [e for e in inbox_rows(soak.receiver.engine, "invoice.paid")]
+    now = time.time()
+    fine = [
+        _entry("foreign_webhook", event_id="evt_foreign_never_kept", status=400, how="other_mode"),
+        _entry("forged_webhook", event_id="evt_forged_weak", status=400, how="weak_prefix"),
+        _entry("weak_secret_config", refused=True, exit_code=1, traceback=False),
+        _entry("serve_killed_at_start", request_id="r", flow_run_id="f", state="PENDING"),
+        _entry("serve_kill_followup", request_id="r", billed=True, same_run=False),
+        _entry("workers_killed_shard_pending", batch="b", workers=["w1"]),
+        _entry("batch_end", name="b", exit_code=0, overdue=False, worker_kill=True),
+        _entry("batch_end", name="c", exit_code=-9, overdue=True, worker_kill=False),
+        {"t": 1.0, "kind": "limiter_store_down", "seconds": 1},
+        {"t": 2.0, "kind": "limiter_store_up"},
+    ]
+    clean = soak.verify(soak.variant(tmp_path, journal=fine))
+    assert clean.problems == [] and clean.ok
+    assert (clean.foreign_webhooks, clean.serve_kills_at_start, clean.shard_pending_kills) == (
+        1,
+        1,
+        1,
+    )
+    assert clean.limiter_outages == 1
+
+    wrong = [
+        # A foreign event our receiver applied (as the hole did): kept as applied.
+        _entry("foreign_webhook", event_id=applied.event_id, status=200, how="other_account"),
+        _entry("forged_webhook", event_id="evt_forged_weak2", status=401, how="weak_empty"),
+        _entry("weak_secret_config", refused=False, exit_code=-9, weak_signed_status=200),
+        _entry("serve_kill_followup", request_id="r", billed=False, same_run=True, seconds=300),
+        _entry("batch_end", name="b", exit_code=-9, overdue=True, worker_kill=True),
+        # Redis down from the epoch until now: every write the soak's billing made.
+        {"t": 1.0, "kind": "limiter_store_down", "seconds": now},
+        {"t": now, "kind": "limiter_store_up"},
+    ]
+    found = soak.verify(soak.variant(tmp_path, journal=wrong))
+    assert not found.ok
+    assert (
+        found.foreign_events_applied,
+        found.weak_signatures_not_refused,
+        found.weak_secrets_accepted,
+        found.triggered_runs_stranded,
+        found.billing_runs_hung,
+    ) == (1, 1, 1, 1, 1)
+    assert found.writes_while_limiter_down >= len(FATES)  # at least each invoice's create
+    assert any("answered 401, expected 400" in p for p in found.problems)
+    assert any(p.startswith("r: serve killed while its run started") for p in found.problems)
+    assert "foreign events applied" in found.line()
 
 
 def _stripe_that_holds_something_else(soak: Soak, tmp_path: Path) -> None:
@@ -323,3 +376,23 @@ def test_a_workdir_that_cannot_be_judged_is_one_line_and_exit_2(
         f"error: {tmp_path}/requests.jsonl entry 1: needs request_id, currency and items of "
         "integer unit_amount and quantity"
     )
+
+
+def test_fault_kinds_are_toggled_by_name() -> None:
+    assert parse_without(None) == frozenset(KINDS)
+    assert parse_without("redis_down, foreign_events") == frozenset(KINDS) - {
+        "redis_down",
+        "foreign_events",
+    }
+    with pytest.raises(ValueError, match="unknown fault kind redis_gone; the kinds are"):
+        parse_without("redis_gone")
+
+
+def test_limiter_outages_from_the_journal() -> None:
+    journal = [
+        {"t": 10.0, "kind": "limiter_store_down"},
+        {"t": 15.0, "kind": "limiter_store_up"},
+        {"t": 20.0, "kind": "kill"},
+        {"t": 30.0, "kind": "limiter_store_down"},
+    ]
+    assert _limiter_down(journal) == [(10.0, 15.0), (30.0, float("inf"))]

@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.soak.journal import Journal
 from bench.soak.monkey import Monkey
-from bench.soak.payments import Payer, forge
+from bench.soak.payments import BAD_SIGNATURES, WEAK_SIGNATURES, Payer, forge, forge_foreign
 from bench.soak.processes import Processes
 from bench.soak.triggers import Triggers
 from bench.soak.workload import changed
@@ -54,6 +54,7 @@ class Soak:
     parallel: int
     lease_seconds: float
     chaos_config: dict[str, Any]
+    kinds: frozenset[str] = frozenset()  # the issue-19 fault kinds switched on (kinds.py)
 
     def __post_init__(self) -> None:
         from invoiceflow.db.engine import get_engine
@@ -63,7 +64,15 @@ class Soak:
         self.submitted = 0
         self.outcomes: Counter[str] = Counter()
         self._forged = 0
+        self._foreign = 0
         self._by_id = {r["request_id"]: r for r in self.requests}
+        self.triggers.billed = self._billed
+
+    def _billed(self, request_id: str) -> bool:
+        from invoiceflow import ledger
+
+        row = ledger.load(self.engine, request_id)
+        return row is not None and row.recovery_point in DONE
 
     # --- what the ledger says ----------------------------------------------------
 
@@ -90,7 +99,8 @@ class Soak:
                 f"  {self.phase}: submitted {self.submitted}/{len(self.requests)},"
                 f" recorded {len(states)}, sent {done}, kills {self.monkey.kills},"
                 f" stops {self.monkey.stops}, stalls {self.monkey.stalls},"
-                f" forged {self._forged}, fates acted {len(self.payer.done)}"
+                f" forged {self._forged}, foreign {self._foreign},"
+                f" fates acted {len(self.payer.done)}"
             )
 
     # --- the run -----------------------------------------------------------------
@@ -184,6 +194,8 @@ class Soak:
             self._act_on_fates(limit=3)
             if self.rng.random() < 0.4:
                 self._forge_one()
+            if "foreign_events" in self.kinds and self.rng.random() < 0.3:
+                self._foreign_one()
 
     def _act_on_fates(self, limit: int | None = None) -> None:
         acted = 0
@@ -208,10 +220,45 @@ class Soak:
         }
         unpaid = [i for i, fate in invoices.items() if fate in ("leave", "decline")]
         targets = sorted(unpaid or invoices)
+        hows: tuple[str, ...] = BAD_SIGNATURES
+        if "weak_signatures" in self.kinds:
+            hows += tuple(WEAK_SIGNATURES)
         if targets:
             invoice_id = self.rng.choice(targets)
-            forge(self.processes.serve_url, self.journal, self.webhook_secret, invoice_id, self.rng)
+            forge(
+                self.processes.serve_url,
+                self.journal,
+                self.webhook_secret,
+                invoice_id,
+                self.rng,
+                hows,
+            )
             self._forged += 1
+
+    def _foreign_one(self) -> None:
+        """A correctly signed event that is not ours, naming one of our requests: one
+        with no invoice yet when there is one (applied, it would settle the request on
+        a stranger's invoice and it would never be billed), else one left unpaid."""
+        states = self.states()
+        without = [r for r in self._by_id if states.get(r, ("", None))[1] is None]
+        unpaid = [
+            r
+            for r, (_, invoice_id) in states.items()
+            if invoice_id and self._by_id[r]["_soak"]["fate"] in ("leave", "decline")
+        ]
+        targets = sorted(without or unpaid)
+        if not targets:
+            return
+        request_id = self.rng.choice(targets)
+        forge_foreign(
+            self.processes.serve_url,
+            self.journal,
+            self.webhook_secret,
+            self.rng,
+            request_id=request_id,
+            our_invoice_id=states.get(request_id, ("", None))[1],
+        )
+        self._foreign += 1
 
     def _finish(self) -> None:
         self._note_phase("finish")
@@ -254,6 +301,21 @@ class Soak:
         self._act_on_fates()
         for _ in range(MIN_FORGED - self._forged):
             self._forge_one()
+        if "foreign_events" in self.kinds:
+            for _ in range(MIN_FORGED - self._foreign):
+                self._foreign_one()
+        if "weak_signatures" in self.kinds:  # at least one, whatever the dice said
+            invoice_id = next((i for _, i in self.states().values() if i), None)
+            if invoice_id:
+                forge(
+                    self.processes.serve_url,
+                    self.journal,
+                    self.webhook_secret,
+                    invoice_id,
+                    self.rng,
+                    tuple(WEAK_SIGNATURES),
+                )
+                self._forged += 1
 
     def _settle(self) -> None:
         """Until the ledger shows every payment and void the payer saw in Stripe."""

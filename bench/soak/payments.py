@@ -1,5 +1,8 @@
 """The customers' side of the soak: pays, declines and voids sent invoices through
-the SDK (by each request's fate), and posts forged webhooks straight at the receiver.
+the SDK (by each request's fate), and posts forged webhooks straight at the receiver:
+badly signed ones, weakly signed ones (issue 19: a secret anyone knows, such as the
+public prefix `whsec_`), and foreign ones, correctly signed but of another account,
+of the other mode, or of an invoice Stripe does not show under our key.
 
 The sandbox fails these calls too (500s, dropped connections, 429s), so every
 action reads the invoice first and is retried until Stripe shows its outcome:
@@ -19,8 +22,14 @@ import stripe
 
 from bench.soak.journal import Journal
 from invoiceflow.sandbox.webhooks import sign
+from invoiceflow.stripe_keys import META_REQUEST_ID
 
 CARDS = {"pay": "pm_card_visa", "decline": "pm_card_chargeDeclined"}
+# Ways to sign a forged event with a secret no one should accept (issue 19, hole 3).
+BAD_SIGNATURES = ("other_secret", "stale", "garbage")
+WEAK_SIGNATURES = {"weak_prefix": "whsec_", "weak_empty": "", "weak_short": "whsec_0"}
+# What makes a correctly signed event not ours (issue 19, hole 2).
+FOREIGN = ("other_account", "other_mode", "unknown_invoice")
 ATTEMPTS = 30
 # Stripe refuses a signature older than this (the receiver's tolerance).
 STALE_SECONDS = 3_600
@@ -70,40 +79,87 @@ class Payer:
 
 
 def forge(
-    receiver_url: str, journal: Journal, real_secret: str, invoice_id: str, rng: random.Random
+    receiver_url: str,
+    journal: Journal,
+    real_secret: str,
+    invoice_id: str,
+    rng: random.Random,
+    hows: tuple[str, ...] = BAD_SIGNATURES,
 ) -> None:
     """POST a well-shaped `invoice.paid` for one of our invoices whose signature is wrong:
-    another secret, a stale timestamp under the real one, or garbage. Journals the
-    receiver's status (retried while the receiver is down, since a restart is chaos
-    too, not an answer)."""
+    another secret, a stale timestamp under the real one, garbage, or (`hows` with
+    WEAK_SIGNATURES' names) a weak secret. Journals the receiver's status (retried
+    while the receiver is down, since a restart is chaos too, not an answer)."""
     event_id = f"evt_forged_{secrets.token_hex(8)}"
     payload = json.dumps(_event(event_id, invoice_id)).encode()
-    how = rng.choice(["other_secret", "stale", "garbage"])
+    how = rng.choice(hows)
     now = int(time.time())
     if how == "other_secret":
         header = sign(payload, "whsec_" + secrets.token_hex(16), now)
     elif how == "stale":
         header = sign(payload, real_secret, now - STALE_SECONDS)
+    elif how in WEAK_SIGNATURES:
+        header = sign(payload, WEAK_SIGNATURES[how], now)
     else:
         header = f"t={now},v1={secrets.token_hex(32)}"
+    status = post_event(receiver_url, payload, header)
+    journal.note("forged_webhook", event_id=event_id, status=status, how=how)
+
+
+def forge_foreign(
+    receiver_url: str,
+    journal: Journal,
+    real_secret: str,
+    rng: random.Random,
+    *,
+    request_id: str,
+    our_invoice_id: str | None,
+) -> None:
+    """POST a correctly signed `invoice.paid` naming request `request_id` that is not
+    ours to apply: another account's, the other mode's (we bill with a test key), or
+    one of an invoice Stripe does not have under our key. On a request with an
+    invoice it names that invoice (as a Connect endpoint would see it), else a
+    foreign one, for a foreign amount. Journals `foreign_webhook`."""
+    how = rng.choice(FOREIGN)
+    foreign_id = f"in_foreign{secrets.token_hex(10)}"
+    invoice_id = our_invoice_id if our_invoice_id and how != "unknown_invoice" else foreign_id
+    event_id = f"evt_foreign_{secrets.token_hex(8)}"
+    event = _event(event_id, invoice_id, amount=rng.choice([1, 100, 777_700]))
+    event["data"]["object"]["metadata"] = {META_REQUEST_ID: request_id}
+    if how == "other_account":
+        event["account"] = f"acct_{secrets.token_hex(8)}"
+    elif how == "other_mode":
+        event["livemode"] = True
+    payload = json.dumps(event).encode()
+    status = post_event(receiver_url, payload, sign(payload, real_secret, int(time.time())))
+    journal.note(
+        "foreign_webhook",
+        event_id=event_id,
+        status=status,
+        how=how,
+        request_id=request_id,
+        invoice_id=invoice_id,
+    )
+
+
+def post_event(receiver_url: str, payload: bytes, header: str) -> int:
+    """The receiver's status for one delivery; retried while it is down (up to 5 min)."""
     deadline = time.monotonic() + 300
     while True:
         try:
-            status = httpx.post(
+            return httpx.post(
                 f"{receiver_url}/webhooks/stripe",
                 content=payload,
                 headers={"Stripe-Signature": header, "Content-Type": "application/json"},
                 timeout=30,
             ).status_code
-            break
         except httpx.HTTPError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
-    journal.note("forged_webhook", event_id=event_id, status=status, how=how)
 
 
-def _event(event_id: str, invoice_id: str) -> dict[str, Any]:
+def _event(event_id: str, invoice_id: str, amount: int = 1) -> dict[str, Any]:
     return {
         "id": event_id,
         "object": "event",
@@ -117,7 +173,8 @@ def _event(event_id: str, invoice_id: str) -> dict[str, Any]:
                 "id": invoice_id,
                 "object": "invoice",
                 "status": "paid",
-                "amount_paid": 1,
+                "amount_paid": amount,
+                "total": amount,
                 "status_transitions": {"paid_at": int(time.time())},
             }
         },

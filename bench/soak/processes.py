@@ -70,6 +70,7 @@ class Processes:
         self._runs: list[Proc] = []
         self._workers: dict[str, Proc] = {}
         self._lock = threading.Lock()
+        self._supervising = threading.Lock()  # one keep_up at a time: one serve, not two
         self._numbers = itertools.count(1)
         self.closing = False  # set at the end: nothing new starts, nothing is rerun
 
@@ -171,19 +172,29 @@ class Processes:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
+    def kill_workers(self, why: str) -> list[str]:
+        """SIGKILL every living worker (and its runs); their names."""
+        killed = []
+        for proc in list(self._workers.values()):
+            if proc.alive:
+                self.kill(proc, why=why)
+                killed.append(proc.name)
+        return killed
+
     def keep_up(self) -> None:
         """Restart serve and the workers the monkey killed (the same port, new logs)."""
-        if self.closing:
-            return
-        if self.serve is not None and not self.serve.alive:
-            self.start_serve()
-            self.journal.note("restart", target="serve", pid=self.serve.process.pid)
-        for name, proc in list(self._workers.items()):
-            if not proc.alive:
-                del self._workers[name]
-                worker = self.topology.start_worker()
-                self._workers[worker.name] = Proc("worker", worker.name, worker.process)
-                self.journal.note("restart", target="worker", pid=worker.process.pid)
+        with self._supervising:
+            if self.closing:
+                return
+            if self.serve is not None and not self.serve.alive:
+                self.start_serve()
+                self.journal.note("restart", target="serve", pid=self.serve.process.pid)
+            for name, proc in list(self._workers.items()):
+                if not proc.alive:
+                    del self._workers[name]
+                    worker = self.topology.start_worker()
+                    self._workers[worker.name] = Proc("worker", worker.name, worker.process)
+                    self.journal.note("restart", target="worker", pid=worker.process.pid)
 
     # --- the end ---------------------------------------------------------------
 

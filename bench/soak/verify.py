@@ -68,7 +68,17 @@ FAILURES = (
     "wrong_status",
     "ledger_mismatches",
     "unknown_invoices",
+    # Issue 19's kinds (bench/soak/kinds.py); zero when a kind was left out.
+    "foreign_events_applied",
+    "weak_signatures_not_refused",
+    "weak_secrets_accepted",
+    "triggered_runs_stranded",
+    "billing_runs_hung",
+    "writes_while_limiter_down",
 )
+# A Stripe write that took its slot just before the limiter's store went down may
+# arrive this long after (seconds); later ones went out without a slot.
+LIMITER_DOWN_GRACE_SECONDS = 2.0
 
 # What the one-line verdict sums up as "wrong".
 WRONG = ("wrong_lines", "wrong_totals", "wrong_status", "ledger_mismatches")
@@ -98,6 +108,16 @@ class Verdict:
     wrong_status: int = 0  # the Stripe invoice is not where the request's fate leaves it
     ledger_mismatches: int = 0  # our ledger differs from Stripe (invoice, state) or the request
     unknown_invoices: int = 0  # invoices carrying a request id the soak never generated
+    foreign_webhooks: int = 0  # signed correctly, but another account's, mode's or invoice's
+    foreign_events_applied: int = 0  # ... and kept as anything but `ignored`
+    weak_signatures_not_refused: int = 0  # signed with a weak secret, answered other than 400
+    weak_secrets_accepted: int = 0  # serve started with a weak secret in its list
+    serve_kills_at_start: int = 0  # serve SIGKILLed while starting an HTTP-triggered run
+    triggered_runs_stranded: int = 0  # ... and its request not billed after the duplicate POST
+    shard_pending_kills: int = 0  # every worker SIGKILLed with a billing-shard run Pending
+    billing_runs_hung: int = 0  # a billing run hit by that kill which never ended by itself
+    limiter_outages: int = 0  # the rate limiter's Redis taken down for a while
+    writes_while_limiter_down: int = 0  # pipeline writes Stripe got while it was down
     kills: int = 0
     stops: int = 0
     faults_injected: int = 0  # sandbox faults, Stripe's own rate limit not included
@@ -170,13 +190,13 @@ def verify(
     journal = _read_jsonl(workdir / "journal.jsonl", required=False)
     verdict = Verdict(requests=len(expected))
     # First: the sandbox's faults hit our own reads below too, and those are not the soak's.
-    _count_faults(verdict, sandbox_url)
+    _count_faults(verdict, sandbox_url, _limiter_down(journal))
     invoices = _invoices_by_request(stripe)
     sent = Counter(
         event.data.object["id"]
         for event in every(stripe.v1.events.list, {"type": "invoice.sent"}, "list invoice.sent")
     )
-    ledger = _Ledger.read(database_url, _forged_ids(journal))
+    ledger = _Ledger.read(database_url, _forged_ids(journal) | _foreign_ids(journal))
     paid_by_card = {
         str(e.get("request_id"))
         for e in journal
@@ -253,6 +273,26 @@ def _forged_ids(journal: Iterable[Mapping[str, Any]]) -> set[str]:
     return {str(e.get("event_id")) for e in journal if e.get("kind") == "forged_webhook"}
 
 
+def _foreign_ids(journal: Iterable[Mapping[str, Any]]) -> set[str]:
+    return {str(e.get("event_id")) for e in journal if e.get("kind") == "foreign_webhook"}
+
+
+def _limiter_down(journal: Iterable[Mapping[str, Any]]) -> list[tuple[float, float]]:
+    """The spans (epoch seconds) the limiter's store was down, from the journal; one
+    still down at the end lasts for ever."""
+    spans: list[tuple[float, float]] = []
+    down: float | None = None
+    for entry in journal:
+        if entry.get("kind") == "limiter_store_down":
+            down = float(entry.get("t", 0))
+        elif entry.get("kind") == "limiter_store_up" and down is not None:
+            spans.append((down, float(entry.get("t", 0))))
+            down = None
+    if down is not None:
+        spans.append((down, float("inf")))
+    return spans
+
+
 # --- what Stripe holds ---------------------------------------------------------------
 
 
@@ -286,7 +326,8 @@ class _Ledger:
     rows: dict[str, BillingRequestRow]
     lines: dict[str, dict[int, RequestLine]]
     paid_moves: Counter[str]
-    forged_in_inbox: dict[str, str]  # forged event id → what the inbox says we did with it
+    # forged or foreign event id → what the inbox says we did with it
+    forged_in_inbox: dict[str, str]
 
     @classmethod
     def read(cls, database_url: str, forged: set[str]) -> _Ledger:
@@ -473,18 +514,46 @@ def _point_of(row: BillingRequestRow | None) -> str:
 def _judge_journal(verdict: Verdict, journal: list[dict[str, Any]], ledger: _Ledger) -> None:
     kinds = Counter(str(entry.get("kind")) for entry in journal)
     verdict.kills, verdict.stops = kinds["kill"], kinds["stop"]
+    verdict.serve_kills_at_start = kinds["serve_killed_at_start"]
+    verdict.shard_pending_kills = kinds["workers_killed_shard_pending"]
+    verdict.limiter_outages = kinds["limiter_store_down"]
     for entry in journal:
-        if entry.get("kind") == "forged_webhook":
-            verdict.forged_webhooks += 1
-            event_id, status = str(entry.get("event_id")), entry.get("status")
-            kept = ledger.forged_in_inbox.get(event_id)
-            if kept is not None or (isinstance(status, int) and 200 <= status < 300):
-                verdict.add(
-                    "bad_signatures_accepted",
-                    event_id,
-                    f"forged webhook answered {status}; our inbox: {kept or 'not kept'}",
-                )
-        elif entry.get("kind") == "changed_resubmission":
+        kind = entry.get("kind")
+        if kind == "forged_webhook":
+            _judge_forged(verdict, entry, ledger)
+        elif kind == "foreign_webhook":
+            _judge_foreign(verdict, entry, ledger)
+        elif kind == "weak_secret_config" and not (
+            entry.get("refused") is True and entry.get("traceback") is False
+        ):
+            verdict.add(
+                "weak_secrets_accepted",
+                "STRIPE_WEBHOOK_SECRET",
+                "serve given a weak secret (whsec_) in its list "
+                + (
+                    f"started and answered {entry.get('weak_signed_status')} to an event"
+                    " signed with it"
+                    if entry.get("refused") is not True
+                    else "refused to start, but with a traceback rather than one line"
+                ),
+            )
+        elif kind == "serve_kill_followup" and entry.get("billed") is not True:
+            verdict.add(
+                "triggered_runs_stranded",
+                str(entry.get("request_id")),
+                f"serve killed while its run started; the duplicate POST answered "
+                f"{entry.get('duplicate_status')} with "
+                f"{'the same' if entry.get('same_run') else 'a new'} run, and the request "
+                f"was not billed {entry.get('seconds')} s later",
+            )
+        elif kind == "batch_end" and entry.get("worker_kill") and entry.get("overdue"):
+            verdict.add(
+                "billing_runs_hung",
+                str(entry.get("name")),
+                "a billing run in flight when the workers died with a shard Pending never"
+                " ended by itself (the soak killed it)",
+            )
+        elif kind == "changed_resubmission":
             if entry.get("refused") is True:
                 verdict.conflicts_detected += 1
             else:
@@ -497,14 +566,67 @@ def _judge_journal(verdict: Verdict, journal: list[dict[str, Any]], ledger: _Led
                 )
 
 
-def _count_faults(verdict: Verdict, sandbox_url: str) -> None:
-    """Faults by kind from the sandbox's request log (its control plane needs no key)."""
+def _judge_forged(verdict: Verdict, entry: Mapping[str, Any], ledger: _Ledger) -> None:
+    verdict.forged_webhooks += 1
+    event_id, status = str(entry.get("event_id")), entry.get("status")
+    kept = ledger.forged_in_inbox.get(event_id)
+    if kept is not None or (isinstance(status, int) and 200 <= status < 300):
+        verdict.add(
+            "bad_signatures_accepted",
+            event_id,
+            f"forged webhook ({entry.get('how')}) answered {status}; "
+            f"our inbox: {kept or 'not kept'}",
+        )
+    elif str(entry.get("how", "")).startswith("weak_") and status != 400:
+        verdict.add(
+            "weak_signatures_not_refused",
+            event_id,
+            f"signed with a weak secret ({entry.get('how')}), answered {status}, expected 400",
+        )
+
+
+def _judge_foreign(verdict: Verdict, entry: Mapping[str, Any], ledger: _Ledger) -> None:
+    """A foreign event may be refused or kept, but only ever kept as `ignored`."""
+    verdict.foreign_webhooks += 1
+    event_id = str(entry.get("event_id"))
+    kept = ledger.forged_in_inbox.get(event_id)
+    if kept is not None and not kept.startswith("ignored"):
+        verdict.add(
+            "foreign_events_applied",
+            event_id,
+            f"{entry.get('how')} event for {entry.get('request_id')} "
+            f"({entry.get('invoice_id')}) answered {entry.get('status')}; our inbox: {kept}",
+        )
+
+
+# Stripe writes the harness makes itself (payments, voids, its webhook endpoint).
+_HARNESS_WRITES = ("/pay", "/void")
+
+
+def _count_faults(
+    verdict: Verdict, sandbox_url: str, limiter_down: list[tuple[float, float]]
+) -> None:
+    """Faults by kind from the sandbox's request log (its control plane needs no key),
+    and the pipeline's writes that reached Stripe while the limiter's store was down."""
     log = httpx.get(f"{sandbox_url.rstrip('/')}/_sandbox/requests", timeout=120).json()
     kinds = Counter(str(entry["fault"]) for entry in log if entry.get("fault"))
     verdict.faults_by_kind = dict(kinds)
     verdict.faults_injected = sum(n for kind, n in kinds.items() if kind != "rate_limit")
     verdict.rate_limited = sum(1 for entry in log if entry.get("status") == 429)
     verdict.sandbox_log_full = len(log) >= SANDBOX_LOG_LIMIT
+    for entry in log:
+        path = str(entry.get("path", ""))
+        if entry.get("method") != "POST" or path.endswith(_HARNESS_WRITES):
+            continue
+        if path.startswith("/v1/webhook_endpoints"):
+            continue
+        at = float(entry.get("time", 0))
+        if any(down + LIMITER_DOWN_GRACE_SECONDS < at < up for down, up in limiter_down):
+            verdict.add(
+                "writes_while_limiter_down",
+                path,
+                f"POST {path} reached Stripe at {at:.1f} while the limiter's store was down",
+            )
 
 
 # --- judging a finished soak again -----------------------------------------------------
