@@ -41,6 +41,11 @@ _SUPPORTED_DB_BACKENDS = ("sqlite", "postgresql")
 _STRIPE_RATE_PRESETS = {"test": 25.0, "live": 100.0}
 
 MIN_TRIGGER_TOKEN_LENGTH = 16
+# Stripe's endpoint signing secrets are whsec_ and 32 letters or digits (the
+# Stripe CLI's: 64 hex digits). Anything much shorter can be guessed, and the
+# bare prefix is public: whoever knows it could sign "paid" for any invoice.
+MIN_WEBHOOK_SECRET_CHARS = 24
+_WEBHOOK_SECRET = re.compile(rf"whsec_[A-Za-z0-9]{{{MIN_WEBHOOK_SECRET_CHARS},}}")
 
 
 class SettingsError(ValueError):
@@ -214,11 +219,28 @@ class Settings(BaseSettings):
         if value is None:
             return None
         # During a rotation Stripe signs with both the old and the new secret.
-        secrets = value.get_secret_value().split(",")
-        if not all(secret.strip().startswith("whsec_") for secret in secrets):
+        # Every part is checked: one weak part lets anyone sign (the message
+        # says which part and why, never what it holds).
+        parts = value.get_secret_value().split(",")
+        for number, part in enumerate(parts, start=1):
+            secret = part.strip()
+            if _WEBHOOK_SECRET.fullmatch(secret):
+                continue
+            if not secret:
+                why = "is empty"
+            elif not secret.startswith("whsec_"):
+                why = "does not start with whsec_"
+            elif not secret.removeprefix("whsec_"):
+                why = "is only the public prefix whsec_"
+            elif len(secret) < len("whsec_") + MIN_WEBHOOK_SECRET_CHARS:
+                why = "is too short"
+            else:
+                why = "has characters other than letters and digits"
+            which = f"part {number} of {len(parts)}" if len(parts) > 1 else "the secret"
             raise ValueError(
-                "STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret (whsec_…), "
-                "or several separated by commas while rotating"
+                f"STRIPE_WEBHOOK_SECRET: {which} {why}; each must be an endpoint's signing "
+                f"secret (whsec_ and at least {MIN_WEBHOOK_SECRET_CHARS} letters or digits, "
+                "as Stripe shows it), separated by commas while rotating"
             )
         return value
 

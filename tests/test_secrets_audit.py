@@ -47,7 +47,7 @@ RUN_TIMEOUT = 240  # seconds; a run takes a few, but the machine is shared and b
 @dataclass
 class AuditSecrets:
     key: Secret = field(default_factory=lambda: recognizable("sk_test_", "AUDITKEY"))
-    webhook: Secret = field(default_factory=lambda: recognizable("whsec_", "AUDITHOOK"))
+    webhook: Secret = field(default_factory=lambda: recognizable("whsec_", "AUDITHOOK", ""))
     token: Secret = field(default_factory=lambda: recognizable("", "AUDITTOKEN"))
     # Used on purpose where they must be refused: a mistyped key (the hyphen makes
     # Stripe answer 401), a guessed token, a forger's signing secret.
@@ -55,7 +55,7 @@ class AuditSecrets:
         default_factory=lambda: recognizable("sk_test_", "AUDITWRONGKEY", "-")
     )
     wrong_token: Secret = field(default_factory=lambda: recognizable("", "AUDITWRONGTOKEN"))
-    forger: Secret = field(default_factory=lambda: recognizable("whsec_", "AUDITFORGER"))
+    forger: Secret = field(default_factory=lambda: recognizable("whsec_", "AUDITFORGER", ""))
     more: list[Secret] = field(default_factory=list)  # learnt on the way (the endpoint's)
 
     def all(self) -> list[Secret]:

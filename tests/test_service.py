@@ -366,7 +366,7 @@ def _refused(tmp_path: Path, *args: str, **env: str) -> str:
     full_env.update(
         PREFECT_HOME=str(tmp_path / "prefect"),  # no profile that names a server
         INVOICEFLOW_TRIGGER_TOKEN=TOKEN,
-        STRIPE_WEBHOOK_SECRET="whsec_test_refusals",
+        STRIPE_WEBHOOK_SECRET="whsec_testRefusals0123456789abcdef",
         STRIPE_API_KEY=TEST_KEY,
         INVOICEFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'invoiceflow.db'}",
     )

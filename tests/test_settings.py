@@ -68,10 +68,10 @@ def test_malformed_settings_name_the_variable(
 def test_sandbox_url_and_test_key_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STRIPE_API_KEY", "sk_test_abc")
     monkeypatch.setenv("STRIPE_API_BASE", "http://127.0.0.1:12111/")
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_abc")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_" + "a1B2" * 8)
     settings = load_settings()
     assert settings.stripe_api_base == "http://127.0.0.1:12111"
-    assert settings.require_webhook_secret() == "whsec_abc"
+    assert settings.require_webhook_secret() == "whsec_" + "a1B2" * 8
 
 
 # --- INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS: the comma form people type, or JSON ---------
@@ -171,14 +171,16 @@ def test_sqlite_urls_without_a_missing_directory_are_fine(
 
 
 def test_webhook_secrets_rotate_as_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_old, whsec_new")
+    # Real secrets are whsec_ and 32 letters or digits (tests/test_webhook_trust.py: weak ones).
+    old, new = "whsec_" + "old0" * 8, "whsec_" + "new1" * 8
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", f"{old}, {new}")
     settings = load_settings()
-    assert settings.require_webhook_secrets() == ["whsec_old", "whsec_new"]
-    assert "whsec_old" not in repr(settings)
-    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_old,oops_secret")
+    assert settings.require_webhook_secrets() == [old, new]
+    assert old not in repr(settings)
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", f"{old},oops_secret")
     with pytest.raises(SettingsError, match="STRIPE_WEBHOOK_SECRET") as failed:
         load_settings()
-    assert "oops_secret" not in str(failed.value) and "whsec_old" not in str(failed.value)
+    assert "oops_secret" not in str(failed.value) and old not in str(failed.value)
 
 
 def test_trigger_token_is_secret_and_long_enough(monkeypatch: pytest.MonkeyPatch) -> None:

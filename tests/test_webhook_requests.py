@@ -26,7 +26,7 @@ from tests.webhooks import Receiver, event_of, inbox_rows, moves_to, serve_recei
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "configured")
 
-NEW_SECRET = "whsec_the_new_one_after_rotation"
+NEW_SECRET = "whsec_theNewOneAfterRotation0123456789"
 
 
 @pytest.fixture

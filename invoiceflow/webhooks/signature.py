@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 # Stripe's libraries reject signatures older than this (replay protection).
 TOLERANCE_SECONDS = 300
+_PREFIX = "whsec_"
 
 
 class SignatureError(ValueError):
@@ -29,6 +30,10 @@ def verify(
     now: float | None = None,
 ) -> None:
     """Return if `header` holds a v1 signature of `payload` by any of `secrets`, else raise."""
+    # Settings refuse a weak secret; this is the last line: an empty one (or the
+    # bare public prefix) is a key anyone can sign with, so nothing is accepted.
+    if not secrets or any(not secret.removeprefix(_PREFIX).strip() for secret in secrets):
+        raise SignatureError("a configured webhook signing secret is empty; nothing is accepted")
     if not header:
         raise SignatureError("missing Stripe-Signature header")
     timestamp: int | None = None
