@@ -27,7 +27,7 @@ from functools import partial
 
 import stripe
 
-from invoiceflow import catalog, customers, fresh, ledger, stripe_paging
+from invoiceflow import catalog, customers, fresh, invoice_facts, ledger, stripe_paging
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, RequestLine, utcnow
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import call_with_retries
@@ -141,17 +141,6 @@ def _invoice_id(row: BillingRequestRow) -> str:
     return row.stripe_invoice_id
 
 
-def _cache_invoice(row: BillingRequestRow, invoice: stripe.Invoice) -> None:
-    """Copy what we show users from Stripe's invoice onto our row."""
-    row.invoice_status = invoice.status
-    row.invoice_number = invoice.number
-    row.amount_due = invoice.amount_due
-    row.amount_paid = invoice.amount_paid
-    row.hosted_invoice_url = invoice.hosted_invoice_url
-    due = getattr(invoice, "due_date", None)
-    row.due_date = datetime.fromtimestamp(due, UTC) if due else None
-
-
 def mark_catalog_ready(
     rt: Runtime, request_id: str, owner: str, customer: customers.Known | None = None
 ) -> None:
@@ -202,7 +191,7 @@ def create_invoice(rt: Runtime, request_id: str, owner: str) -> str:
 
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
         row.stripe_invoice_id = invoice.id
-        _cache_invoice(row, invoice)
+        invoice_facts.merge_invoice(row, invoice)
         ledger.fulfil(session, key, invoice.id)
         ledger.advance(
             session, row, RecoveryPoint.DRAFT_CREATED, "draft invoice created", invoice=invoice.id
@@ -625,7 +614,7 @@ def finalize(rt: Runtime, request_id: str, owner: str) -> None:
     assert invoice is not None  # read above, or the write's answer
     sending: ledger.Intent | None = None
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
-        _cache_invoice(row, invoice)
+        invoice_facts.merge_invoice(row, invoice)
         row.finalized_at = row.finalized_at or utcnow()
         ledger.fulfil(session, key, invoice.id)
         ledger.advance(session, row, RecoveryPoint.FINALIZED, "finalized", number=invoice.number)
@@ -700,7 +689,10 @@ def send(rt: Runtime, request_id: str, owner: str) -> None:
         return
     _step_done("Invoice %s is sent to the customer", invoice_id)
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
-        _cache_invoice(row, invoice)
+        # The customer may have paid while the send was in flight, and the
+        # receiver recorded it: this `open` answer (or a replay's, older
+        # still) is then behind the row and changes none of it.
+        invoice_facts.merge_invoice(row, invoice)
         row.sent_at = row.sent_at or utcnow()
         ledger.fulfil(session, key, invoice_id)
         ledger.advance(
@@ -780,12 +772,9 @@ def record_settlement(
     rt: Runtime, request_id: str, owner: str, invoice: stripe.Invoice, point: RecoveryPoint
 ) -> None:
     with ledger.locked(rt.engine, request_id, owner) as (session, row):
-        _cache_invoice(row, invoice)
-        if point is RecoveryPoint.PAID:
-            # Stripe's time of payment, as the webhook receiver records it; ours
-            # only if Stripe's invoice has none.
-            paid_at = getattr(invoice.status_transitions, "paid_at", None)
-            row.paid_at = datetime.fromtimestamp(paid_at, UTC) if paid_at else utcnow()
+        # Forward-only: a payment the receiver recorded meanwhile outranks a
+        # write-off answer read before it (`invoice_facts`).
+        invoice_facts.merge_invoice(row, invoice)
         # Stripe's status machine past `open`, the same one the webhook receiver follows.
         ledger.settle(session, row, point, f"invoice {invoice.status}", invoice=invoice.id)
     log.info("Invoice %s for request %s is %s", invoice.id, request_id, invoice.status)
