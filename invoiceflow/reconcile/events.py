@@ -40,9 +40,12 @@ def sweep_events(rt: Runtime, start: int, report: ReconcileReport, *, advance: b
         "applying %d Stripe events created since %s", len(events), f"{since:%Y-%m-%d %H:%M}Z"
     )
     read_invoice = _invoice_reader(rt)
+    # Listed under our key, so of our account and mode already; checked all the
+    # same by the one function that decides whether an event is ours.
+    livemode = rt.settings.stripe_mode() == "live"
     said = progress.Throttle(every=PROGRESS_EVERY_SECONDS)
     for done, event in enumerate(events, start=1):
-        outcome = receive(rt.engine, event, read_invoice)
+        outcome = receive(rt.engine, event, read_invoice, livemode=livemode)
         if outcome.kind in _CHANGED:
             report.events_applied += 1
             report.changes.append(f"event {event['id']} ({event['type']}): {outcome.detail}")

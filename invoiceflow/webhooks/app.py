@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from sqlalchemy import text
@@ -37,11 +38,16 @@ _READ_ONCE = RetryPolicy(attempts=1)
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
-    """The receiver for `settings` (STRIPE_WEBHOOK_SECRET required; STRIPE_API_KEY
-    optional, used to re-read an invoice when an event is ambiguous)."""
+    """The receiver for `settings`: STRIPE_WEBHOOK_SECRET and STRIPE_API_KEY required.
+
+    The key tells our events from others (its mode: an event of the other mode
+    is not ours) and, read under it, Stripe confirms which invoices are ours.
+    """
     secrets = settings.require_webhook_secrets()
+    settings.require_stripe_key()
+    livemode = settings.stripe_mode() == "live"
     db = engine if engine is not None else get_engine(settings.database_url)
-    read_invoice = _invoice_reader(settings) if settings.stripe_api_key else None
+    read_invoice = _invoice_reader(settings)
 
     async def stripe_webhook(request: Request) -> JSONResponse:
         body = await read_capped(request, MAX_BODY_BYTES)
@@ -56,7 +62,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
         except (ValueError, RecursionError):  # JSON, UTF-8, a 4300+ digit number, deep nesting
             return _refuse("body is not valid JSON")
         try:
-            outcome = await run_in_threadpool(receive, db, event, read_invoice)
+            outcome = await run_in_threadpool(
+                partial(receive, db, event, read_invoice, livemode=livemode)
+            )
         except Exception as exc:
             # Not committed: a non-2xx makes Stripe deliver it again later.
             log.error(

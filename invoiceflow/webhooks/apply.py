@@ -9,26 +9,34 @@ Stripe redelivers.
 No lease is taken: a run may hold it for minutes, and a payment must not wait
 for that. The row lock (`SELECT … FOR UPDATE`; SQLite's write lock) serialises
 us with the run's own commits, and both sides only move the point forward.
+
+A correctly signed event is not yet an event about *our* invoice. It moves a
+request only when it is of our account and our mode, and its invoice is the
+one the request recorded — or, for a request that recorded none yet (a run
+that died before hearing Stripe's answer), one that Stripe shows under our
+own key carrying the request's id. A paid invoice must bill the request's
+total. Everything else is kept in the inbox as `ignored`, with the reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+import stripe
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from invoiceflow import ledger
+from invoiceflow import invoice_facts, ledger
 from invoiceflow.db.engine import insert_if_absent, transaction
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, utcnow
 from invoiceflow.stripe_keys import META_REQUEST_ID
 from invoiceflow.webhooks.inbox import InboxEvent
 
-# Reads an invoice from Stripe as a plain dict (the receiver passes one built
-# from STRIPE_API_KEY; without it, snapshots are trusted as they are).
+# Reads an invoice from Stripe, under our API key, as a plain dict. Without
+# one, snapshots of recorded invoices are trusted as they are, and an invoice
+# no request recorded is never taken for ours.
 ReadInvoice = Callable[[str], Mapping[str, Any]]
 
 # The event types that settle an invoice, and the Stripe status each one means.
@@ -81,21 +89,60 @@ def parse_event(event: Any) -> tuple[str, str, int, Mapping[str, Any]]:
     return event_id, type_, created, obj
 
 
+def not_ours(event: Mapping[str, Any], livemode: bool) -> str | None:
+    """Why a signed event is not of our account in our mode; None when it is.
+
+    `livemode`: we bill with a live key (sk_live_/rk_live_), not a test one.
+    """
+    # We are a plain (non-Connect) integration billing on our own account, and
+    # Stripe sets `account` only on a connected account's events (as a Connect
+    # endpoint receives them): an event that names any account is not ours.
+    account = event.get("account")
+    if account:
+        return f"an event of connected account {str(account)[:64]}, not of our own account"
+    mode = event.get("livemode")
+    if not isinstance(mode, bool):
+        return "the event does not say its mode (livemode)"
+    if mode is not livemode:
+        theirs, ours = ("live", "test") if mode else ("test", "live")
+        return f"a {theirs}-mode event, and we bill in {ours} mode"
+    return None
+
+
 def receive(
-    engine: Engine, event: Mapping[str, Any], read_invoice: ReadInvoice | None = None
+    engine: Engine,
+    event: Mapping[str, Any],
+    read_invoice: ReadInvoice | None = None,
+    *,
+    livemode: bool,
 ) -> Outcome:
-    """Store `event` once and apply it to its request, in one transaction."""
+    """Store `event` once and apply it to its request, in one transaction.
+
+    `livemode`: the mode of our API key; an event of the other mode is ignored.
+    """
     event_id, type_, created, obj = parse_event(event)
     invoice = obj if type_.startswith("invoice.") and obj.get("object") == "invoice" else None
     invoice_id = invoice.get("id") if invoice else None
+    foreign = not_ours(event, livemode)
     status = _SETTLING.get(type_)
     reread = False
-    if invoice and status and invoice.get("status") != status and read_invoice and invoice_id:
-        # The snapshot contradicts its own type (a thin or odd event): ask Stripe
-        # where the invoice stands now, outside the transaction.
-        invoice, reread = dict(read_invoice(str(invoice_id))), True
-        current = invoice.get("status")
-        status = current if isinstance(current, str) and current in _POINT else None
+    if (
+        foreign is None
+        and invoice
+        and type_ in HANDLED_TYPES
+        and isinstance(invoice_id, str)
+        and read_invoice
+        and ((status and invoice.get("status") != status) or _unrecorded(engine, invoice))
+    ):
+        # The snapshot contradicts its own type (a thin or odd event), or no
+        # request recorded this invoice yet: ask Stripe, under our key and
+        # outside the transaction, where the invoice stands and whose it is.
+        read = _read(read_invoice, invoice_id)
+        if read is not None:
+            invoice, reread = dict(read), True
+            current = invoice.get("status")
+            if status is not None:
+                status = current if isinstance(current, str) and current in _POINT else None
 
     with transaction(engine) as session:
         if not insert_if_absent(
@@ -112,11 +159,15 @@ def receive(
             needs_settle=False,
         ):
             return Outcome("duplicate", f"event {event_id} was already received")
-        row = _locked_request(session, invoice) if invoice else None
-        if row is None:
+        row = _locked_request(session, invoice) if invoice and foreign is None else None
+        if foreign is not None:
+            outcome = Outcome("ignored", foreign)
+        elif row is None:
             outcome = Outcome("ignored", f"{type_} is not about an invoice of ours")
         else:
-            outcome = _apply(session, row, event_id, type_, invoice or {}, status, reread)
+            outcome = _apply(
+                session, row, event_id, type_, str(invoice_id), invoice or {}, status, reread
+            )
         stored = session.get(InboxEvent, event_id)
         assert stored is not None
         stored.request_id = row.request_id if row else None
@@ -139,11 +190,39 @@ def settle_from_invoice(engine: Engine, invoice: Mapping[str, Any]) -> Outcome:
         return _settle(session, row, None, "invoice read", invoice, _POINT[status], True)
 
 
-def _locked_request(session: Session, invoice: Mapping[str, Any]) -> BillingRequestRow | None:
-    """Our request for this invoice, row-locked: by our metadata, else by the invoice id."""
+def _request_id_of(invoice: Mapping[str, Any]) -> str | None:
     metadata = invoice.get("metadata")
     request_id = metadata.get(META_REQUEST_ID) if isinstance(metadata, dict) else None
-    if isinstance(request_id, str):
+    return request_id if isinstance(request_id, str) else None
+
+
+def _unrecorded(engine: Engine, invoice: Mapping[str, Any]) -> bool:
+    """The invoice names a request of ours that has recorded no invoice yet.
+
+    A peek without the lock, to decide whether Stripe must be asked before the
+    transaction; `_apply` decides again under the lock.
+    """
+    request_id = _request_id_of(invoice)
+    row = ledger.load(engine, request_id) if request_id else None
+    return row is not None and row.stripe_invoice_id is None
+
+
+def _read(read_invoice: ReadInvoice, invoice_id: str) -> Mapping[str, Any] | None:
+    """The invoice as Stripe shows it under our key; None if Stripe has no such
+    invoice there (another account's, or the other mode's). Any other failure
+    raises: not committed, so Stripe delivers the event again later."""
+    try:
+        return read_invoice(invoice_id)
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            return None
+        raise
+
+
+def _locked_request(session: Session, invoice: Mapping[str, Any]) -> BillingRequestRow | None:
+    """Our request for this invoice, row-locked: by our metadata, else by the invoice id."""
+    request_id = _request_id_of(invoice)
+    if request_id is not None:
         return ledger.lock_row(session, request_id)
     if not isinstance(invoice.get("id"), str):
         return None
@@ -160,11 +239,11 @@ def _apply(
     row: BillingRequestRow,
     event_id: str,
     type_: str,
+    invoice_id: str,
     invoice: Mapping[str, Any],
     status: str | None,
     reread: bool,
 ) -> Outcome:
-    invoice_id = str(invoice.get("id"))
     if row.stripe_invoice_id not in (None, invoice_id):
         # Another invoice carrying our request id: never let it decide this
         # request's state, but leave a trace for a human.
@@ -172,6 +251,15 @@ def _apply(
             session, row, "Stripe event for another invoice", event=event_id, invoice=invoice_id
         )
         return Outcome("ignored", f"{invoice_id} is not the request's invoice")
+    if type_ not in HANDLED_TYPES:
+        return Outcome("unchanged", f"{type_} moves nothing")
+    if row.stripe_invoice_id is None and not _confirmed(row, invoice_id, invoice, reread):
+        # No invoice recorded yet, and Stripe did not show this one under our
+        # key with the request's id: it may be anyone's. Taking it would mark
+        # the request settled on a stranger's invoice, and never invoice it.
+        reason = f"{invoice_id} is not recorded for the request, and Stripe does not confirm it"
+        ledger.note(session, row, "Stripe event for an unconfirmed invoice", event=event_id)
+        return Outcome("ignored", reason)
     if status is not None:
         return _settle(session, row, event_id, type_, invoice, _POINT[status], reread)
     if type_ == "invoice.payment_failed":
@@ -183,6 +271,28 @@ def _apply(
         ledger.note(session, row, "payment failed", reason=reason, event=event_id)
         return Outcome("recorded", reason)
     return Outcome("unchanged", f"{type_} moves nothing")
+
+
+def _confirmed(
+    row: BillingRequestRow, invoice_id: str, invoice: Mapping[str, Any], reread: bool
+) -> bool:
+    """Stripe itself, read under our key, shows this invoice with the request's id."""
+    return reread and invoice.get("id") == invoice_id and _request_id_of(invoice) == row.request_id
+
+
+def _amount_problem(row: BillingRequestRow, invoice: Mapping[str, Any]) -> str | None:
+    """Why a paid invoice cannot be the request's payment; None when it can.
+
+    It must bill exactly the request's total. `amount_paid` may be less (a
+    customer credit applied, or an amount below Stripe's minimum charge carried
+    to the customer's balance), never more.
+    """
+    total, paid = invoice.get("total"), invoice.get("amount_paid")
+    if total != row.total_amount:
+        return f"invoice {invoice.get('id')} totals {total}, the request {row.total_amount}"
+    if not isinstance(paid, int) or not 0 <= paid <= row.total_amount:
+        return f"invoice {invoice.get('id')} says {paid} paid of the request's {row.total_amount}"
+    return None
 
 
 def _settle(
@@ -198,19 +308,17 @@ def _settle(
     source = "read from Stripe" if reread else type_
     # An event's id is kept with the move; a status read by listing has none.
     detail = {"invoice": invoice_id} | ({"event": event_id} if event_id else {})
-    if not ledger.settle(session, row, to, f"invoice {to.value} ({source})", **detail):
-        return Outcome("unchanged", f"request already {row.point.value}")
-    # Only a move refreshes the cache: a late event's snapshot is older than it.
-    row.stripe_invoice_id = invoice_id
-    row.invoice_status = str(invoice.get("status") or to.value)
-    for field in ("amount_due", "amount_paid"):
-        if isinstance(invoice.get(field), int):
-            setattr(row, field, invoice[field])
-    if to is RecoveryPoint.PAID:
-        transitions = invoice.get("status_transitions")
-        paid_at = transitions.get("paid_at") if isinstance(transitions, dict) else None
-        row.paid_at = datetime.fromtimestamp(paid_at, UTC) if isinstance(paid_at, int) else utcnow()
+    if to is RecoveryPoint.PAID and (problem := _amount_problem(row, invoice)):
+        ledger.note(session, row, "Stripe payment not recorded", reason=problem, **detail)
+        return Outcome("ignored", problem)
+    moved = ledger.settle(session, row, to, f"invoice {to.value} ({source})", **detail)
+    # The cache moves forward only (`invoice_facts`): a late event's snapshot,
+    # older than what a run or another event recorded, changes none of it.
+    snapshot = invoice if invoice.get("status") else {**invoice, "status": to.value}
+    invoice_facts.merge_invoice(row, snapshot)
     session.add(row)
+    if not moved:
+        return Outcome("unchanged", f"request already {row.point.value}")
     return Outcome("applied", f"request {row.request_id} is {to.value}")
 
 
