@@ -64,12 +64,18 @@ def dunning_flow(as_of: datetime | None = None) -> DunningReport:
     """Take every dunning step that is due as of `as_of` (None: now)."""
     rt = get_runtime()
     now = _today(rt, as_of)
-    request_ids = act.candidates(rt.engine, now)
+    # Without `as_of`, each invoice is judged by its own customer's clock (a test
+    # clock's, else the real time), never all by the configured clock's: the
+    # candidates are those due by the later of the two. (A customer left on an
+    # older clock that is further ahead waits for them; it is never judged early.)
+    judged_at = now if as_of is not None else None
+    latest = now if as_of is not None else max(now, datetime.now(UTC))
+    request_ids = act.candidates(rt.engine, latest)
     progress.note(
         "dunning: %d overdue candidate(s) as of %s", len(request_ids), f"{now:%Y-%m-%d %H:%M} UTC"
     )
     owner = lease.new_owner(f"dunning-{flow_run.id or uuid.uuid4().hex}")
-    futures = [(rid, dun_request.submit(rid, now, owner)) for rid in request_ids]
+    futures = [(rid, dun_request.submit(rid, judged_at, owner)) for rid in request_ids]
     lines: list[StepLine] = []
     said = progress.Throttle(every=PROGRESS_EVERY_SECONDS)
     said.due()  # the first note above counts

@@ -17,5 +17,5 @@ from tasks.billing import stripe_step
 
 # Our dunning_step rows and Stripe's events decide what is done, not Prefect's cache.
 @stripe_step("dun-request", "dun-{request_id}")
-def dun_request(request_id: str, now: datetime, owner: str) -> list[StepLine]:
-    return act.dun(get_runtime(), request_id, now, owner)
+def dun_request(request_id: str, as_of: datetime | None, owner: str) -> list[StepLine]:
+    return act.dun(get_runtime(), request_id, as_of, owner)

@@ -26,7 +26,7 @@ import stripe
 from sqlalchemy.engine import Engine
 from sqlmodel import col, or_, select
 
-from invoiceflow import invoicing, lease, ledger
+from invoiceflow import invoicing, lease, ledger, stripe_clock
 from invoiceflow.db.engine import reading
 from invoiceflow.db.models import BillingRequestRow, DunningStep, RecoveryPoint, utcnow
 from invoiceflow.dunning.plan import Cadence, days_overdue, is_reminder, latest_due, plan
@@ -80,13 +80,16 @@ def candidates(engine: Engine, now: datetime) -> list[str]:
         return list(session.exec(statement).all())
 
 
-def dun(rt: Runtime, request_id: str, now: datetime, owner: str) -> list[StepLine]:
-    """Take whatever dunning step is due for one request, under its lease."""
+def dun(rt: Runtime, request_id: str, as_of: datetime | None, owner: str) -> list[StepLine]:
+    """Take whatever dunning step is due for one request, under its lease.
+
+    Due as of `as_of`, or (None) as of the invoice's own time: its customer's test
+    clock's, else the real one (`stripe_clock.invoice_now`)."""
     try:
         with lease.held(
             rt.engine, request_id, owner, rt.settings.lease_seconds, LEASE_PATIENCE_SECONDS
         ):
-            return _Unit(rt, request_id, now, owner).run()
+            return _Unit(rt, request_id, as_of, owner).run()
     except ledger.RequestBusy as exc:
         return [StepLine(request_id=request_id, outcome=Outcome.BUSY, reason=str(exc))]
 
@@ -94,10 +97,11 @@ def dun(rt: Runtime, request_id: str, now: datetime, owner: str) -> list[StepLin
 class _Unit:
     """One request's dunning within one run; holds what the steps share."""
 
-    def __init__(self, rt: Runtime, request_id: str, now: datetime, owner: str) -> None:
+    def __init__(self, rt: Runtime, request_id: str, as_of: datetime | None, owner: str) -> None:
         self.rt = rt
         self.request_id = request_id
-        self.now = now
+        self.as_of = as_of
+        self.now = as_of or datetime.now(UTC)  # set from the invoice once it is read
         self.owner = owner
         self.cadence = cadence_of(rt.settings)
         self.lines: list[StepLine] = []
@@ -124,6 +128,7 @@ class _Unit:
             return self.lines
         # The one read this run relies on.
         invoice = invoicing.retrieve_invoice(self.rt, self.invoice_id)
+        self.now = self.as_of or stripe_clock.invoice_now(self.rt, invoice)
         due_date = _due_date(invoice)
         if due_date is not None:
             self.overdue = days_overdue(due_date, self.now)

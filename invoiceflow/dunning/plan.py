@@ -1,10 +1,12 @@
 """Which dunning step is due for an invoice, given its due date and "now". Pure.
 
-The cadence is days after Stripe's due date: reminders on each of
-`dunning_reminder_days`, then the final write-off on `dunning_final_days`.
-Only the latest due step is ever taken: after an outage, reminders that were
-missed are recorded as skipped rather than sent late, so a customer never
-gets several emails at once.
+"Now" is the invoice's own: its customer's test clock's time, or the real time
+(`stripe_clock.invoice_now`), unless the run was given an `as_of`; Stripe stamps
+the due date in that same time. The cadence is days after Stripe's due date:
+reminders on each of `dunning_reminder_days`, then the final write-off on
+`dunning_final_days`. Only the latest due step is ever taken: after an outage,
+reminders that were missed are recorded as skipped rather than sent late, so a
+customer never gets several emails at once.
 """
 
 from __future__ import annotations
