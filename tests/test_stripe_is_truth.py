@@ -3,12 +3,18 @@
 A fresh, restored or another machine's ledger, Stripe's 24 h key window gone
 by, a draft deleted or an invoice voided in the Dashboard, a customer deleted,
 Stripe's clock behind ours: still one invoice, exactly its lines, sent once.
-Real processes, the real sandbox, SQLite and PostgreSQL.
+
+The rules run on the plain pipeline (`bill_plain`), in process: a run that "died"
+at a Stripe write is `crash_at` from tests/test_pipeline.py (the write stalled,
+the lease taken away, then lapsed), and the rerun forgets what this process made,
+as a new process would. The SIGKILL versions of those deaths are in the heavy
+tier (tests/test_crash_recovery.py). One test runs the invoice flow on the
+session's Prefect server: a Prefect task retry is what it is about.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,17 +25,17 @@ import stripe
 from invoiceflow import ledger
 from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.runtime import get_runtime, reset_runtime
-from tests.conftest import app_env, run_cli
 from tests.helpers import (
     assert_exactly_one_invoice,
-    crash_cli_at,
+    bill_plain,
     invoices_for,
     make_request,
     sent_events,
     writes,
 )
+from tests.test_pipeline import as_a_new_process, crash_at
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api", "configured")]
+pytestmark = pytest.mark.usefixtures("configured")
 
 
 def _use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
@@ -37,27 +43,36 @@ def _use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     reset_runtime()
 
 
+def _another_machine(
+    monkeypatch: pytest.MonkeyPatch, template: Path, tmp_path: Path, name: str
+) -> None:
+    """From here on this process is another machine: a ledger of its own (a fresh
+    SQLite file at the newest schema) and nothing it made itself."""
+    database = tmp_path / f"{name}.db"
+    shutil.copyfile(template, database)
+    _use_database(monkeypatch, f"sqlite:///{database}")
+    as_a_new_process()
+
+
 def test_a_fresh_ledger_after_the_key_window_finds_the_invoice_instead_of_a_second(
     sandbox: Any,
     stripe_client: stripe.StripeClient,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    _sqlite_template: Path,
 ) -> None:
     """Run, let Stripe forget the keys (24 h), run again from another machine
     (another process, another database)."""
-    from flows.invoice import invoice_flow
-
     request = make_request(f"fresh-{uuid.uuid4().hex[:8]}")
-    assert invoice_flow(request).state is RecoveryPoint.SENT
+    assert bill_plain(request).state is RecoveryPoint.SENT
     sandbox.expire_idempotency_keys()
     before = len(writes(sandbox))
 
-    request_file = tmp_path / "request.json"
-    request_file.write_text(json.dumps(request.model_dump(mode="json")))
-    other_machine = app_env(sandbox.url, f"sqlite:///{tmp_path / 'another-machine.db'}")
-    result = run_cli("invoice", str(request_file), "--no-wait", env=other_machine)
+    _another_machine(monkeypatch, _sqlite_template, tmp_path, "another-machine")
+    status = bill_plain(request)
 
-    assert result.returncode == 0, result.stderr
-    assert "sent" in result.stdout
+    assert status.state is RecoveryPoint.SENT, status.last_error
+    assert "sent" in status.one_line()
     assert_exactly_one_invoice(stripe_client, request)
     assert len(writes(sandbox)) == before, "the second ledger wrote to Stripe"
     assert len(list(stripe_client.v1.customers.list({"limit": 100}).auto_paging_iter())) == 1
@@ -66,51 +81,44 @@ def test_a_fresh_ledger_after_the_key_window_finds_the_invoice_instead_of_a_seco
 def test_a_fresh_ledger_resumes_a_run_that_died_after_stripe_made_the_invoice(
     sandbox: Any,
     stripe_client: stripe.StripeClient,
-    configured: dict[str, str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    _sqlite_template: Path,
 ) -> None:
     """The run dies right after Stripe created the draft; days later another
     worker, with its own database, runs the request: it adopts that draft."""
-    from flows.invoice import invoice_flow
-
     request = make_request(f"adopt-{uuid.uuid4().hex[:8]}")
-    env = app_env(sandbox.url, configured["INVOICEFLOW_DATABASE_URL"])
-    crash_cli_at(sandbox, request, "^/v1/invoices$", "stall_after_write", env, tmp_path)
+    crash_at(sandbox, request, "^/v1/invoices$", "stall_after_write")
     sandbox.expire_idempotency_keys()
 
-    _use_database(monkeypatch, f"sqlite:///{tmp_path / 'other-worker.db'}")
-    status = invoice_flow(request)
+    _another_machine(monkeypatch, _sqlite_template, tmp_path, "other-worker")
+    status = bill_plain(request)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     assert_exactly_one_invoice(stripe_client, request)
 
 
 def test_a_draft_deleted_before_we_recorded_it_is_made_anew_not_stuck(
-    sandbox: Any,
-    stripe_client: stripe.StripeClient,
-    configured: dict[str, str],
-    tmp_path: Path,
+    sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
     """Stripe made the draft, the run died before recording it, someone deleted
     the draft: the rerun's key replays the deleted draft — never commit that."""
-    from flows.invoice import invoice_flow
-
     request = make_request(f"ghost-{uuid.uuid4().hex[:8]}")
-    env = app_env(sandbox.url, configured["INVOICEFLOW_DATABASE_URL"])
-    crash_cli_at(sandbox, request, "^/v1/invoices$", "stall_after_write", env, tmp_path)
+    crash_at(sandbox, request, "^/v1/invoices$", "stall_after_write")
     [ghost] = invoices_for(stripe_client, request.request_id)
     stripe_client.v1.invoices.delete(ghost.id)
+    as_a_new_process()
 
-    status = invoice_flow(request)
+    status = bill_plain(request)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     invoice = assert_exactly_one_invoice(stripe_client, request)
     assert invoice.id != ghost.id
-    again = invoice_flow(request)
+    again = bill_plain(request)
     assert again.state is RecoveryPoint.SENT and again.stripe_invoice_id == invoice.id
 
 
+@pytest.mark.usefixtures("prefect_api")
 def test_a_retried_create_whose_answer_is_lost_adopts_its_draft_not_a_second(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
@@ -119,7 +127,11 @@ def test_a_retried_create_whose_answer_is_lost_adopts_its_draft_not_a_second(
     finds nothing; Stripe then makes the draft but the connection drops before the
     answer, and the same key replays it. That is this write's own draft, not a
     deleted one: adopt it. It was written under a new key instead, and as the
-    customer was made by this process nothing looked first: a second invoice."""
+    customer was made by this process nothing looked first: a second invoice.
+
+    On the invoice flow: the in-step retries run out (6 refusals), and Prefect's
+    task retry is the attempt that meets the lost answer (the default tier's proof
+    that a step's task retries rescue it)."""
     from flows.invoice import invoice_flow
 
     request = make_request(f"lost-{uuid.uuid4().hex[:8]}", customer=f"c-{uuid.uuid4().hex[:8]}")
@@ -135,21 +147,16 @@ def test_a_retried_create_whose_answer_is_lost_adopts_its_draft_not_a_second(
 
 
 def test_a_recorded_draft_deleted_in_the_dashboard_is_replaced(
-    sandbox: Any,
-    stripe_client: stripe.StripeClient,
-    configured: dict[str, str],
-    tmp_path: Path,
+    sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
-    from flows.invoice import invoice_flow
-
     request = make_request(f"deleted-{uuid.uuid4().hex[:8]}")
-    env = app_env(sandbox.url, configured["INVOICEFLOW_DATABASE_URL"])
-    crash_cli_at(sandbox, request, "/finalize$", "stall_before_write", env, tmp_path)
+    crash_at(sandbox, request, "/finalize$", "stall_before_write")
     recorded = ledger.require(get_runtime().engine, request.request_id).stripe_invoice_id
     assert recorded is not None
     stripe_client.v1.invoices.delete(recorded)
+    as_a_new_process()
 
-    status = invoice_flow(request)
+    status = bill_plain(request)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     invoice = assert_exactly_one_invoice(stripe_client, request)
@@ -159,20 +166,15 @@ def test_a_recorded_draft_deleted_in_the_dashboard_is_replaced(
 
 
 def test_an_invoice_voided_before_it_was_sent_ends_void_and_is_never_sent(
-    sandbox: Any,
-    stripe_client: stripe.StripeClient,
-    configured: dict[str, str],
-    tmp_path: Path,
+    sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
-    from flows.invoice import invoice_flow
-
     request = make_request(f"voided-{uuid.uuid4().hex[:8]}")
-    env = app_env(sandbox.url, configured["INVOICEFLOW_DATABASE_URL"])
-    crash_cli_at(sandbox, request, "/send$", "stall_before_write", env, tmp_path)
+    crash_at(sandbox, request, "/send$", "stall_before_write")
     [invoice] = invoices_for(stripe_client, request.request_id)
     stripe_client.v1.invoices.void_invoice(invoice.id)
+    as_a_new_process()
 
-    status = invoice_flow(request)
+    status = bill_plain(request)
 
     assert status.state is RecoveryPoint.VOID, status.last_error
     assert sent_events(stripe_client, invoice.id) == 0
@@ -183,15 +185,13 @@ def test_a_customer_deleted_in_stripe_is_resolved_again(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
     """Our customer map points at a deleted customer: the next request heals it."""
-    from flows.invoice import invoice_flow
-
     first = make_request(f"cust-a-{uuid.uuid4().hex[:8]}", customer="globex")
-    assert invoice_flow(first).state is RecoveryPoint.SENT
+    assert bill_plain(first).state is RecoveryPoint.SENT
     [gone] = stripe_client.v1.customers.list({"limit": 10}).data
     stripe_client.v1.customers.delete(gone.id)
 
     second = make_request(f"cust-b-{uuid.uuid4().hex[:8]}", customer="globex")
-    status = invoice_flow(second)
+    status = bill_plain(second)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     invoice = assert_exactly_one_invoice(stripe_client, second)
@@ -204,14 +204,12 @@ def test_stripe_clock_behind_ours_never_sends_twice(
     """Our clock runs 10 minutes ahead of Stripe's, and a send's outcome is
     unknown (500 after Stripe sent it): the lookup is bounded by Stripe's own
     timestamps, so it finds the send instead of emailing again."""
-    from flows.invoice import invoice_flow
-
     sandbox.configure(
         clock_offset_s=-600,
         faults=[{"method": "POST", "path": "/send$", "when": "after_write"}],
     )
     request = make_request(f"skew-{uuid.uuid4().hex[:8]}")
-    status = invoice_flow(request)
+    status = bill_plain(request)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     invoice = assert_exactly_one_invoice(stripe_client, request)  # one invoice.sent event
@@ -223,14 +221,12 @@ def test_maps_from_another_account_heal_themselves(
 ) -> None:
     """Everything our database maps is gone from Stripe (another account or
     mode, or deleted): customer, products and prices are found or made again."""
-    from flows.invoice import invoice_flow
-
     first = make_request(f"old-account-{uuid.uuid4().hex[:8]}")
-    assert invoice_flow(first).state is RecoveryPoint.SENT
+    assert bill_plain(first).state is RecoveryPoint.SENT
     sandbox.reset()  # a brand-new, empty Stripe account behind the same ledger
 
     second = make_request(f"new-account-{uuid.uuid4().hex[:8]}")
-    status = invoice_flow(second)
+    status = bill_plain(second)
 
     assert status.state is RecoveryPoint.SENT, status.last_error
     assert_exactly_one_invoice(stripe_client, second)
@@ -239,16 +235,14 @@ def test_maps_from_another_account_heal_themselves(
 def test_an_archived_price_is_refused_with_what_to_do(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
-    from flows.invoice import invoice_flow
-
     first = make_request(f"archived-a-{uuid.uuid4().hex[:8]}")
-    assert invoice_flow(first).state is RecoveryPoint.SENT
+    assert bill_plain(first).state is RecoveryPoint.SENT
     [price] = stripe_client.v1.prices.list({"lookup_keys": ["invoiceflow:travel:usd:4825"]}).data
     stripe_client.v1.prices.update(price.id, {"active": False})
 
     second = make_request(f"archived-b-{uuid.uuid4().hex[:8]}")
     with pytest.raises(Exception, match="reactivate it in the Dashboard"):
-        invoice_flow(second)
+        bill_plain(second)
 
     row = ledger.require(get_runtime().engine, second.request_id)
     assert row.point is RecoveryPoint.FAILED
