@@ -4,6 +4,10 @@ Our customers join the clock (INVOICEFLOW_STRIPE_TEST_CLOCK); Stripe dates their
 invoices by it, and the dunning flow, given no `as_of`, asks the clock what day it
 is. Advancing the clock day by day makes the invoices overdue exactly as Stripe
 would — `invoice.overdue` included — and a month runs in seconds.
+
+The requests are billed through the plain pipeline; dunning runs as the schedule runs
+it, the dunning flow on the session's Prefect server: what "no `as_of`" means (each
+invoice judged by its own clock) is decided in the flow, and this is its contract.
 """
 
 from __future__ import annotations
@@ -15,11 +19,10 @@ import pytest
 import stripe
 
 from flows.dunning import run_dunning
-from flows.invoice import run_invoice
 from invoiceflow import ledger
 from invoiceflow.runtime import get_runtime, reset_runtime
 from tests.clock import advance_clock
-from tests.helpers import make_request, sent_events
+from tests.helpers import bill_plain, make_request, sent_events
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "configured")
 
@@ -42,7 +45,7 @@ def test_a_month_on_the_test_clock_reminds_then_writes_off_and_a_payment_stops_i
     monkeypatch.setenv("INVOICEFLOW_STRIPE_TEST_CLOCK", clock.id)
     reset_runtime()
     unpaid, paid = (
-        run_invoice(make_request(rid, customer=f"cust-{rid}", days_until_due=DAYS_UNTIL_DUE))
+        bill_plain(make_request(rid, customer=f"cust-{rid}", days_until_due=DAYS_UNTIL_DUE))
         for rid in ("never-pays", "pays-day-9")
     )
     assert unpaid.stripe_invoice_id and paid.stripe_invoice_id

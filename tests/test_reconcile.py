@@ -1,6 +1,13 @@
-"""Reconciliation end to end: the real invoice flow and reconcile flow, the sandbox
-over HTTP with no webhook receiver running (the receiver was down), SQLite and
-PostgreSQL."""
+"""Reconciliation end to end: the sandbox over HTTP with no webhook receiver running
+(the receiver was down), SQLite and PostgreSQL.
+
+The rules run through the plain functions the reconcile flow runs
+(`invoiceflow.reconcile.sweep.reconcile`), with requests billed and resumed through
+the plain pipeline (`bill_plain`; the flow resumes with the invoice flow, which runs
+the same steps as tasks). The flow itself, with the CLI's output and exit codes, is
+proven once on the session's Prefect server (`test_cli_prints_changes_and_exits_by_outcome`);
+a run SIGKILLed after Stripe sent is in the heavy tier.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +20,12 @@ import pytest
 import stripe
 from sqlmodel import func, select
 
-from flows.invoice import run_invoice
-from flows.reconcile import reconcile_flow
 from invoiceflow import ledger
 from invoiceflow.db.engine import get_engine, reading, transaction
 from invoiceflow.db.models import AuditEvent, RecoveryPoint, SyncCursor
 from invoiceflow.reconcile.report import ReconcileReport
 from invoiceflow.reconcile.stuck import is_temporary
+from invoiceflow.reconcile.sweep import reconcile
 from invoiceflow.reconcile.window import (
     CURSOR_NAME,
     BadSince,
@@ -27,19 +33,20 @@ from invoiceflow.reconcile.window import (
     parse_since,
     read_cursor,
 )
+from invoiceflow.runtime import get_runtime
+from invoiceflow.status import RequestStatus
 from invoiceflow.stripe_keys import META_REQUEST_ID
 from invoiceflow.webhooks.inbox import InboxEvent
-from tests.conftest import run_cli
 from tests.helpers import (
     assert_exactly_one_invoice,
+    bill_plain,
     crash_cli_at,
     make_request,
     sent_events,
     wait_for,
 )
+from tests.inprocess_cli import in_process_cli
 from tests.webhooks import moves_to
-
-pytestmark = pytest.mark.usefixtures("prefect_api")
 
 # A Stripe write that fails on every try of a run (retries and task retries
 # included), leaving the request failed on a temporary error just before it.
@@ -54,7 +61,7 @@ def _engine(configured: dict[str, str]) -> Any:
 
 def _sent(request_id: str) -> str:
     """A request run to `sent` with no receiver listening; its invoice id."""
-    status = run_invoice(make_request(request_id))
+    status: RequestStatus = bill_plain(make_request(request_id))
     assert status.state is RecoveryPoint.SENT and status.stripe_invoice_id
     return status.stripe_invoice_id
 
@@ -65,7 +72,7 @@ def _failing_at(sandbox: Any, path: str, request_id: str) -> None:
         faults=[{"method": "POST", "path": path, "when": "before_write", "times": ALWAYS}]
     )
     with pytest.raises(stripe.APIError):
-        run_invoice(make_request(request_id))
+        bill_plain(make_request(request_id))
     sandbox.configure(faults=[])
 
 
@@ -82,8 +89,10 @@ def _counts(engine: Any) -> tuple[int, int, list[str]]:
     return audit, inbox, points
 
 
-def _reconcile(**kwargs: Any) -> ReconcileReport:
-    report = reconcile_flow(**kwargs)
+def _reconcile(since: datetime | None = None, stale_minutes: float = 10) -> ReconcileReport:
+    """What the reconcile flow runs (its defaults too), resuming stuck requests in sequence."""
+    rt = get_runtime()
+    report = reconcile(rt, since=since, stale_minutes=stale_minutes, resume=bill_plain)
     assert isinstance(report, ReconcileReport)
     return report
 
@@ -186,6 +195,8 @@ def test_request_stuck_before_send_is_finished_and_sent_once(
     assert _reconcile(stale_minutes=0).clean
 
 
+@pytest.mark.heavy  # a real `invoiceflow invoice` process, SIGKILLed
+@pytest.mark.usefixtures("prefect_api")
 def test_a_run_killed_after_stripe_sent_is_finished_without_a_second_email(
     configured: dict[str, str],
     sandbox: Any,
@@ -311,32 +322,36 @@ def test_a_sweep_past_stripes_event_retention_says_so(
 
 
 @SQLITE_ONLY
+@pytest.mark.usefixtures("prefect_api")  # the reconcile flow's contract: it runs here
 def test_cli_prints_changes_and_exits_by_outcome(
     configured: dict[str, str],
     sandbox: Any,
     stripe_client: stripe.StripeClient,
     database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
+    run_cli = in_process_cli(monkeypatch, request)
     for bad in ("yesterday", "2026-13-01", "7w", "2999-01-01"):
-        refused = run_cli("reconcile", "--since", bad, env=configured)
-        assert refused.returncode == 2, (bad, refused.stderr)
+        refused = run_cli("reconcile", "--since", bad)
+        assert refused.exit_code == 2, (bad, refused.stderr)
         assert refused.stderr.startswith("error: --since must ") and refused.stderr.count("\n") == 1
         assert "Traceback" not in refused.stderr and refused.stdout == ""
-    negative = run_cli("reconcile", "--stale-minutes", "-1", env=configured)
-    assert negative.returncode == 2 and negative.stderr.startswith("error: --stale-minutes")
+    negative = run_cli("reconcile", "--stale-minutes", "-1")
+    assert negative.exit_code == 2 and negative.stderr.startswith("error: --stale-minutes")
 
     invoice_id = _sent("req-cli")
     stripe_client.v1.invoices.pay(invoice_id, {"paid_out_of_band": True})
-    done = run_cli("reconcile", "--since", "1d", "--stale-minutes", "0", env=configured)
-    assert done.returncode == 0, done.stderr
+    done = run_cli("reconcile", "--since", "1d", "--stale-minutes", "0")
+    assert done.exit_code == 0, done.stderr
     *changes, summary = done.stdout.splitlines()
     assert len(changes) == 1 and changes[0].startswith("event evt_")
     assert changes[0].endswith("(invoice.paid): request req-cli is paid")
     assert summary == "reconciled: 1 event applied, 0 settled, 0 resumed, 0 drift, 0 unchanged"
     assert "… applying" in done.stderr  # progress on stderr
 
-    quiet = run_cli("reconcile", env=configured)
-    assert quiet.returncode == 0, quiet.stderr
+    quiet = run_cli("reconcile")
+    assert quiet.exit_code == 0, quiet.stderr
     assert quiet.stdout.splitlines() == ["nothing to change (0 unchanged)"]
 
     _failing_at(sandbox, r"^/v1/invoices/[^/]+/finalize$", "req-drift")
@@ -344,8 +359,8 @@ def test_cli_prints_changes_and_exits_by_outcome(
     assert draft
     [line, *_] = stripe_client.v1.invoices.line_items.list(draft).data
     stripe_client.v1.invoices.update_lines(draft, {"lines": [{"id": line.id, "quantity": 2}]})
-    drifted = run_cli("reconcile", "--stale-minutes", "0", env=configured)
-    assert drifted.returncode == 4, drifted.stderr
+    drifted = run_cli("reconcile", "--stale-minutes", "0")
+    assert drifted.exit_code == 4, drifted.stderr
     assert [ln for ln in drifted.stdout.splitlines() if ln.startswith("drift: req-drift: draft ")]
     assert drifted.stdout.splitlines()[-1].startswith("reconciled: 0 events applied")
 

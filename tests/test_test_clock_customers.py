@@ -1,5 +1,5 @@
 """With INVOICEFLOW_STRIPE_TEST_CLOCK set, our customers and invoices live on Stripe's test
-clock: the invoice flow creates the customer on it, Stripe dates the invoice by it, our
+clock: billing a request creates the customer on it, Stripe dates the invoice by it, our
 row caches that date, and `stripe_now` reads the clock's time."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from invoiceflow.runtime import get_runtime, reset_runtime
 from invoiceflow.settings import SettingsError
 from invoiceflow.stripe_clock import stripe_now
 from tests.clock import advance_clock
-from tests.helpers import assert_exactly_one_invoice, make_request, writes
+from tests.helpers import assert_exactly_one_invoice, bill_plain, make_request, writes
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "configured")
+pytestmark = pytest.mark.usefixtures("configured")
 
 DAY = 86_400
 # Ahead of the wall clock, so a date taken from our clock instead of Stripe's shows.
@@ -32,11 +32,9 @@ def _use_clock(monkeypatch: pytest.MonkeyPatch, clock_id: str) -> None:
     reset_runtime()  # also clears the cached settings
 
 
-def test_invoice_flow_bills_on_the_test_clock(
+def test_a_request_is_billed_on_the_test_clock(
     sandbox: Any, stripe_client: stripe.StripeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.invoice import run_invoice
-
     clock = stripe_client.v1.test_helpers.test_clocks.create(
         {"frozen_time": int(START.timestamp()), "name": "invoiceflow tests"}
     )
@@ -44,7 +42,7 @@ def test_invoice_flow_bills_on_the_test_clock(
     customer_key = f"acme-{uuid.uuid4().hex[:6]}"
     request = make_request(f"req-{uuid.uuid4().hex[:8]}", customer=customer_key)
 
-    status = run_invoice(request)
+    status = bill_plain(request)
 
     assert status.state is RecoveryPoint.SENT
     invoice = assert_exactly_one_invoice(stripe_client, request)
@@ -60,10 +58,10 @@ def test_invoice_flow_bills_on_the_test_clock(
     # A second request for the same customer reuses the customer on the clock; a rerun of
     # the first writes nothing (the create params, clock included, never changed).
     before = len(writes(sandbox))
-    assert run_invoice(request).state is RecoveryPoint.SENT
+    assert bill_plain(request).state is RecoveryPoint.SENT
     assert len(writes(sandbox)) == before
     other = make_request(f"req-{uuid.uuid4().hex[:8]}", customer=customer_key)
-    assert run_invoice(other).state is RecoveryPoint.SENT
+    assert bill_plain(other).state is RecoveryPoint.SENT
     on_clock = stripe_client.v1.customers.list({"test_clock": clock.id}).data
     assert [c.id for c in on_clock] == [customer.id]
 

@@ -1,6 +1,7 @@
 """What the receiver refuses (400, nothing changed), rotation, ambiguity, and a paid
 invoice our ledger had not seen sent. Genuine bodies are the sandbox's own signed
-deliveries, captured on their way and replayed to our receiver over HTTP."""
+deliveries, captured on their way and replayed to our receiver over HTTP. Requests are
+billed through the plain pipeline: no Prefect server takes part in receiving."""
 
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ from invoiceflow import ledger
 from invoiceflow.db.engine import transaction
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint
 from invoiceflow.sandbox.webhooks import sign
-from tests.helpers import invoices_for, make_request
+from tests.helpers import bill_plain, invoices_for, make_request, wait_for
 from tests.sandbox.receiver import Received, webhook_receiver
 from tests.sandbox.receiver import Receiver as Capture
 from tests.webhooks import Receiver, event_of, inbox_rows, moves_to, serve_receiver
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "configured")
+pytestmark = pytest.mark.usefixtures("configured")
 
 NEW_SECRET = "whsec_theNewOneAfterRotation0123456789"
 
@@ -51,20 +52,20 @@ def receiver(
 def _paid_delivery(
     client: stripe.StripeClient, capture: Capture, how: dict[str, Any]
 ) -> tuple[str, str, Received]:
-    """Run the real flow to `sent`, pay; the request id, invoice id and the signed invoice.paid."""
-    from flows.invoice import invoice_flow
-
+    """Bill a request to `sent`, pay; the request id, invoice id and the signed invoice.paid."""
     request = make_request(f"req-in-{uuid.uuid4().hex[:8]}")
-    invoice_flow(request)
+    bill_plain(request)
     [invoice] = invoices_for(client, request.request_id)
     client.v1.invoices.pay(invoice.id, how)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for received in list(capture.received):
-            if json.loads(received.body)["type"] == "invoice.paid":
-                return request.request_id, invoice.id, received
-        time.sleep(0.02)
-    raise AssertionError("the sandbox delivered no invoice.paid")
+
+    def paid() -> Received | None:
+        return next(
+            (r for r in list(capture.received) if json.loads(r.body)["type"] == "invoice.paid"),
+            None,
+        )
+
+    received: Received = wait_for(paid, "the sandbox to deliver invoice.paid", timeout=30)
+    return request.request_id, invoice.id, received
 
 
 def _bad(receiver: Receiver, body: bytes, signature: str | None, reason: str) -> None:

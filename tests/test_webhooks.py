@@ -1,5 +1,8 @@
-"""The webhook receiver end to end: the real invoice flow, the sandbox signing and
-delivering to our receiver over HTTP, SQLite and PostgreSQL."""
+"""The webhook receiver end to end: a request billed through the plain pipeline (the
+invoice flow runs the same steps as tasks), the sandbox signing and delivering to our
+receiver over HTTP, SQLite and PostgreSQL. No Prefect server: receiving an event is
+ours alone; the `settle` run the sweeper starts for it is proven with the served
+stack (tests/test_service.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.db.utc import as_utc
 from invoiceflow.status import RequestStatus
 from invoiceflow.webhooks import inbox
-from tests.helpers import invoices_for, make_request, wait_for
+from tests.helpers import bill_plain, invoices_for, make_request, wait_for
 from tests.webhooks import (
     Receiver,
     delivered_ok,
@@ -26,7 +29,7 @@ from tests.webhooks import (
     registered_receiver,
 )
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "configured")
+pytestmark = pytest.mark.usefixtures("configured")
 
 
 @pytest.fixture
@@ -38,11 +41,9 @@ def receiver(
 
 
 def _sent_invoice(client: stripe.StripeClient, name: str) -> tuple[str, str]:
-    """Run the real flow up to `sent`; the request id and its Stripe invoice id."""
-    from flows.invoice import invoice_flow
-
+    """Bill a request up to `sent`; the request id and its Stripe invoice id."""
     request = make_request(f"req-{name}-{uuid.uuid4().hex[:8]}")
-    assert invoice_flow(request).state is RecoveryPoint.SENT
+    assert bill_plain(request).state is RecoveryPoint.SENT
     [invoice] = invoices_for(client, request.request_id)
     return request.request_id, invoice.id
 
@@ -204,7 +205,8 @@ def test_a_storage_failure_answers_5xx_and_stripe_redelivers(
     assert moves_to(receiver.engine, request_id, "paid") == 1
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # a real `invoiceflow invoice` process running the flow, awaiting payment
+@pytest.mark.usefixtures("prefect_api")
 def test_the_cli_awaits_the_payment_by_watching_our_database_not_stripe(
     sandbox: Any,
     stripe_client: stripe.StripeClient,
