@@ -114,6 +114,7 @@ def _assert_paid_as_stripe_says(
     assert moves.count("paid") == 1
 
 
+@pytest.mark.backend  # two transactions racing for the row: both databases
 def test_a_payment_recorded_while_send_is_in_flight_is_kept(
     stripe_client: stripe.StripeClient, receiver: Receiver
 ) -> None:
@@ -126,6 +127,7 @@ def test_a_payment_recorded_while_send_is_in_flight_is_kept(
     _assert_paid_as_stripe_says(stripe_client, row, request_id)
 
 
+@pytest.mark.backend  # two transactions racing for the row: both databases
 def test_a_payment_recorded_while_dunning_writes_off_is_kept(
     stripe_client: stripe.StripeClient, receiver: Receiver
 ) -> None:
