@@ -27,8 +27,8 @@ each shard running its share of the manifest with the same per-request tasks
 
 from __future__ import annotations
 
+import queue
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -88,25 +88,33 @@ def bill_entries(run_id: str, entries: Iterable[tuple[int, BillingRequest]]) -> 
 def in_window(
     submit: Callable[[T], PrefectFuture[R]], items: Iterable[T]
 ) -> Iterator[PrefectFuture[R]]:
-    """Submit a task per item, each future yielded, in order, once its task has finished.
+    """Submit a task per item; yield each future once its task has finished, in the
+    order they finish.
 
     Only a window of twice the pool's threads is submitted at a time, and only
     while the caller takes what this yields: a 10,000-request run that
     submitted every task up front held each one's future and its Prefect
-    bookkeeping (about 20 KiB a request) until the end.
+    bookkeeping (about 20 KiB a request) until the end. A slot is freed by
+    whichever task finishes first (`wait(FIRST_COMPLETED)`, which Prefect's own
+    `wait` lacks), never by the oldest: one slow request (a busy lease, a long
+    Stripe retry) does not stall the others behind it.
     """
     window = 2 * get_settings().batch_workers
-    in_flight: deque[PrefectFuture[R]] = deque()
+    # Each future puts itself here when its task ends (from the pool's thread).
+    finished: queue.SimpleQueue[PrefectFuture[R]] = queue.SimpleQueue()
+    in_flight = 0
     for item in items:
-        if len(in_flight) >= window:
-            yield _finished(in_flight.popleft())
-        in_flight.append(submit(item))
-    while in_flight:
-        yield _finished(in_flight.popleft())
+        if in_flight >= window:
+            yield _finished(finished.get())
+            in_flight -= 1
+        submit(item).add_done_callback(finished.put)
+        in_flight += 1
+    for _ in range(in_flight):
+        yield _finished(finished.get())
 
 
 def _finished(future: PrefectFuture[R]) -> PrefectFuture[R]:
-    future.wait()
+    future.wait()  # its task is over: this only records its final state
     return future
 
 
