@@ -1,4 +1,13 @@
-"""The invoice flow end to end: real Prefect server, real sandbox, SQLite and PostgreSQL."""
+"""The invoice flow end to end: real Prefect server, real sandbox, SQLite and PostgreSQL.
+
+The flow's own contracts run on the session's Prefect server: a run completes
+(and a rerun too) with no secret in its parameters, ends `AwaitingPayment`, a
+rerun picks up a payment, and the UI's tags, story artifact and failure line.
+The business rules it runs are the plain pipeline's (`pipeline.bill`, the same
+steps as tasks): those tests here run on `bill_plain`, without Prefect; the
+transient-faults one runs through the flow too in the heavy tier (its customer
+and catalog branches in parallel tasks).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +23,17 @@ from invoiceflow import ledger
 from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.db.utc import as_utc
 from invoiceflow.runtime import get_runtime
-from tests.helpers import assert_exactly_one_invoice, invoices_for, make_request, writes
+from tests.helpers import (
+    assert_exactly_one_invoice,
+    bill_plain,
+    invoices_for,
+    make_request,
+    writes,
+)
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "configured")
+pytestmark = pytest.mark.usefixtures("configured")
+# The flow's own contracts, on the session's Prefect server.
+on_prefect = pytest.mark.usefixtures("prefect_api")
 
 HAPPY_PATH = [
     "planned",
@@ -29,6 +46,7 @@ HAPPY_PATH = [
 ]
 
 
+@on_prefect
 def test_one_request_becomes_one_sent_invoice_and_a_rerun_writes_nothing(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
@@ -107,6 +125,7 @@ def _flow_run_states(name: str) -> list[str]:
     return [run.state_type.value for run in _flow_runs(name) if run.state_type]
 
 
+@on_prefect
 def test_a_sent_invoice_ends_the_run_awaiting_payment(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
@@ -122,6 +141,7 @@ def test_a_sent_invoice_ends_the_run_awaiting_payment(
     assert run.state is not None and run.state.name == AWAITING_PAYMENT
 
 
+@on_prefect
 def test_a_rerun_picks_up_a_payment_no_webhook_brought(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
@@ -149,11 +169,22 @@ def test_a_rerun_picks_up_a_payment_no_webhook_brought(
     assert len(writes(sandbox)) == before
 
 
-def test_thirty_percent_transient_faults_still_one_invoice_each(
-    sandbox: Any, stripe_client: stripe.StripeClient
-) -> None:
+def _runner(name: str, request: pytest.FixtureRequest) -> Any:
+    """How a test runs a request: the plain pipeline, or the invoice flow on the
+    session's Prefect server."""
+    if name == "plain":
+        return bill_plain
+    request.getfixturevalue("prefect_api")
     from flows.invoice import invoice_flow
 
+    return invoice_flow
+
+
+@pytest.mark.parametrize("runner", ["plain", pytest.param("flow", marks=pytest.mark.heavy)])
+def test_thirty_percent_transient_faults_still_one_invoice_each(
+    runner: str, sandbox: Any, stripe_client: stripe.StripeClient, request: pytest.FixtureRequest
+) -> None:
+    bill = _runner(runner, request)
     sandbox.configure(
         fail_before_write=0.1, fail_after_write=0.1, drop_after_write=0.1, seed=20261125
     )
@@ -161,15 +192,15 @@ def test_thirty_percent_transient_faults_still_one_invoice_each(
         make_request(f"req-fault-{n}", customer=("acme", "globex", "initech")[n % 3])
         for n in range(6)
     ]
-    for request in requests:
-        status = invoice_flow(request)
+    for billing in requests:
+        status = bill(billing)
         assert status.state is RecoveryPoint.SENT, status.last_error
     sandbox.configure(fail_before_write=0, fail_after_write=0, drop_after_write=0)
 
     faults = [entry for entry in sandbox.requests() if entry["fault"]]
     assert len(faults) >= 10, "the fault injection did not happen"
-    for request in requests:
-        assert_exactly_one_invoice(stripe_client, request)
+    for billing in requests:
+        assert_exactly_one_invoice(stripe_client, billing)
     customers = list(stripe_client.v1.customers.list({"limit": 100}).auto_paging_iter())
     assert len(customers) == 3
     products = list(stripe_client.v1.products.list({"limit": 100}).auto_paging_iter())
@@ -179,27 +210,24 @@ def test_thirty_percent_transient_faults_still_one_invoice_each(
 def test_resubmission_with_changed_content_is_a_conflict(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
-    from flows.invoice import invoice_flow
-
     request = make_request("req-conflict")
-    invoice_flow(request)
+    bill_plain(request)
     before = len(writes(sandbox))
 
     changed = make_request(
         "req-conflict", items=[{"sku": "travel", "name": "Travel", "unit_amount": 1}]
     )
     with pytest.raises(ledger.RequestConflict, match="different content"):
-        invoice_flow(changed)
+        bill_plain(changed)
 
     assert len(writes(sandbox)) == before
     assert_exactly_one_invoice(stripe_client, request)
 
 
+@pytest.mark.backend  # two runs racing for one request's lease
 def test_two_concurrent_runs_of_one_request_make_one_invoice(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
-    from flows.invoice import invoice_flow
-
     # Latency widens the window in which both runs are in flight.
     sandbox.configure(latency_ms=40)
     request = make_request("req-race")
@@ -208,7 +236,7 @@ def test_two_concurrent_runs_of_one_request_make_one_invoice(
 
     def run() -> None:
         try:
-            results.append(invoice_flow(request))
+            results.append(bill_plain(request))
         except BaseException as exc:
             errors.append(exc)
 
@@ -226,15 +254,13 @@ def test_two_concurrent_runs_of_one_request_make_one_invoice(
 def test_an_invoice_edited_behind_our_back_is_never_finalized(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
-    from flows.invoice import invoice_flow
-
     request = make_request("req-tamper")
     # Fail the first finalize before it happens, so the draft stays a draft...
     sandbox.configure(
         faults=[{"method": "POST", "path": "/finalize$", "when": "status_409", "times": 100}]
     )
     with pytest.raises(stripe.StripeError):
-        invoice_flow(request)
+        bill_plain(request)
     invoice = invoices_for(stripe_client, request.request_id)[0]
     # ...and meanwhile someone adds a line in the Dashboard.
     price = stripe_client.v1.prices.list({"limit": 1}).data[0]
@@ -246,7 +272,7 @@ def test_an_invoice_edited_behind_our_back_is_never_finalized(
     from invoiceflow.invoicing import InvoiceMismatch
 
     with pytest.raises(InvoiceMismatch):
-        invoice_flow(request)
+        bill_plain(request)
     assert stripe_client.v1.invoices.retrieve(invoice.id).status == "draft"
     row = ledger.require(get_runtime().engine, request.request_id)
     assert row.point is RecoveryPoint.FAILED
@@ -256,7 +282,6 @@ def test_an_invoice_edited_behind_our_back_is_never_finalized(
 def test_250_lines_go_in_as_few_calls_as_stripe_allows(
     sandbox: Any, stripe_client: stripe.StripeClient
 ) -> None:
-    from flows.invoice import invoice_flow
     from invoiceflow.invoicing import LINES_PER_ADD_CALL
 
     items = [
@@ -269,7 +294,7 @@ def test_250_lines_go_in_as_few_calls_as_stripe_allows(
         for n in range(250)
     ]
     request = make_request("req-250", items=items)
-    status = invoice_flow(request)
+    status = bill_plain(request)
 
     assert status.state is RecoveryPoint.SENT
     assert_exactly_one_invoice(stripe_client, request)
@@ -277,6 +302,7 @@ def test_250_lines_go_in_as_few_calls_as_stripe_allows(
     assert len(add_calls) == 250 // LINES_PER_ADD_CALL == 5
 
 
+@on_prefect
 def test_the_ui_tells_each_invoices_story(sandbox: Any, stripe_client: stripe.StripeClient) -> None:
     """Runs are tagged by trigger, customer and currency; each request has a
     markdown artifact (a version per run); a failed run says why in one line."""
