@@ -3,7 +3,7 @@
 The figures themselves are measured by hand and written into the README (see
 "Benchmarks"): on a shared CI machine they would only measure its load. Each
 benchmark starts its own sandbox, and where it needs one its own Prefect
-server and databases, as separate processes.
+server and databases, as separate processes. Heavy tier.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ SMOKES = {
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("script", sorted(SMOKES))
 def test_benchmark_runs(script: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}

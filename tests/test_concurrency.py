@@ -2,6 +2,9 @@
 
 (The in-process variant with two threads is in test_invoice_flow.py; this one
 is two `invoiceflow invoice` processes, as a schedule racing an on-demand run.)
+
+Heavy tier: the default tier's race is the in-process one (two threads on the
+plain pipeline, SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from invoiceflow.db.models import RecoveryPoint
 from tests.conftest import REPO, app_env
 from tests.helpers import assert_exactly_one_invoice, make_request
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.usefixtures("prefect_api")]
 
 
 def test_two_processes_racing_make_one_invoice(

@@ -5,6 +5,9 @@ one chosen Stripe write open (a stall), either before it writes (our last
 recovery point is committed, the next write never happened) or after it wrote
 (Stripe committed, our database never heard). The test SIGKILLs the process
 right then, lets the lease lapse, and runs the request again.
+
+Heavy tier (a process killed per case). The default tier's crash matrix is the
+same set of cases in process, on the plain pipeline (tests/test_pipeline.py).
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ from invoiceflow.db.models import RecoveryPoint
 from tests.conftest import app_env
 from tests.helpers import assert_exactly_one_invoice, crash_cli_at, make_request
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api", "configured")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.heavy,
+    pytest.mark.usefixtures("prefect_api", "configured"),
+]
 
 # Every Stripe write of the DAG, by the request path that makes it.
 WRITES = {

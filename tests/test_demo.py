@@ -1,4 +1,8 @@
-"""The README's main command, as a new user runs it: no configuration, offline."""
+"""The README's main command, as a new user runs it: no configuration, offline.
+
+Heavy tier: the demo starts Prefect's temporary server of its own and runs every
+request through it, in a fresh process.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def test_demo_runs_offline_with_no_configuration(tmp_path: Path) -> None:

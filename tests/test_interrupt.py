@@ -7,6 +7,8 @@ does on Ctrl-C: SIGINT to the whole process group, which in Prefect's local mode
 includes its temporary API server. Also: SIGINT to the process alone (`kill
 -INT`), and the same against a real Prefect server, followed by the rerun the
 message asks for.
+
+Heavy tier: real processes, signals, and in local mode a temporary Prefect server.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sqlalchemy.engine import make_url
 from tests.conftest import REPO, app_env, run_cli
 from tests.helpers import assert_exactly_one_invoice, make_request, stalled, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 # Long enough that the request is still at `finalized` when we read it back;
 # short enough to wait out before the rerun.

@@ -40,6 +40,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.heavy,  # a browser
     pytest.mark.skipif(
         not CHROMIUM.exists(),
         reason="needs Chromium at /usr/bin/chromium (Debian: apt-get install -y chromium)",
