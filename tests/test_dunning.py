@@ -1,7 +1,13 @@
-"""Dunning against the real sandbox, real databases and a real Prefect server.
+"""Dunning against the real sandbox and real databases.
 
-Time is simulated with `as_of`: the sandbox's clock stays where it is, and the
-dunning flow is told which day it is, so a whole month runs in seconds.
+Time is simulated with `as_of`: the sandbox's clock stays where it is, and dunning
+is told which day it is, so a whole month runs in seconds.
+
+The rules run through the plain functions the dunning flow runs (`act.candidates`,
+then `act.dun` for each request, in sequence: tests/dunning_runs.py), with requests billed
+through the plain pipeline. The flow itself, with the CLI's lines and exit codes, is
+proven once on the session's Prefect server (`test_the_cli_prints_each_step_…`); a
+run SIGKILLed mid-reminder and two CLI processes at once are in the heavy tier.
 """
 
 from __future__ import annotations
@@ -18,19 +24,20 @@ import pytest
 import stripe
 from sqlmodel import select
 
-from flows.dunning import run_dunning
-from flows.invoice import run_invoice
 from invoiceflow import ledger
 from invoiceflow.db.engine import reading
 from invoiceflow.db.models import DunningStep
 from invoiceflow.dunning.plan import Cadence, plan
 from invoiceflow.dunning.report import DunningReport, Outcome
 from invoiceflow.runtime import get_runtime, reset_runtime
-from tests.conftest import REPO, run_cli
-from tests.helpers import make_request, sent_events, stalled, wait_for, writes
+from invoiceflow.status import RequestStatus
+from tests.conftest import REPO
+from tests.dunning_runs import dun_in_sequence as run_dunning
+from tests.helpers import bill_plain, make_request, sent_events, stalled, wait_for, writes
+from tests.inprocess_cli import in_process_cli
 
-# Everything but the plan's own tests runs the real stack, on both databases.
-stack = pytest.mark.usefixtures("prefect_api", "configured")
+# Everything but the plan's own tests runs against the sandbox, on both databases.
+stack = pytest.mark.usefixtures("configured")
 
 DAY = timedelta(days=1)
 
@@ -40,8 +47,10 @@ def _iso(moment: datetime) -> str:
 
 
 def _sent(request_id: str, client: stripe.StripeClient) -> tuple[str, datetime]:
-    """A request through the invoice flow: its sent invoice and Stripe's due date."""
-    status = run_invoice(make_request(request_id, customer=f"cust-{request_id.lower()}"))
+    """A request billed to `sent`: its invoice and Stripe's due date."""
+    status: RequestStatus = bill_plain(
+        make_request(request_id, customer=f"cust-{request_id.lower()}")
+    )
     assert status.state.value == "sent", status.one_line()
     invoice_id = ledger.require(get_runtime().engine, request_id).stripe_invoice_id
     assert invoice_id is not None
@@ -217,17 +226,21 @@ def test_the_final_step_can_void_instead(
     assert _posts_to(sandbox, "/mark_uncollectible") == 0
 
 
-@pytest.mark.slow
 @stack
+@pytest.mark.usefixtures("prefect_api")  # the dunning flow's contract: it runs here
 def test_the_cli_prints_each_step_and_refuses_a_bad_as_of(
-    sandbox: Any, stripe_client: stripe.StripeClient, configured: dict[str, str]
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
+    run_cli = in_process_cli(monkeypatch, request)
     invoice_id, due = _sent("R6", stripe_client)
     as_of = _iso(due + 8 * DAY)
 
-    done = run_cli("dunning", "--as-of", as_of, env=configured)
+    done = run_cli("dunning", "--as-of", as_of)
 
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.stderr
     *steps, summary = done.stdout.splitlines()
     assert steps == [
         f"R6: reminder-1 skipped for {invoice_id}, 8 days overdue (superseded by reminder-2)",
@@ -240,9 +253,9 @@ def test_the_cli_prints_each_step_and_refuses_a_bad_as_of(
     # says so and exits with the failure's code (5: temporary, rerun later).
     unreadable = {"method": "GET", "path": f"/v1/invoices/{invoice_id}$", "when": "before_write"}
     sandbox.configure(faults=[{**unreadable, "times": 100}])
-    failed = run_cli("dunning", "--as-of", _iso(due + 14 * DAY), env=configured)
+    failed = run_cli("dunning", "--as-of", _iso(due + 14 * DAY))
     sandbox.configure(faults=[])
-    assert failed.returncode == 5, failed.stderr
+    assert failed.exit_code == 5, failed.stderr
     assert failed.stdout.splitlines()[0].startswith(f"R6: failed (get {invoice_id}: APIError")
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: 1 request(s) failed, first R6: get ")
@@ -250,8 +263,8 @@ def test_the_cli_prints_each_step_and_refuses_a_bad_as_of(
     assert "Traceback" not in failed.stderr
     assert sent_events(stripe_client, invoice_id) == 2
 
-    bad = run_cli("dunning", "--as-of", "last tuesday", env=configured)
-    assert bad.returncode == 2
+    bad = run_cli("dunning", "--as-of", "last tuesday")
+    assert bad.exit_code == 2
     assert bad.stderr.strip().splitlines() == [
         "error: --as-of 'last tuesday' is not a time; use an ISO 8601 time such as "
         "2026-12-31T00:00:00Z (no zone: UTC)"
@@ -259,8 +272,9 @@ def test_the_cli_prints_each_step_and_refuses_a_bad_as_of(
     assert bad.stdout == ""
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # a real `invoiceflow dunning` process, SIGKILLed
 @stack
+@pytest.mark.usefixtures("prefect_api")
 def test_a_dunning_run_killed_after_stripe_emailed_the_reminder_is_not_repeated(
     sandbox: Any, stripe_client: stripe.StripeClient, configured: dict[str, str]
 ) -> None:
@@ -301,8 +315,9 @@ def test_a_dunning_run_killed_after_stripe_emailed_the_reminder_is_not_repeated(
     assert _steps("R7") == {"reminder-1": ("sent", True)}
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # two `invoiceflow dunning` processes racing
 @stack
+@pytest.mark.usefixtures("prefect_api")
 def test_two_dunning_runs_at_once_send_one_reminder(
     sandbox: Any, stripe_client: stripe.StripeClient, configured: dict[str, str]
 ) -> None:
