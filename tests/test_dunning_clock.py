@@ -5,9 +5,9 @@ invoices by it, and the dunning flow, given no `as_of`, asks the clock what day 
 is. Advancing the clock day by day makes the invoices overdue exactly as Stripe
 would — `invoice.overdue` included — and a month runs in seconds.
 
-The requests are billed through the plain pipeline; dunning runs as the schedule runs
-it, the dunning flow on the session's Prefect server: what "no `as_of`" means (each
-invoice judged by its own clock) is decided in the flow, and this is its contract.
+The requests are billed through the plain pipeline and the month is dunned through
+dunning's plain functions (tests/dunning_runs.py); that the dunning flow, given no
+`as_of`, takes the clock's day is proven on the session's Prefect server.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import stripe
 
-from flows.dunning import run_dunning
 from invoiceflow import ledger
 from invoiceflow.runtime import get_runtime, reset_runtime
 from tests.clock import advance_clock
+from tests.dunning_runs import dun_in_sequence
 from tests.helpers import bill_plain, make_request, sent_events
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "configured")
+pytestmark = pytest.mark.usefixtures("configured")
 
 # Ahead of the wall clock: a "now" taken from this machine would see nothing overdue.
 START = datetime(2031, 5, 4, 8, 0, tzinfo=UTC)
@@ -56,7 +56,7 @@ def test_a_month_on_the_test_clock_reminds_then_writes_off_and_a_payment_stops_i
         advance_clock(stripe_client, clock.id, due + timedelta(days=day, hours=1))
         if day == 9:
             stripe_client.v1.invoices.pay(paid.stripe_invoice_id, {"paid_out_of_band": True})
-        run_dunning()  # no as_of: the flow reads the test clock
+        dun_in_sequence()  # no as_of: each invoice is judged by its clock
         emailed[day] = (
             sent_events(stripe_client, unpaid.stripe_invoice_id),
             sent_events(stripe_client, paid.stripe_invoice_id),
@@ -86,6 +86,7 @@ def test_a_month_on_the_test_clock_reminds_then_writes_off_and_a_payment_stops_i
         assert _events(stripe_client, "invoice.overdue", invoice_id) == 1
 
 
+@pytest.mark.usefixtures("prefect_api")  # the flow's contract: it runs here
 def test_without_as_of_the_flow_uses_the_clock_not_this_machine(
     stripe_client: stripe.StripeClient, monkeypatch: pytest.MonkeyPatch, sandbox: Any
 ) -> None:
@@ -94,6 +95,7 @@ def test_without_as_of_the_flow_uses_the_clock_not_this_machine(
     )
     monkeypatch.setenv("INVOICEFLOW_STRIPE_TEST_CLOCK", clock.id)
     reset_runtime()
+    from flows.dunning import run_dunning
 
     report = run_dunning()
 
