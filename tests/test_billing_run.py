@@ -2,6 +2,12 @@
 
 Through the real CLI (`invoiceflow batch`), a real Prefect server, the Stripe
 sandbox over HTTP and real SQLite/PostgreSQL databases.
+
+Default tier: reading sources (CSV, JSONL, a directory, pending) and refusing bad
+ones are plain functions and the CLI in process; one billing run through the CLI in
+process on the session's Prefect server is the orchestration contract (the report,
+its artifacts, a task run and a story per invoice). Heavy tier: the sixty-request
+run, the killed run, Ctrl-C, and every source billed by a `batch` subprocess.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from invoiceflow.batch.source import read_source
 from invoiceflow.db.models import BillingRequestRow, BillingRun, BillingRunItem, RecoveryPoint
 from invoiceflow.request import BillingRequest
 from tests.conftest import REPO, app_env, run_cli
-from tests.helpers import assert_exactly_one_invoice, make_request, wait_for
+from tests.helpers import assert_exactly_one_invoice, bill_plain, make_request, wait_for
+from tests.inprocess_cli import Invoke, in_process_cli
 
 # One cheap line per request: the batch is about many requests, not many lines.
 ONE_LINE = [{"sku": "batch-seat", "name": "Seat", "unit_amount": 1200, "quantity": 2}]
@@ -95,10 +102,24 @@ def _run_id_of(path: Path) -> str:
     return manifest.default_run_id(read_source(str(path)))
 
 
+def _cli(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, env: dict[str, str]
+) -> Invoke:
+    """`invoiceflow …` in this process with `env`, from a directory with no `.env`."""
+    from invoiceflow.runtime import reset_runtime
+
+    monkeypatch.chdir(request.getfixturevalue("tmp_path"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reset_runtime()
+    request.addfinalizer(reset_runtime)
+    return in_process_cli(monkeypatch, request)
+
+
 # --- sixty requests, five bad ones ------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # sixty requests, twice, through `invoiceflow batch` subprocesses
 @pytest.mark.usefixtures("prefect_api")
 def test_sixty_requests_five_bad_each_good_one_invoiced_once_each_bad_one_named(
     sandbox: Any, stripe_client: stripe.StripeClient, database_url: str, tmp_path: Path
@@ -249,7 +270,7 @@ def _assert_each_invoice_has_its_story(requests: list[BillingRequest]) -> None:
 # --- killed mid-run, rerun --------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # a real `invoiceflow batch` process, SIGKILLed
 @pytest.mark.usefixtures("prefect_api")
 def test_a_killed_run_resumes_only_what_did_not_finish_and_duplicates_nothing(
     sandbox: Any, stripe_client: stripe.StripeClient, database_url: str, tmp_path: Path
@@ -303,7 +324,7 @@ def test_a_killed_run_resumes_only_what_did_not_finish_and_duplicates_nothing(
     assert _run(database_url, run_id).attempts == 2
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # a real `invoiceflow batch` process, SIGINTed
 @pytest.mark.usefixtures("prefect_api")
 def test_ctrl_c_says_how_to_resume_and_exits_130(
     sandbox: Any, stripe_client: stripe.StripeClient, sqlite_url: str, tmp_path: Path
@@ -353,7 +374,7 @@ CSV_HEADER = (
 )
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # three billing runs through `invoiceflow batch` subprocesses
 @pytest.mark.usefixtures("prefect_api")
 def test_csv_directory_and_pending_sources(
     sandbox: Any, stripe_client: stripe.StripeClient, sqlite_url: str, tmp_path: Path
@@ -407,6 +428,111 @@ def test_csv_directory_and_pending_sources(
     # Nothing is pending any more: an empty source is an error, not a silent success.
     empty = run_cli("batch", "pending", env=env, timeout=120)
     assert empty.returncode == 2
+    assert empty.stderr.strip().splitlines()[-1].startswith("error: source 'pending' holds no")
+
+
+def _write_csv(path: Path, prefix: str, *more_rows: str) -> Path:
+    """Two requests: c1 of two lines in USD (one priced as a decimal), c2 in EUR."""
+    path.write_text(
+        "\n".join(
+            [
+                CSV_HEADER,
+                f"{prefix}-c1,acme,billing@acme.example,Acme,usd,seat,Seat,1200,,3,November,14",
+                f"{prefix}-c1,acme,billing@acme.example,Acme,usd,setup,Setup,,99.50,1,,14",
+                f"{prefix}-c2,globex,ap@globex.example,Globex,eur,seat,Seat,,12.00,2,,",
+                *more_rows,
+            ]
+        )
+        + "\n"
+    )
+    return path
+
+
+@pytest.mark.usefixtures("prefect_api")  # the billing run's orchestration contract
+def test_a_billing_run_reports_and_tells_each_invoice_story(
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """`invoiceflow batch` in process on the session's Prefect server: the report on
+    stdout, exit 7 for the bad request, the run's table and summary artifacts, and a
+    completed task run and a story artifact per invoice."""
+    prefix = f"o{uuid.uuid4().hex[:6]}"
+    zero = f"{prefix}-c3,acme,billing@acme.example,Acme,usd,seat,Seat,1200,,0,,"
+    csv_file = _write_csv(tmp_path / "batch.csv", prefix, zero)
+    run_cli = _cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
+
+    result = run_cli("batch", str(csv_file))
+
+    assert result.exit_code == 7, (result.stdout, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr
+    run_id = _run_id_of(csv_file)
+    assert f"billing run {run_id} (attempt 1): 3 requests: 2 invoiced, 1 invalid" in result.stdout
+    assert "invoiced 135.50 USD" in result.stdout and "invoiced 24.00 EUR" in result.stdout
+    [failed] = [line for line in result.stdout.splitlines() if line.startswith("failed ")]
+    assert "invalid: " in failed and "quantity: must be at least 1, got 0" in failed
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith("error: 1 of 3 requests failed (")
+    [c1] = _invoices_by_request(stripe_client)[f"{prefix}-c1"]
+    assert (c1.total, c1.currency) == (3 * 1200 + 9950, "usd")
+    billed = [entry.request for entry in read_source(str(csv_file)).entries if entry.request]
+    assert [r.request_id for r in billed] == [f"{prefix}-c1", f"{prefix}-c2"]
+    _assert_invoiced_once(stripe_client, billed)
+    _assert_table_artifact(run_id, invoiced=2, failures=1)
+    _assert_each_invoice_has_its_story(billed)
+
+
+@pytest.mark.usefixtures("configured")
+def test_csv_directory_and_pending_sources_are_read_as_requests(
+    stripe_client: stripe.StripeClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    configured: dict[str, str],
+) -> None:
+    """What `batch` bills from each kind of source (the heavy tier bills each one
+    through a `batch` process)."""
+    from invoiceflow import ledger
+    from invoiceflow.batch.source import PENDING
+    from invoiceflow.runtime import get_runtime
+
+    prefix = f"s{uuid.uuid4().hex[:6]}"
+    entries = read_source(str(_write_csv(tmp_path / "batch.csv", prefix))).entries
+    assert [e.problem for e in entries] == [None, None]
+    totals = [
+        (e.request_id, e.request.total_amount(), e.request.currency) for e in entries if e.request
+    ]
+    assert totals == [(f"{prefix}-c1", 3 * 1200 + 9950, "usd"), (f"{prefix}-c2", 2400, "eur")]
+
+    directory = tmp_path / "requests"
+    directory.mkdir()
+    d1 = make_request(f"{prefix}-d1", items=ONE_LINE)
+    d2 = make_request(f"{prefix}-d2", customer="globex", items=ONE_LINE)
+    (directory / "d1.json").write_text(_as_json(d1))
+    (directory / "d2.yaml").write_text(yaml.safe_dump(d2.model_dump(mode="json")))
+    (directory / "notes.txt").write_text("not a request")
+    (directory / "bad.yml").write_text("request_id: bad\ncurrency: usd\n")
+    read = read_source(str(directory)).entries
+    assert [(e.position, e.request) for e in read] == [(0, None), (1, d1), (2, d2)]
+    assert (read[0].problem or "").startswith("bad.yml: customer: is required")
+    assert read[1].problem is None and read[2].problem is None
+
+    # Pending: recorded in our database, never sent (a crash, a failure, an import).
+    engine = get_runtime().engine
+    pending = [make_request(f"{prefix}-p{n}", items=ONE_LINE) for n in range(2)]
+    for billing_request in pending:
+        ledger.submit(engine, billing_request)
+    assert [e.request for e in read_source(PENDING, engine).entries] == pending
+    for billing_request in pending:
+        bill_plain(billing_request)
+    _assert_invoiced_once(stripe_client, pending)
+    # Nothing is pending any more: an empty source is an error, not a silent success.
+    assert read_source(PENDING, engine).entries == []
+    empty = _cli(monkeypatch, request, configured)("batch", "pending")
+    assert empty.exit_code == 2
     assert empty.stderr.strip().splitlines()[-1].startswith("error: source 'pending' holds no")
 
 
@@ -481,17 +607,21 @@ def test_a_request_twice_in_one_source_is_refused_the_second_time(tmp_path: Path
     ids=["missing", "unknown-extension", "empty-file", "empty-directory", "unknown-column"],
 )
 def test_a_source_that_cannot_be_billed_exits_2_and_creates_nothing(
-    make: Any, message: str, tmp_path: Path
+    make: Any,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     source_dir = tmp_path / "source"
     source_dir.mkdir()
     database = tmp_path / "db" / "invoiceflow.db"
     database.parent.mkdir()
-    env = app_env("http://127.0.0.1:9", f"sqlite:///{database}")
+    run_cli = _cli(monkeypatch, request, app_env("http://127.0.0.1:9", f"sqlite:///{database}"))
 
-    result = run_cli("batch", str(make(source_dir)), env=env)
+    result = run_cli("batch", str(make(source_dir)))
 
-    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: source ") and message in line
@@ -499,21 +629,24 @@ def test_a_source_that_cannot_be_billed_exits_2_and_creates_nothing(
 
 
 def test_a_run_id_reused_for_other_content_exits_2_naming_the_fix(
-    sqlite_url: str, tmp_path: Path
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     from invoiceflow.db.engine import get_engine
 
     first = _jsonl(tmp_path / "a.jsonl", [_as_json(make_request("a-1", items=ONE_LINE))])
     manifest.start(get_engine(sqlite_url), "monthly", read_source(str(first)))
     other = _jsonl(tmp_path / "b.jsonl", [_as_json(make_request("b-1", items=ONE_LINE))])
-    env = app_env("http://127.0.0.1:9", sqlite_url)
+    run_cli = _cli(monkeypatch, request, app_env("http://127.0.0.1:9", sqlite_url))
 
-    result = run_cli("batch", str(other), "--run-id", "monthly", env=env)
+    result = run_cli("batch", str(other), "--run-id", "monthly")
 
-    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: run id 'monthly' already bills other content (")
     assert "use a new --run-id for this source" in line
-    bad_id = run_cli("batch", str(other), "--run-id", "no spaces", env=env)
-    assert bad_id.returncode == 2
+    bad_id = run_cli("batch", str(other), "--run-id", "no spaces")
+    assert bad_id.exit_code == 2
     assert bad_id.stderr.startswith("error: --run-id 'no spaces' must be")
