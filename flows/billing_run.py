@@ -44,6 +44,7 @@ from invoiceflow import lease, progress, story
 from invoiceflow.batch import dispatch, manifest, report, unit
 from invoiceflow.batch import shards as sharding
 from invoiceflow.batch import source as source_module
+from invoiceflow.batch.outcome import Outcome
 from invoiceflow.request import BillingRequest
 from invoiceflow.runtime import get_runtime
 from invoiceflow.settings import get_settings
@@ -79,10 +80,40 @@ def invoice_entry(run_id: str, position: int, request: BillingRequest) -> str:
 def bill_entries(run_id: str, entries: Iterable[tuple[int, BillingRequest]]) -> None:
     """One `invoice-<request id>` task per entry on the flow's thread pool; wait for all.
 
-    Each task records its entry's outcome in the manifest itself.
+    Each task records its entry's outcome in the manifest itself. An entry that
+    another run was holding (`busy`: its unit waited only briefly) is tried once
+    more after all the others; still busy then, it stays `busy` for a rerun.
     """
-    for _done in in_window(lambda entry: invoice_entry.submit(run_id, *entry), entries):
-        pass
+    busy = _bill_window(run_id, entries)
+    if busy:
+        progress.note("%d request(s) held by another run: trying them again", len(busy))
+        _bill_window(run_id, busy)
+
+
+def _bill_window(
+    run_id: str, entries: Iterable[tuple[int, BillingRequest]]
+) -> list[tuple[int, BillingRequest]]:
+    """Bill `entries` through the window; the ones that ended busy."""
+    submitted: dict[PrefectFuture[str], tuple[int, BillingRequest]] = {}
+
+    def submit(entry: tuple[int, BillingRequest]) -> PrefectFuture[str]:
+        future = invoice_entry.submit(run_id, *entry)
+        submitted[future] = entry
+        return future
+
+    busy = []
+    for done in in_window(submit, entries):
+        entry = submitted.pop(done)
+        if _outcome(done) == Outcome.BUSY:
+            busy.append(entry)
+    return busy
+
+
+def _outcome(future: PrefectFuture[str]) -> str | None:
+    try:
+        return future.result()
+    except Exception:  # not the request's failure (the database?): the manifest shows it unfinished
+        return None
 
 
 def in_window(

@@ -67,15 +67,26 @@ class Billed:
         return not isinstance(self.error, ledger.LeaseLost)
 
 
-def bill(rt: Runtime, request: BillingRequest, owner: str, steps: Steps, log: Log = _log) -> Billed:
+def bill(
+    rt: Runtime,
+    request: BillingRequest,
+    owner: str,
+    steps: Steps,
+    log: Log = _log,
+    patience_seconds: float | None = None,
+) -> Billed:
     """Take the request from wherever it stands to sent (or refresh a sent one), under its lease.
 
     The request must be recorded already (`ledger.submit`). Plain calls only:
     the caller (a flow or task) publishes the request's story from the result,
-    so this path runs, and is tested, without Prefect.
+    so this path runs, and is tested, without Prefect. Another run holding the
+    lease is waited for up to `patience_seconds` (None: one lease TTL, so a
+    second run of one request finds the first one's work done), then
+    `ledger.RequestBusy` is raised.
     """
     request_id = request.request_id
     ttl = rt.settings.lease_seconds
+    patience = ttl if patience_seconds is None else patience_seconds
     started: list[BillingRequestRow] = []
 
     def start_attempt(session: Session, row: BillingRequestRow) -> None:
@@ -84,7 +95,7 @@ def bill(rt: Runtime, request: BillingRequest, owner: str, steps: Steps, log: Lo
 
     # The lease is renewed for as long as this attempt lives; one that loses it
     # anyway (paused past it, taken over) stops before its next Stripe write.
-    with lease.held(rt.engine, request_id, owner, ttl, patience_seconds=ttl, on_take=start_attempt):
+    with lease.held(rt.engine, request_id, owner, ttl, patience, on_take=start_attempt):
         try:
             row = started[-1]
             if row.attempts > 1 or row.point is not RecoveryPoint.PLANNED:

@@ -4,6 +4,12 @@ A unit never raises for its request's sake: whatever goes wrong with one
 request (invalid, conflicting, refused by Stripe, a Stripe outage that outlasts
 the retries, another run holding it) becomes that entry's outcome and reason,
 and the run goes on with the others.
+
+A request another run holds is `busy` after a short wait, as in dunning, not
+after a lease TTL: the run comes back to it once the others are done
+(`flows.billing_run.bill_entries`) instead of holding a worker thread for
+minutes. The lease makes either attempt safe: whoever holds it bills the
+request once; the other then only reads where it stands.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from invoiceflow.retry import describe
 from invoiceflow.runtime import Runtime
 
 _log = logging.getLogger(__name__)
+
+# How long a unit waits for a request another run holds before calling it busy.
+LEASE_PATIENCE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,9 @@ def bill_entry(
 def _bill(rt: Runtime, request: BillingRequest, owner: str, log: pipeline.Log) -> UnitResult:
     try:
         ledger.submit(rt.engine, request)
-        billed = pipeline.bill(rt, request, owner, pipeline.in_sequence(rt), log)
+        billed = pipeline.bill(
+            rt, request, owner, pipeline.in_sequence(rt), log, LEASE_PATIENCE_SECONDS
+        )
     except Exception as exc:  # never got to work on it: conflict, busy, database down
         return failed(exc)
     told = billed.row if billed.tells_story else None
