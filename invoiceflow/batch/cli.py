@@ -117,7 +117,10 @@ def batch(
         try:
             read = read or _billable(read_source(source, engine), source)
             run_id = run_id or manifest.default_run_id(read)
-            manifest.check_resumable(engine, run_id, read)
+            # The same source with corrected rows resumes its run (`manifest._rebuilt`).
+            total = manifest.check_resumable(engine, run_id, read)
+        except manifest.ManifestConflict as exc:
+            raise fail(Exit.CONFLICT, str(exc)) from None
         except (SourceError, manifest.ManifestError) as exc:
             raise fail(Exit.BAD_INPUT, str(exc)) from None
 
@@ -126,7 +129,7 @@ def batch(
         rerun += f" --shards {shards}"
     with (
         _on_interrupt(engine, run_id, rerun, shards > 1),
-        _progress(engine, run_id, len(read.entries)),
+        _progress(engine, run_id, total),
     ):
         result = _run(read, run_id, shards)
     for line in result.lines():

@@ -6,6 +6,13 @@ finished (outcome NULL: never ran, or the process died mid-way) or may still
 succeed (`outcome.RETRYABLE`). The request's own progress stays in the
 ledger, the single truth: a resumed entry picks up where its request stands,
 so nothing is billed twice whatever the manifest says.
+
+A run id pins its source's content, with one exception: the same source
+(the same file, or "pending") with other content resumes the run with that
+content. That is the loop a run with bad rows prescribes — fix them, rerun
+the run — so the manifest is rebuilt from the corrected source: every entry
+is checked and billed again, except the ones the run already billed, which
+stay done (and must still say what they were billed from).
 """
 
 from __future__ import annotations
@@ -15,22 +22,28 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from invoiceflow.batch.outcome import RETRYABLE, Outcome
 from invoiceflow.batch.source import Source
 from invoiceflow.db.engine import insert_if_absent, reading, transaction
-from invoiceflow.db.models import BillingRun, BillingRunItem, utcnow
+from invoiceflow.db.models import BillingRequestRow, BillingRun, BillingRunItem, utcnow
 
 RUN_ID_MAX_LENGTH = 128
 _RUN_ID = re.compile(r"[a-z0-9][a-z0-9._:-]*", re.IGNORECASE)
 _UNSAFE = re.compile(r"[^a-z0-9]+")
+# Request ids per IN (…) when looking up what a run billed: far below SQLite's variable limit.
+_LOOKUP_CHUNK = 500
 
 
 class ManifestError(Exception):
     """The run id cannot stand for this source; one line naming the fix."""
+
+
+class ManifestConflict(ManifestError):
+    """A request the run already billed has other content in the source now."""
 
 
 @dataclass(frozen=True)
@@ -56,17 +69,82 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def check_resumable(engine: Engine, run_id: str, source: Source) -> BillingRun | None:
-    """The existing manifest of `run_id` (None if new); raises if it bills other content."""
+def check_resumable(engine: Engine, run_id: str, source: Source) -> int:
+    """How many entries `run_id`'s manifest holds once it bills `source`.
+
+    Raises ManifestError if the run bills another source, ManifestConflict if
+    a request it billed has other content in `source` now.
+    """
     with reading(engine) as session:
         run = session.get(BillingRun, run_id)
-    if run is not None and run.source_digest != source.digest:
+        if run is None:
+            return len(source.entries)
+        if run.source_digest == source.digest:
+            return run.total
+        return len(_rebuilt(session, run, source))
+
+
+def _rebuilt(session: Session, run: BillingRun, source: Source) -> list[BillingRunItem]:
+    """The manifest of `run` for the corrected content of its own source.
+
+    Each entry starts over (a fixed row is validated and billed like a new
+    one; the ledger resumes a request that got part of the way), except a
+    request the run already billed: it stays done, with its outcome, as long
+    as the source still says what it was billed from. A done request the
+    source no longer lists (`pending` drops what is sent) stays in the
+    manifest too, at the end: it is part of what the run billed.
+    """
+    if run.source != source.name[:1000]:
         raise ManifestError(
-            f"run id {run_id!r} already bills other content ({run.source}, digest "
+            f"run id {run.run_id!r} already bills other content ({run.source}, digest "
             f"{run.source_digest[:12]}); use a new --run-id for this source, or omit "
             "--run-id to derive one from its content"
         )
-    return run
+    old = session.exec(
+        select(BillingRunItem)
+        .where(BillingRunItem.run_id == run.run_id)
+        .order_by(col(BillingRunItem.position))
+    ).all()
+    for item in old:  # the rebuilt items take their places (and primary keys)
+        session.expunge(item)
+    done = {i.request_id: i for i in old if i.request_id and i.outcome and Outcome(i.outcome).done}
+    # What each done request was billed from: the ledger's fingerprint of its content.
+    billed: dict[str, str] = {}
+    ids = list(done)
+    for start in range(0, len(ids), _LOOKUP_CHUNK):
+        chunk = ids[start : start + _LOOKUP_CHUNK]
+        billed.update(
+            session.exec(
+                select(BillingRequestRow.request_id, BillingRequestRow.fingerprint).where(
+                    col(BillingRequestRow.request_id).in_(chunk)
+                )
+            ).all()
+        )
+    items = _items(run.run_id, source)
+    for item, entry in zip(items, source.entries, strict=True):
+        kept = done.pop(entry.request_id, None) if entry.request_id else None
+        if kept is None or kept.request_id not in billed:
+            continue
+        if entry.request is None or entry.request.fingerprint() != billed[kept.request_id]:
+            raise ManifestConflict(
+                f"{entry.where}: request {kept.request_id!r} is already {kept.outcome} by "
+                f"billing run {run.run_id!r} and its content has changed since; put back what "
+                "it was billed from (new lines need a new request_id)"
+            )
+        item.outcome, item.reason = kept.outcome, kept.reason
+    for position, kept in enumerate(done.values(), start=len(items)):
+        items.append(
+            BillingRunItem(
+                run_id=run.run_id,
+                position=position,
+                request_id=kept.request_id,
+                currency=kept.currency,
+                total_amount=kept.total_amount,
+                outcome=kept.outcome,
+                reason=kept.reason,
+            )
+        )
+    return items
 
 
 def start(engine: Engine, run_id: str, source: Source) -> Started:
@@ -90,14 +168,18 @@ def start(engine: Engine, run_id: str, source: Source) -> Started:
         )
         run = session.get(BillingRun, run_id, with_for_update=True, populate_existing=True)
         assert run is not None
-        if run.source_digest != source.digest:  # another process created it meanwhile
-            raise ManifestError(f"run id {run_id!r} already bills other content; use a new one")
+        repinned = run.source_digest != source.digest
+        if repinned:  # corrected content of the run's source (checked again under the lock)
+            items = _rebuilt(session, run, source)
+            session.execute(delete(BillingRunItem).where(col(BillingRunItem.run_id) == run_id))
+            session.add_all(items)
+            run.source_digest, run.total = source.digest, len(items)
         run.attempts += 1
         run.finished_at = None
         session.add(run)
         if created:
             session.add_all(_items(run_id, source))
-        else:
+        elif not repinned:
             # Retryable outcomes are from an earlier attempt: this one runs them again.
             session.execute(
                 update(BillingRunItem)
