@@ -14,6 +14,13 @@ shares it: one caller meeting Stripe's limit slows all of them down, instead
 of each finding out on its own with a 429 of its own. A limit whose store is
 down fails closed (no slot, no call) and is transient like a connection error:
 retried here with backoff, then `temporary` for the run, which a rerun resumes.
+
+An address that refuses or never answers the connection (`is_unreachable`: a
+wrong STRIPE_API_BASE, no network) is retried for at most
+`RetryPolicy.unreachable_seconds`, and the step is not retried again later:
+waiting minutes cannot fix a setting. It is described in one line naming the
+address and the setting that points there, never the SDK's "let us know at
+support@stripe.com".
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ class RetryPolicy:
     # Longest we honour a server's Retry-After before giving the retry back to
     # the orchestrator (which retries the whole task later).
     max_retry_after: float = 30.0
+    # Longest we keep retrying an unreachable Stripe (connection refused, name
+    # not resolved, connect timeout): one more attempt may start before it ends,
+    # so the wait is bounded by this plus one INVOICEFLOW_STRIPE_TIMEOUT_SECONDS.
+    unreachable_seconds: float = 20.0
 
     def delay(self, attempt: int, exc: BaseException) -> float:
         hinted = retry_after_seconds(exc)
@@ -122,15 +133,20 @@ def call_with_retries(
     policy = policy or configured_policy()
     gate = limiter()
     attempt = 1
+    started = time.monotonic()
     while True:
         try:
             gate.acquire("search" if search else "api")  # in the try: its store may be down
             return call()
         except Exception as exc:
-            if not is_transient(exc, read=read) or attempt >= policy.attempts:
+            wait = policy.delay(attempt, exc)
+            if (
+                not is_transient(exc, read=read)
+                or attempt >= policy.attempts
+                or _past_unreachable_budget(exc, policy, time.monotonic() - started + wait)
+            ):
                 _name_the_call(exc, what)
                 raise
-            wait = policy.delay(attempt, exc)
             if is_rate_limited(exc):
                 _push_back(gate, wait)
             progress.log.warning(
@@ -138,6 +154,10 @@ def call_with_retries(
             )
             sleep(wait)
             attempt += 1
+
+
+def _past_unreachable_budget(exc: BaseException, policy: RetryPolicy, waited: float) -> bool:
+    return is_unreachable(exc) and waited > policy.unreachable_seconds
 
 
 def _push_back(gate: Limiter | Unlimited, seconds: float) -> None:
@@ -162,7 +182,9 @@ MAX_DESCRIPTION = 300
 
 def describe(exc: BaseException) -> str:
     """A one-line, secret-free description of a failure for logs and the ledger."""
-    if isinstance(exc, stripe.StripeError):
+    if isinstance(exc, stripe.APIConnectionError):
+        text = _unreachable(exc)  # the SDK's text is a paragraph ending in Stripe's support
+    elif isinstance(exc, stripe.StripeError):
         status = f"HTTP {exc.http_status} " if exc.http_status else ""
         code = f"{exc.code}: " if exc.code else ""
         text = f"{type(exc).__name__} {status}{code}{exc.user_message or exc._message or ''}"
@@ -173,3 +195,74 @@ def describe(exc: BaseException) -> str:
         text = f"{notes[0]}: {text}"
     text = " ".join(text.split())
     return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…"
+
+
+# --- Stripe unreachable --------------------------------------------------------
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and what it came from: requests' error, urllib3's, the socket's."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        inner = getattr(seen, "reason", None)  # urllib3's MaxRetryError holds it here
+        if not isinstance(inner, BaseException):
+            inner = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        seen = seen.__cause__ or seen.__context__ or inner
+    return chain
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """No connection to Stripe was made: refused, name not resolved, connect timeout.
+
+    Not a read timeout or a dropped connection: those reached Stripe, which may
+    have done the work and is merely slow to say so.
+    """
+    if not isinstance(exc, stripe.APIConnectionError):
+        return False
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+    return any(isinstance(one, NewConnectionError | ConnectTimeoutError) for one in _causes(exc))
+
+
+def _network_reason(exc: BaseException) -> str:
+    text = " ".join(str(one) for one in _causes(exc)[1:]).lower()
+    for needle, reason in (
+        ("refused", "connection refused"),
+        ("resolve", "name not resolved"),
+        ("not known", "name not resolved"),
+        ("getaddrinfo", "name not resolved"),
+        ("timed out", "timed out"),
+        ("certificate", "TLS certificate not trusted"),
+        ("ssl", "TLS error"),
+        ("unreachable", "network unreachable"),
+    ):
+        if needle in text:
+            return reason
+    cause = exc.__cause__
+    return type(cause).__name__ if cause is not None else "connection failed"
+
+
+def _where_stripe_is() -> tuple[str, str]:
+    """Stripe's address as configured (no credentials), and what to check."""
+    from urllib.parse import urlsplit
+
+    from invoiceflow.settings import SettingsError, get_settings
+
+    try:
+        base = get_settings().stripe_api_base
+    except SettingsError:
+        base = None
+    if not base:
+        return "https://api.stripe.com", "check the network (or set STRIPE_API_BASE)"
+    parts = urlsplit(base)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}", "check STRIPE_API_BASE"
+
+
+def _unreachable(exc: stripe.APIConnectionError) -> str:
+    where, check = _where_stripe_is()
+    verb = "unreachable" if is_unreachable(exc) else "connection failed"
+    return f"Stripe {verb} at {where} ({_network_reason(exc)}); {check}"

@@ -19,7 +19,7 @@ from prefect.client.schemas.objects import TaskRun
 
 from invoiceflow import catalog, customers, invoicing
 from invoiceflow.db.models import RecoveryPoint
-from invoiceflow.retry import is_transient
+from invoiceflow.retry import is_transient, is_unreachable
 from invoiceflow.runtime import get_runtime
 from invoiceflow.settings import get_settings
 
@@ -37,8 +37,10 @@ TASK_RETRY_JITTER = 0.3
 
 
 def retry_if_transient(_task: Task[Any, Any], _run: TaskRun, state: State[Any]) -> bool:
+    # Not an unreachable Stripe: a wrong address or no network is not fixed by
+    # waiting minutes; the run ends `temporary` at once, naming the setting.
     error = state.data
-    return isinstance(error, BaseException) and is_transient(error)
+    return isinstance(error, BaseException) and is_transient(error) and not is_unreachable(error)
 
 
 def stripe_step(name: str, run_name: str | None = None) -> Callable[[Callable[P, R]], Task[P, R]]:

@@ -1,0 +1,134 @@
+"""What a new user meets when something is unreachable, refused or miscounted (issue 22,
+items 7-10): one line naming what and where, the documented exit code, numbers that agree,
+and a log line for every refusal that never holds the secret."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import stripe
+
+from invoiceflow.outcomes import Exit, classify
+from tests.helpers import bill_plain, make_request
+from tests.inprocess_cli import Invoke, in_process_cli
+
+# Nothing listens on port 1: every connection to it is refused at once.
+CLOSED = "http://127.0.0.1:1"
+STRIPE_SUPPORT = "support@stripe.com"
+
+
+def _cli(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, env: dict[str, str]
+) -> Invoke:
+    """`invoiceflow …` in this process with `env`, from a directory with no `.env`."""
+    from invoiceflow.runtime import reset_runtime
+    from invoiceflow.settings import get_settings
+
+    monkeypatch.chdir(request.getfixturevalue("tmp_path"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    reset_runtime()
+    request.addfinalizer(reset_runtime)
+    request.addfinalizer(get_settings.cache_clear)
+    return in_process_cli(monkeypatch, request)
+
+
+def _request_file(directory: Path, request_id: str = "first-hour-1") -> Path:
+    path = directory / f"{request_id}.json"
+    path.write_text(make_request(request_id).model_dump_json(), encoding="utf-8")
+    return path
+
+
+# --- 7. Stripe unreachable -------------------------------------------------------
+
+
+@pytest.fixture
+def stripe_closed(configured: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Configured as for the sandbox, but STRIPE_API_BASE names a closed port."""
+    from invoiceflow.runtime import reset_runtime
+    from invoiceflow.settings import get_settings
+
+    monkeypatch.setenv("STRIPE_API_BASE", CLOSED)
+    get_settings.cache_clear()
+    reset_runtime()
+    return {**configured, "STRIPE_API_BASE": CLOSED}
+
+
+def test_unreachable_stripe_is_one_line_naming_stripe_api_base_and_exit_5(
+    stripe_closed: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from invoiceflow.outcomes import failure_message
+    from invoiceflow.retry import describe
+
+    caplog.set_level(logging.INFO, logger="invoiceflow")
+    with pytest.raises(Exception) as failed:
+        bill_plain(make_request("unreachable-1"))
+
+    assert classify(failed.value) is Exit.TEMPORARY  # exit 5: rerun later, it resumes
+    line = describe(failed.value)
+    assert "\n" not in line
+    assert "Stripe unreachable at http://127.0.0.1:1" in line, line
+    assert "connection refused" in line and "STRIPE_API_BASE" in line, line
+    assert STRIPE_SUPPORT not in failure_message(failed.value)
+    retries = [r.getMessage() for r in caplog.records if "; retry " in r.getMessage()]
+    assert retries, "the retries are announced"
+    for one in retries:
+        assert STRIPE_SUPPORT not in one and "STRIPE_API_BASE" in one, one
+        assert len(one) < 200, one
+
+
+def test_unreachable_stripe_is_retried_within_a_bounded_wait(stripe_closed: dict[str, str]) -> None:
+    from invoiceflow.retry import RetryPolicy, call_with_retries
+    from invoiceflow.settings import get_settings
+    from invoiceflow.stripe_api import make_client
+
+    client = make_client(get_settings())
+    calls = 0
+
+    def read() -> object:
+        nonlocal calls
+        calls += 1
+        return client.v1.customers.list({"limit": 1})
+
+    # Twenty attempts allowed, but an unreachable Stripe only gets its budget.
+    policy = RetryPolicy(attempts=20, base_delay=0.1, max_delay=0.1, unreachable_seconds=0.3)
+    started = time.monotonic()
+    with pytest.raises(stripe.APIConnectionError):
+        call_with_retries(read, "list customers", policy=policy)
+    assert time.monotonic() - started < 0.3 + 5  # the budget, plus one refused attempt's slack
+    assert 2 <= calls < 20, calls
+
+
+@pytest.mark.usefixtures("prefect_api")  # the invoice command runs its flow here
+def test_cli_invoice_with_stripe_unreachable_prints_one_line_and_exits_5(
+    stripe_closed: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    from invoiceflow.settings import get_settings
+
+    invoke = _cli(monkeypatch, request, stripe_closed)
+    result = invoke("invoice", str(_request_file(tmp_path)), "--no-wait")
+
+    assert result.exit_code == Exit.TEMPORARY, (result.stdout, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "Stripe unreachable at http://127.0.0.1:1" in errors[0]
+    assert "STRIPE_API_BASE" in errors[0]
+    assert STRIPE_SUPPORT not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    # In-task retries only: no step is rerun later (a task retry) for an address
+    # that refuses, so each call announces at most its in-task retries.
+    retries = Counter(
+        line.split(": Stripe unreachable")[0]
+        for line in result.stderr.splitlines()
+        if "; retry " in line
+    )
+    assert retries, result.stderr
+    assert max(retries.values()) <= get_settings().retry_attempts - 1, retries
