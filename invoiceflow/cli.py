@@ -6,7 +6,8 @@ Exit codes (stable, for scripts and schedulers):
   2  bad input or configuration
   3  request_id already used for other content
   4  Stripe refused it for good (card, validation, an invoice that doesn't match)
-  5  temporary failure: retries ran out, run it again later
+  5  temporary failure: retries ran out, or Stripe, Prefect's API or the database
+     is unreachable; run it again later
   6  another run is processing this request right now
   7  `batch`: the run finished and some requests failed (each named, with its reason)
 """
@@ -37,12 +38,20 @@ app.add_typer(db_app, name="db")
 
 @contextmanager
 def database_errors() -> Iterator[None]:
-    """An unreachable or locked database is a temporary failure with a one-line reason."""
+    """An unreachable or locked database is a temporary failure with a one-line reason;
+    one that does not exist is configuration."""
     from sqlalchemy.exc import OperationalError
+
+    from invoiceflow.outcomes import missing_database
 
     try:
         yield
     except OperationalError as exc:
+        missing = missing_database(exc)
+        if missing:
+            raise fail(
+                Exit.BAD_INPUT, f"{missing}; create it or fix INVOICEFLOW_DATABASE_URL"
+            ) from None
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         raise fail(Exit.TEMPORARY, f"database unreachable: {reason}") from None
 
@@ -123,6 +132,10 @@ def _run_flow(
             "starting Prefect's temporary local server (about 10 s; "
             "set PREFECT_API_URL to use a running one)"
         )
+    from invoiceflow.prefect_reach import require_reachable
+
+    # One line and exit 5 now, not Prefect's client retrying into a traceback.
+    require_reachable(get_current_settings().api.url)
     from flows.invoice import run_invoice
 
     status = run_invoice(request)
@@ -298,9 +311,18 @@ def serve(
         )
         typer.echo(f"schedules ({settings.schedule_timezone}): {_cycle(settings)}", err=True)
 
+    from invoiceflow.prefect_reach import is_prefect_unreachable, one_line, require_reachable
+
+    api_url = get_current_settings().api.url
     with sock, database_errors():
         engine = get_engine(settings.database_url)
-        asyncio.run(run_service(build_app(settings), sock, ready, engine))
+        try:
+            require_reachable(api_url)
+            asyncio.run(run_service(build_app(settings), sock, ready, engine))
+        except Exception as exc:  # Prefect's API down, at start or while serving: exit 5
+            if not is_prefect_unreachable(exc):
+                raise
+            raise fail(Exit.TEMPORARY, one_line(api_url, exc)) from None
 
 
 def _cycle(settings: Settings) -> str:

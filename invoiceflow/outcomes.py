@@ -3,6 +3,7 @@ the one-line reason a failed run shows in the Prefect UI."""
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 
@@ -38,17 +39,18 @@ def classify(exc: BaseException) -> Exit:
     from sqlalchemy.exc import OperationalError
 
     from invoiceflow import catalog, invoicing, ledger
+    from invoiceflow.prefect_reach import is_prefect_unreachable
     from invoiceflow.request import RequestError
     from invoiceflow.retry import is_transient
     from invoiceflow.settings import SettingsError
 
-    if isinstance(exc, RequestError | SettingsError):
+    if isinstance(exc, RequestError | SettingsError) or missing_database(exc):
         return Exit.BAD_INPUT
     if isinstance(exc, ledger.RequestConflict):
         return Exit.CONFLICT
     if isinstance(exc, ledger.RequestBusy | ledger.LeaseLost):
         return Exit.BUSY
-    if is_transient(exc) or isinstance(exc, OperationalError):
+    if is_transient(exc) or isinstance(exc, OperationalError) or is_prefect_unreachable(exc):
         return Exit.TEMPORARY
     refused = (
         stripe.StripeError,
@@ -59,6 +61,20 @@ def classify(exc: BaseException) -> Exit:
     if isinstance(exc, refused):
         return Exit.REFUSED
     return Exit.UNEXPECTED
+
+
+# PostgreSQL refusing a connection for a name that is not there: no wait fixes it.
+_MISSING = re.compile(r'\b(database|role) "[^"]*" does not exist')
+
+
+def missing_database(exc: BaseException) -> str | None:
+    """`database "x" does not exist` (or its role) when `exc` says so: configuration."""
+    from sqlalchemy.exc import OperationalError
+
+    if not isinstance(exc, OperationalError):
+        return None
+    found = _MISSING.search(str(exc.orig or exc))
+    return found.group(0) if found else None
 
 
 def failure_message(exc: BaseException) -> str:

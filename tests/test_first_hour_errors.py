@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import stripe
+from typer.testing import Result
 
 from invoiceflow.outcomes import Exit, classify
 from tests.helpers import bill_plain, make_request
@@ -19,6 +21,8 @@ from tests.inprocess_cli import Invoke, in_process_cli
 # Nothing listens on port 1: every connection to it is refused at once.
 CLOSED = "http://127.0.0.1:1"
 STRIPE_SUPPORT = "support@stripe.com"
+# The rule is the same on either ledger; the SQLite run is the contract.
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def _cli(
@@ -132,3 +136,92 @@ def test_cli_invoice_with_stripe_unreachable_prints_one_line_and_exits_5(
     )
     assert retries, result.stderr
     assert max(retries.values()) <= get_settings().retry_attempts - 1, retries
+
+
+# --- 8. Prefect unreachable, a database that is not there ---------------------------
+
+SECRET = "whsec_" + "a1" * 16
+TOKEN = "first-hour-trigger-token-0123456789"
+
+
+@pytest.fixture
+def prefect_closed() -> Iterator[str]:
+    """This process's Prefect client pointed at a closed port (Prefect reads its
+    settings at import, so the environment alone would not move it)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = f"{CLOSED}/api"
+    with temporary_settings({PREFECT_API_URL: url}):
+        yield url
+
+
+def _one_error_line(result: Result) -> str:
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert result.stderr.count("\n") <= 2, result.stderr  # the line, and at most a progress note
+    return errors[0]
+
+
+@SQLITE_ONLY
+def test_cli_invoice_with_prefect_unreachable_is_one_line_and_exit_5(
+    configured: dict[str, str],
+    prefect_closed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    invoke = _cli(monkeypatch, request, configured)
+    started = time.monotonic()
+    result = invoke("invoice", str(_request_file(tmp_path)), "--no-wait")
+
+    assert result.exit_code == Exit.TEMPORARY, (result.stdout, result.stderr)
+    line = _one_error_line(result)
+    assert "Prefect API unreachable at http://127.0.0.1:1/api" in line, line
+    assert "PREFECT_API_URL" in line, line
+    assert time.monotonic() - started < 20, "failed fast, not after the client's retries"
+
+
+@SQLITE_ONLY
+def test_cli_serve_with_prefect_unreachable_is_one_line_and_exit_5(
+    configured: dict[str, str],
+    prefect_closed: str,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    env = {
+        **configured,
+        "STRIPE_WEBHOOK_SECRET": SECRET,
+        "INVOICEFLOW_TRIGGER_TOKEN": TOKEN,
+    }
+    invoke = _cli(monkeypatch, request, env)
+    started = time.monotonic()
+    result = invoke("serve", "--port", "0")
+
+    assert result.exit_code == Exit.TEMPORARY, (result.stdout, result.stderr)
+    line = _one_error_line(result)
+    assert "Prefect API unreachable at http://127.0.0.1:1/api" in line, line
+    assert "PREFECT_API_URL" in line, line
+    assert time.monotonic() - started < 20, "failed fast, not after the client's retries"
+
+
+def test_a_postgresql_database_that_does_not_exist_is_configuration_exit_2(
+    postgres_unavailable: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import POSTGRES_ADMIN_URL
+
+    if postgres_unavailable:
+        pytest.skip(postgres_unavailable)
+    missing = make_url(POSTGRES_ADMIN_URL).set(database="invoiceflow_no_such_db")
+    url = missing.render_as_string(hide_password=False)
+    invoke = _cli(monkeypatch, request, {"INVOICEFLOW_DATABASE_URL": url})
+    result = invoke("status")
+
+    assert result.exit_code == Exit.BAD_INPUT, (result.stdout, result.stderr)
+    line = _one_error_line(result)
+    assert 'database "invoiceflow_no_such_db" does not exist' in line, line
+    assert "INVOICEFLOW_DATABASE_URL" in line, line
