@@ -4,7 +4,8 @@ the automation `invoiceflow serve` / `invoiceflow automations` ships.
 A dedicated Prefect server: the test shortens the automation's window, which on
 the session's server would mark other tests' live runs Crashed. Slow by nature:
 the server judges a window only after it has passed (here 40 s, just above one
-30 s heartbeat), plus its 5 s proactive evaluation period.
+30 s heartbeat), plus its 5 s proactive evaluation period. Heavy tier; the
+automation's spec itself is checked in process, without a server.
 """
 
 from __future__ import annotations
@@ -21,14 +22,47 @@ import pytest
 from invoiceflow.local_prefect import local_prefect_server
 from invoiceflow.service.automations import (
     CRASHED_RUNS_AUTOMATION,
+    OUR_FLOWS,
+    crashed_runs_automation,
     ensure_crashed_runs_automation,
 )
 from tests.conftest import app_env, run_cli
 from tests.helpers import crash_cli_at, make_request, wait_for
 
-pytestmark = pytest.mark.slow
-
 WINDOW = timedelta(seconds=40)
+
+
+def test_the_automation_marks_a_silent_run_of_ours_crashed_and_a_finished_one_never() -> None:
+    """The spec the server gets: per flow run of our flows, a window opened by
+    Running or a heartbeat, closed by the next heartbeat or any final state
+    (`AwaitingPayment` is our Completed), else Crashed with a reason."""
+    from prefect.automations import EventTrigger, Posture
+    from prefect.client.schemas.objects import StateType
+
+    automation = crashed_runs_automation(timedelta(seconds=90))
+
+    assert automation.name == CRASHED_RUNS_AUTOMATION and automation.enabled
+    trigger = automation.trigger
+    assert isinstance(trigger, EventTrigger)
+    assert trigger.posture is Posture.Proactive and trigger.threshold == 1
+    assert trigger.within == timedelta(seconds=90)
+    assert trigger.for_each == {"prefect.resource.id"}
+    assert trigger.after == {"prefect.flow-run.Running", "prefect.flow-run.heartbeat"}
+    assert {
+        "prefect.flow-run.heartbeat",
+        "prefect.flow-run.Completed",
+        "prefect.flow-run.AwaitingPayment",
+        "prefect.flow-run.Failed",
+        "prefect.flow-run.Cancelled",
+        "prefect.flow-run.Crashed",
+    } == trigger.expect
+    related = trigger.match_related
+    assert not isinstance(related, list)
+    assert sorted(related["prefect.resource.name"]) == sorted(OUR_FLOWS)
+    [action] = automation.actions
+    assert action.type == "change-flow-run-state"
+    assert action.state is StateType.CRASHED
+    assert action.message == "no heartbeat for 90 s: the process running it died"
 
 
 async def _automations() -> list[Any]:
@@ -48,6 +82,8 @@ async def _invoice_runs() -> list[Any]:
         )
 
 
+@pytest.mark.slow
+@pytest.mark.heavy  # a Prefect server of its own, a killed process, a window to wait out
 def test_a_killed_run_ends_crashed(
     prefect_api: str, sandbox: Any, sqlite_url: str, tmp_path: Path
 ) -> None:

@@ -3,6 +3,8 @@ command by command against a real `invoiceflow sandbox` process.
 
 The README marks its walk-through blocks with `<!-- walkthrough:NAME -->`; in the
 expected output, `…` stands for whatever differs between runs (ids, URLs).
+The example files are checked in process; the walk-through, a sandbox process
+and a real `invoiceflow` process per command, is in the heavy tier.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.usefixtures("prefect_api")  # one Prefect server instead of a temporary one per run
 def test_the_readme_walkthrough_runs_as_written(
     walkthrough_sandbox: tuple[Any, str], tmp_path: Path
