@@ -205,6 +205,64 @@ def test_a_storage_failure_answers_5xx_and_stripe_redelivers(
     assert moves_to(receiver.engine, request_id, "paid") == 1
 
 
+@pytest.mark.usefixtures("prefect_api")  # settle's orchestration contract
+def test_an_applied_payment_gets_one_settle_run_and_the_settle_flow_ends_the_story(
+    sandbox: Any, stripe_client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    """The sweeper starts one `settle` deployment run per applied event, keyed by the
+    event however often it sweeps; the settle flow (run here, as a runner would)
+    completes saying how the request ended and publishes its story. The served stack
+    running that run itself is in the heavy tier (tests/test_service.py)."""
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        DeploymentFilter,
+        DeploymentFilterId,
+    )
+
+    from flows.settle import settle_flow
+    from invoiceflow import story
+    from invoiceflow.service.sweeper import sweep_once
+
+    request_id, invoice_id = _sent_invoice(stripe_client, "settle")
+    stripe_client.v1.invoices.pay(invoice_id, {"paid_out_of_band": True})
+    _wait_point(receiver, request_id, RecoveryPoint.PAID)
+    [event] = [e for e in inbox.events_for(receiver.engine, request_id) if e.type == "invoice.paid"]
+
+    async def register_settle() -> Any:  # as `invoiceflow serve` registers it
+        return await (await settle_flow.ato_deployment(name="settle")).apply()
+
+    deployment_id = asyncio.run(register_settle())
+    assert asyncio.run(sweep_once(receiver.engine)) == 1
+    assert asyncio.run(sweep_once(receiver.engine)) == 0  # claimed: never a second run
+    assert inbox.get(receiver.engine, event.event_id).settle_started_at is not None  # type: ignore[union-attr]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
+        [run] = [r for r in runs if r.parameters.get("event_id") == event.event_id]
+        # No runner serves this session's deployments: the run is made here, below.
+        client.delete_flow_run(run.id)
+    assert run.idempotency_key == f"settle:{event.event_id}"
+    customer = ledger.require(receiver.engine, request_id).customer_key
+    assert {"trigger:webhook", "event:invoice.paid", f"customer:{customer}"} <= set(run.tags)
+
+    state = settle_flow(event.event_id, return_state=True)
+
+    assert state.is_completed() and state.message is not None
+    assert state.message.startswith(f"{request_id}: paid"), state.message
+    with get_client(sync_client=True) as client:
+        stories = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[story.artifact_key(request_id)])
+            )
+        )
+    assert stories and "**Status:** paid" in str(stories[-1].data)
+
+
 @pytest.mark.heavy  # a real `invoiceflow invoice` process running the flow, awaiting payment
 @pytest.mark.usefixtures("prefect_api")
 def test_the_cli_awaits_the_payment_by_watching_our_database_not_stripe(
