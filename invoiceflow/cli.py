@@ -1,15 +1,18 @@
 """The `invoiceflow` command line.
 
+\b
 Exit codes (stable, for scripts and schedulers):
   0  the invoice is sent (or paid)
   1  unexpected error
   2  bad input or configuration
   3  request_id already used for other content
-  4  Stripe refused it for good (card, validation, an invoice that doesn't match)
+  4  Stripe refused it for good (card, validation, an invoice that doesn't
+     match)
   5  temporary failure: retries ran out, or Stripe, Prefect's API or the database
      is unreachable; run it again later
   6  another run is processing this request right now
-  7  `batch`: the run finished and some requests failed (each named, with its reason)
+  7  `batch`: the run finished and some requests failed (each named, with its
+     reason)
 """
 
 from __future__ import annotations
@@ -31,8 +34,22 @@ if TYPE_CHECKING:
     from invoiceflow.settings import Settings
     from invoiceflow.status import RequestStatus
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+# Click's plain help, not Rich's panels: at 80 columns those cut option names
+# off and label every flag `<bool>`; this one wraps the help text instead.
+HELP_SETTINGS = {"max_content_width": 100}
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help=__doc__,
+    rich_markup_mode=None,
+    context_settings=HELP_SETTINGS,
+)
+db_app = typer.Typer(
+    no_args_is_help=True,
+    help="Database schema.",
+    rich_markup_mode=None,
+    context_settings=HELP_SETTINGS,
+)
 app.add_typer(db_app, name="db")
 
 
@@ -220,7 +237,7 @@ def status(
     if not totals:
         for one in statuses:
             typer.echo(one.one_line())
-    if totals or (request_id is None and len(statuses) > 1):
+    if totals or request_id is None:  # one request listed has totals too: they must agree
         for line in sums:
             typer.echo(f"total {line.one_line()}")
 

@@ -77,7 +77,10 @@ class CurrencyTotals(BaseModel):
 
     currency: str
     requests: int = 0
-    billed: int = 0  # every request's total, whatever its state
+    # Only what was invoiced: sent, then paid, void or uncollectible. A request
+    # still planned, on its way or failed has no invoice and bills nothing yet.
+    billed: int = 0
+    not_billed: int = 0  # how many of `requests` have no sent invoice
     paid: int = 0
     outstanding: int = 0  # sent and still open: what customers owe
     overdue: int = 0  # the part of `outstanding` past its due date
@@ -87,7 +90,10 @@ class CurrencyTotals(BaseModel):
             name: format_minor_units(getattr(self, name), self.currency)
             for name in ("billed", "paid", "outstanding", "overdue")
         }
-        return f"{self.currency.upper()}: {_plural(self.requests, 'request')}, " + ", ".join(
+        count = _plural(self.requests, "request")
+        if self.not_billed:
+            count += f" ({self.not_billed} not billed)"
+        return f"{self.currency.upper()}: {count}, " + ", ".join(
             f"{name} {value}" for name, value in money.items()
         )
 
@@ -97,7 +103,10 @@ def totals_by_currency(statuses: Iterable[RequestStatus]) -> list[CurrencyTotals
     for status in statuses:
         sums = totals.setdefault(status.currency, CurrencyTotals(currency=status.currency))
         sums.requests += 1
-        sums.billed += status.total_amount
+        if status.delivered:
+            sums.billed += status.total_amount
+        else:
+            sums.not_billed += 1
         if status.state is RecoveryPoint.PAID:
             sums.paid += status.total_amount
         elif status.state is RecoveryPoint.SENT:

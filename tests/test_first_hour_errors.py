@@ -4,11 +4,14 @@ and a log line for every refusal that never holds the secret."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import stripe
@@ -225,3 +228,73 @@ def test_a_postgresql_database_that_does_not_exist_is_configuration_exit_2(
     line = _one_error_line(result)
     assert 'database "invoiceflow_no_such_db" does not exist' in line, line
     assert "INVOICEFLOW_DATABASE_URL" in line, line
+
+
+# --- 9. numbers that agree ----------------------------------------------------------
+
+
+@SQLITE_ONLY
+def test_status_bills_only_sent_invoices_and_shows_totals_for_one_request(
+    configured: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    from invoiceflow import ledger
+    from invoiceflow.money import format_minor_units
+    from invoiceflow.runtime import get_runtime
+
+    sent = make_request("numbers-sent")
+    bill_plain(sent)
+    invoke = _cli(monkeypatch, request, configured)
+
+    one = invoke("status")
+    assert one.exit_code == 0, one.stderr
+    billed = format_minor_units(sent.total_amount(), "usd")
+    assert one.stdout.splitlines()[-1] == (
+        f"total USD: 1 request, billed {billed}, paid 0.00 USD, "
+        f"outstanding {billed}, overdue 0.00 USD"
+    ), one.stdout
+
+    planned = make_request("numbers-planned", customer="globex")
+    ledger.submit(get_runtime().engine, planned)  # recorded, no invoice yet
+    two = invoke("status")
+    assert two.exit_code == 0, two.stderr
+    assert two.stdout.splitlines()[-1].startswith(
+        f"total USD: 2 requests (1 not billed), billed {billed}, "
+    ), two.stdout
+    [sums] = json.loads(invoke("status", "--totals", "--json").stdout)
+    assert (sums["requests"], sums["not_billed"], sums["billed"]) == (2, 1, sent.total_amount())
+    assert sums["outstanding"] == sent.total_amount()
+
+
+@SQLITE_ONLY
+def test_reconcile_progress_counts_applied_events_as_its_summary_does(
+    configured: dict[str, str],
+    stripe_client: stripe.StripeClient,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from invoiceflow.reconcile import events
+    from invoiceflow.reconcile.sweep import reconcile
+    from invoiceflow.runtime import get_runtime
+
+    monkeypatch.setattr(events, "PROGRESS_EVERY_SECONDS", 0.0)  # a line for every event
+    for name in ("a", "b", "c"):
+        invoice_id = bill_plain(make_request(f"numbers-{name}")).stripe_invoice_id
+        stripe_client.v1.invoices.pay(invoice_id, {"paid_out_of_band": True})
+    since = datetime.now(UTC) - timedelta(days=1)
+
+    def run() -> tuple[Any, list[str]]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="invoiceflow.progress"):
+            report = reconcile(get_runtime(), since=since, stale_minutes=10, resume=bill_plain)
+        notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("checked ")]
+        return report, notes
+
+    first, notes = run()
+    assert first.events_applied == 3, first.summary()
+    assert notes == ["checked 1 of 3 events, 1 applied", "checked 2 of 3 events, 2 applied"]
+
+    again, notes = run()  # the same events: duplicates, nothing applied
+    assert again.events_applied == 0, again.summary()
+    assert notes == ["checked 1 of 3 events, 0 applied", "checked 2 of 3 events, 0 applied"]

@@ -49,8 +49,10 @@ def sweep_events(rt: Runtime, start: int, report: ReconcileReport, *, advance: b
         if outcome.kind in _CHANGED:
             report.events_applied += 1
             report.changes.append(f"event {event['id']} ({event['type']}): {outcome.detail}")
-        if said.due() and done < len(events):
-            progress.note("applied %d of %d events", done, len(events))
+        if said.due() and done < len(events):  # `applied`: the count the summary gives
+            progress.note(
+                "checked %d of %d events, %d applied", done, len(events), report.events_applied
+            )
     if events and advance:
         advance_cursor(rt.engine, max(int(event["created"]) for event in events))
 
