@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pydantic_settings
-from cronsim import CronSim, CronSimError
 from pydantic import (
     AliasChoices,
     Field,
@@ -29,6 +27,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from invoiceflow import cron
 from invoiceflow.paths import default_database_path, default_database_url
 
 # Key prefixes Stripe issues. Anything else is a typo or a publishable key (pk_…),
@@ -116,8 +115,9 @@ class Settings(BaseSettings):
     )
 
     # --- billing cycles (see README "Billing cycles") -------------------------
-    # Cron expressions (5 fields) in INVOICEFLOW_SCHEDULE_TIMEZONE; "off" serves
-    # the deployment without a schedule (runs only when triggered).
+    # Cron expressions (5 fields, or @daily…) as Prefect parses them (`invoiceflow.cron`)
+    # in INVOICEFLOW_SCHEDULE_TIMEZONE; "off" serves the deployment without a schedule
+    # (runs only when triggered).
     billing_cron: str = Field(
         default="0 6 1 * *", validation_alias=AliasChoices("INVOICEFLOW_BILLING_CRON")
     )
@@ -281,13 +281,13 @@ class Settings(BaseSettings):
         if value == "off":
             return value
         variable = f"INVOICEFLOW_{(info.field_name or '').upper()}"
-        try:
-            CronSim(value, datetime(2026, 1, 1))
-        except CronSimError:
+        # Checked by the parser that runs the schedule (Prefect's), not another one.
+        why = cron.problem(value)
+        if why is not None:
             raise ValueError(
-                f"{variable} {value!r} is not a 5-field cron expression; use e.g. "
-                "'0 6 1 * *' (06:00 on the 1st), or 'off' for no schedule"
-            ) from None
+                f"{variable} {value!r} {why}; use e.g. '0 6 1 * *' (06:00 on the 1st), "
+                "'@monthly', or 'off' for no schedule"
+            )
         return value
 
     @field_validator("schedule_timezone")
