@@ -1,8 +1,11 @@
 """Leases and locks: a living run keeps its request, a stalled one never blocks
 others, and nothing depends on Prefect not running a step twice.
 
-Real SQLite files and real PostgreSQL; real processes where a run must be
-paused or outlive its lease.
+Real SQLite files and real PostgreSQL (both in the default tier: locks, races
+and session timeouts are the backend's). Real processes where a run must be
+paused or outlive its lease are in the heavy tier; the default tier proves the
+same rules in process (a lease renewed for a slow run, here; a lapsed and a lost
+lease, in tests/test_pipeline.py; a failing step's real cause, on the flow).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from invoiceflow.runtime import get_runtime
 from tests.conftest import REPO, app_env, run_cli
 from tests.helpers import (
     assert_exactly_one_invoice,
+    bill_plain,
     make_request,
     stalled,
     wait_for,
@@ -39,6 +43,7 @@ from tests.helpers import (
 pytestmark = pytest.mark.usefixtures("configured")
 
 
+@pytest.mark.backend
 def test_concurrent_first_intents_for_one_key_never_crash(configured: dict[str, str]) -> None:
     """Eight threads record the same new intent at once: all succeed, one is first."""
     engine = get_runtime().engine
@@ -84,6 +89,7 @@ def _hold_row_lock(url: str, request_id: str, seconds: float, held: threading.Ev
     engine.dispose()
 
 
+@pytest.mark.backend
 def test_a_lease_taken_after_waiting_for_the_row_runs_from_then(
     configured: dict[str, str],
 ) -> None:
@@ -108,6 +114,7 @@ def test_a_lease_taken_after_waiting_for_the_row_runs_from_then(
     assert (row.lease_expires_at or 0) > got_it_at + 0.5
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # SQLite's WAL is the point
 def test_a_sqlite_reader_never_blocks_a_writer(sqlite_url: str, monkeypatch: Any) -> None:
     from invoiceflow.runtime import reset_runtime
 
@@ -128,7 +135,30 @@ def test_a_sqlite_reader_never_blocks_a_writer(sqlite_url: str, monkeypatch: Any
     assert ledger.load(engine, "new-one") is not None
 
 
+def test_a_run_slower_than_its_lease_keeps_it_in_process(
+    sandbox: Any, stripe_client: stripe.StripeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lease 1 s, every Stripe call 150 ms: the attempt takes many leases' worth of
+    time, renews its lease as it goes, and finishes (not LeaseLost, not RequestBusy)."""
+    from invoiceflow.runtime import reset_runtime
+
+    monkeypatch.setenv("INVOICEFLOW_LEASE_SECONDS", "1")
+    reset_runtime()
+    sandbox.configure(latency_ms=150)
+    request = make_request(f"slow-{uuid.uuid4().hex[:8]}")
+    started = time.monotonic()
+
+    status = bill_plain(request)
+
+    assert status.state is RecoveryPoint.SENT, status.last_error
+    # Over a dozen calls at 150 ms each: two leases' worth at least.
+    assert time.monotonic() - started > 2, "the run was not slower than its lease"
+    assert_exactly_one_invoice(stripe_client, request)
+    assert ledger.require(get_runtime().engine, request.request_id).lease_owner is None
+
+
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.usefixtures("prefect_api")
 def test_a_run_slower_than_its_lease_keeps_it_and_finishes(
     sandbox: Any,
@@ -153,6 +183,7 @@ def test_a_run_slower_than_its_lease_keeps_it_and_finishes(
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # SIGSTOP; in process: tests/test_pipeline.py's lease taken away
 @pytest.mark.usefixtures("prefect_api")
 def test_a_paused_run_that_lost_its_lease_makes_no_further_write(
     sandbox: Any,
@@ -203,7 +234,31 @@ def test_a_paused_run_that_lost_its_lease_makes_no_further_write(
     assert_exactly_one_invoice(stripe_client, request)
 
 
+@pytest.mark.usefixtures("prefect_api")
+def test_a_failing_product_step_reports_its_real_cause_through_the_flow(sandbox: Any) -> None:
+    """Stripe keeps failing the product create: the flow (whose product tasks run in
+    parallel) fails with the product's error, temporary (exit 5, rerun later) and
+    naming the product, not Prefect's "UnfinishedRun" (exit 1)."""
+    from flows.invoice import invoice_flow
+    from invoiceflow.outcomes import Exit, classify
+    from invoiceflow.retry import describe
+
+    sandbox.configure(
+        faults=[{"method": "POST", "path": "^/v1/products$", "when": "before_write", "times": 500}]
+    )
+    request = make_request(f"product-down-{uuid.uuid4().hex[:8]}")
+
+    with pytest.raises(Exception) as failed:  # which exception is what this test checks
+        invoice_flow(request)
+
+    assert classify(failed.value) is Exit.TEMPORARY
+    line = f"error: {request.request_id}: {describe(failed.value)}"  # what the CLI prints
+    assert "create product" in line, line
+    assert "UnfinishedRun" not in line
+
+
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.usefixtures("prefect_api")
 def test_a_failing_product_step_reports_its_real_cause(
     sandbox: Any, configured: dict[str, str], tmp_path: Path
@@ -226,6 +281,7 @@ def test_a_failing_product_step_reports_its_real_cause(
     assert "UnfinishedRun" not in result.stderr
 
 
+@pytest.mark.backend
 def test_postgres_sessions_cannot_wait_or_idle_forever(database_url: str, monkeypatch: Any) -> None:
     """A stalled transaction (a paused process) is ended by the server, and a
     waiter gives up after a bounded time instead of outliving its lease."""
@@ -241,6 +297,7 @@ def test_postgres_sessions_cannot_wait_or_idle_forever(database_url: str, monkey
     assert idle == f"{PG_IDLE_IN_TRANSACTION_TIMEOUT_MS // 1000}s"
 
 
+@pytest.mark.backend
 def test_a_postgres_connection_the_server_dropped_is_replaced_before_use(
     database_url: str, monkeypatch: Any
 ) -> None:
