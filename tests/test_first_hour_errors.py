@@ -298,3 +298,87 @@ def test_reconcile_progress_counts_applied_events_as_its_summary_does(
     again, notes = run()  # the same events: duplicates, nothing applied
     assert again.events_applied == 0, again.summary()
     assert notes == ["checked 1 of 3 events, 0 applied", "checked 2 of 3 events, 0 applied"]
+
+
+# --- 10. refusals are logged, without the secret -------------------------------------
+
+OTHER_SECRET = "whsec_" + "b2" * 16
+WRONG_TOKEN = "not-the-trigger-token-9876543210"
+
+
+def _service_settings(configured: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    from invoiceflow.runtime import reset_runtime
+    from invoiceflow.settings import get_settings
+
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("INVOICEFLOW_TRIGGER_TOKEN", TOKEN)
+    reset_runtime()
+    return get_settings()
+
+
+def _refusals(caplog: pytest.LogCaptureFixture, start: str) -> list[str]:
+    lines = [r.getMessage() for r in caplog.records]
+    for secret in (SECRET, OTHER_SECRET, TOKEN, WRONG_TOKEN, "v1="):
+        assert not any(secret in line for line in lines), (secret, lines)
+    return [line for line in lines if line.startswith(start)]
+
+
+@SQLITE_ONLY
+def test_refused_webhooks_are_logged_with_the_reason_and_answer_errors(
+    configured: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from starlette.testclient import TestClient
+
+    from invoiceflow.sandbox.webhooks import sign
+    from invoiceflow.webhooks.app import create_app
+
+    client = TestClient(create_app(_service_settings(configured, monkeypatch)))
+    body = json.dumps({"id": "evt_first_hour", "type": "invoice.paid"}).encode()
+    now = int(time.time())
+    cases = [
+        (sign(body, OTHER_SECRET, now), "no Stripe-Signature matches a configured secret"),
+        (sign(body, SECRET, now - 3600), "Stripe-Signature timestamp is outside the tolerance"),
+        (None, "missing Stripe-Signature header"),
+    ]
+    for signature, reason in cases:
+        caplog.clear()
+        headers = {"Stripe-Signature": signature} if signature else {}
+        with caplog.at_level(logging.INFO, logger="invoiceflow"):
+            response = client.post("/webhooks/stripe", content=body, headers=headers)
+
+        assert response.status_code == 400, response.text
+        assert response.json() == {"errors": [reason]}
+        logged = _refusals(caplog, "refused a Stripe webhook")
+        assert logged == [f"refused a Stripe webhook from testclient (400): {reason}"], logged
+
+
+@SQLITE_ONLY
+def test_refused_triggers_are_logged_with_the_reason_never_the_token(
+    configured: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from starlette.testclient import TestClient
+
+    from invoiceflow.service.trigger import MAX_BODY_BYTES, create_trigger_app
+
+    client = TestClient(create_trigger_app(_service_settings(configured, monkeypatch)))
+    cases = [
+        ({"Authorization": f"Bearer {WRONG_TOKEN}"}, b"{}", 401, "wrong bearer token"),
+        ({}, b"{}", 401, "no Authorization header"),
+        ({"Authorization": TOKEN}, b"{}", 401, "Authorization is not 'Bearer <token>'"),
+        (
+            {"Authorization": f"Bearer {TOKEN}"},
+            b" " * (MAX_BODY_BYTES + 1),
+            413,
+            f"body larger than {MAX_BODY_BYTES} bytes",
+        ),
+    ]
+    for headers, body, status, reason in cases:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="invoiceflow"):
+            response = client.post("/invoices", content=body, headers=headers)
+
+        assert response.status_code == status, response.text
+        assert list(response.json()) == ["errors"] and len(response.json()["errors"]) == 1
+        logged = _refusals(caplog, "refused POST /invoices")
+        assert len(logged) == 1, logged
+        assert logged[0].startswith(f"refused POST /invoices from testclient ({status}): {reason}")

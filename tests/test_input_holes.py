@@ -267,7 +267,7 @@ def test_the_receiver_answers_a_signed_unreadable_body_400(
     response = _post(app, "/webhooks/stripe", body, {"Stripe-Signature": signature})
 
     assert response.status_code == 400, response.text
-    assert response.json() == {"error": "body is not valid JSON"}
+    assert response.json() == {"errors": ["body is not valid JSON"]}
 
 
 # --- submit: all or nothing, in one transaction -------------------------------------

@@ -71,7 +71,7 @@ def _paid_delivery(
 def _bad(receiver: Receiver, body: bytes, signature: str | None, reason: str) -> None:
     answer = receiver.post(body, signature)
     assert answer.status_code == 400, answer.text
-    assert reason in answer.json()["error"]
+    assert reason in answer.json()["errors"][0]
     assert "whsec_" not in answer.text  # no secret, and no signature, is ever echoed
     assert not signature or signature not in answer.text
 

@@ -41,9 +41,11 @@ def create_trigger_app(settings: Settings) -> Starlette:
 
     async def start_invoice(http: Request) -> JSONResponse:
         if token is None or not _authorized(http, token.get_secret_value()):
+            _log_refusal(http, 401, _why_unauthorized(http, token is None))
             return _errors(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         body = await read_capped(http, MAX_BODY_BYTES)
         if body is None:
+            _log_refusal(http, 413, f"body larger than {MAX_BODY_BYTES} bytes")
             return _errors(413, f"body larger than {MAX_BODY_BYTES} bytes")
         try:
             # The file loader's own parser: same keys, numbers and limits.
@@ -73,6 +75,23 @@ def _authorized(http: Request, token: str) -> bool:
     given = http.headers.get("authorization", "")
     # Constant time: the comparison must not tell how much of a guess was right.
     return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def _why_unauthorized(http: Request, unset: bool) -> str:
+    """For the log: which of the cases it was, never the token or what was sent."""
+    given = http.headers.get("authorization")
+    if unset:
+        return "INVOICEFLOW_TRIGGER_TOKEN is not set, so every request is refused"
+    if not given:
+        return "no Authorization header"
+    if not given.startswith("Bearer "):
+        return "Authorization is not 'Bearer <token>'"
+    return "wrong bearer token (not INVOICEFLOW_TRIGGER_TOKEN)"
+
+
+def _log_refusal(http: Request, status: int, reason: str) -> None:
+    sender = http.client.host if http.client else "unknown"
+    logger.warning("refused POST /invoices from %s (%d): %s", sender, status, reason)
 
 
 def _submit(request: BillingRequest) -> None:

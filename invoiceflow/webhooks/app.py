@@ -2,8 +2,10 @@
 
 2xx only once the event is committed; 400 for anything that is not a fresh,
 correctly signed, readable event (Stripe stops retrying those, and nothing
-changed); 503 when storing failed, so Stripe redelivers later. Reasons are
-short and never contain a secret, a signature or the body.
+changed); 503 when storing failed, so Stripe redelivers later. Errors answer
+`{"errors": [reason]}`, as POST /invoices does, and each refusal is logged in
+one line with its reason (a wrong STRIPE_WEBHOOK_SECRET shows up in `serve`'s
+log). Reasons are short and never contain a secret, a signature or the body.
 """
 
 from __future__ import annotations
@@ -52,15 +54,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     async def stripe_webhook(request: Request) -> JSONResponse:
         body = await read_capped(request, MAX_BODY_BYTES)
         if body is None:
-            return _refuse(f"body larger than {MAX_BODY_BYTES} bytes")
+            return _refuse(request, f"body larger than {MAX_BODY_BYTES} bytes")
         try:
             verify(body, request.headers.get("stripe-signature"), secrets)
             event = json.loads(body)
             event_id, type_, _created, _obj = parse_event(event)
         except (SignatureError, MalformedEvent) as exc:
-            return _refuse(str(exc))
+            return _refuse(request, str(exc))
         except (ValueError, RecursionError):  # JSON, UTF-8, a 4300+ digit number, deep nesting
-            return _refuse("body is not valid JSON")
+            return _refuse(request, "body is not valid JSON")
         try:
             outcome = await run_in_threadpool(
                 partial(receive, db, event, read_invoice, livemode=livemode)
@@ -70,7 +72,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             log.error(
                 "could not store Stripe event %s (%s): %s", event_id, type_, type(exc).__name__
             )
-            return JSONResponse({"error": "could not store the event; retry later"}, 503)
+            return JSONResponse({"errors": ["could not store the event; retry later"]}, 503)
         log.info("Stripe event %s (%s): %s", event_id, type_, outcome.text)
         return JSONResponse({"id": event_id, "outcome": outcome.kind})
 
@@ -89,8 +91,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     )
 
 
-def _refuse(reason: str) -> JSONResponse:
-    return JSONResponse({"error": reason}, 400)
+def _refuse(request: Request, reason: str) -> JSONResponse:
+    # The reason is ours (SignatureError, MalformedEvent, a size): no secret, no body.
+    sender = request.client.host if request.client else "unknown"
+    log.warning("refused a Stripe webhook from %s (400): %s", sender, reason)
+    return JSONResponse({"errors": [reason]}, 400)
 
 
 def _ping(engine: Engine) -> None:
