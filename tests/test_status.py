@@ -1,6 +1,7 @@
 """`invoiceflow status` for an operator's billing cycle: filters, due dates, days
-overdue and totals per currency, as text and as JSON — over invoices the real
-flow sent to the sandbox, whose clock runs days behind ours so some are overdue."""
+overdue and totals per currency, as text and as JSON — over invoices the plain
+pipeline (the flow's steps) sent to the sandbox, whose clock runs days behind ours
+so some are overdue. The command runs in process, through Typer's CliRunner."""
 
 from __future__ import annotations
 
@@ -9,29 +10,35 @@ from typing import Any
 
 import pytest
 import stripe
+from typer.testing import CliRunner, Result
 
-from flows.invoice import run_invoice
+from invoiceflow.cli import app
 from invoiceflow.db.models import RecoveryPoint
-from tests.conftest import run_cli
-from tests.helpers import make_request
+from tests.helpers import bill_plain, make_request
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
+pytestmark = pytest.mark.usefixtures("configured")
 
 DAY = 86_400
+
+
+def status(*args: str) -> Result:
+    """`invoiceflow status …` in this process, configured by the `configured`
+    fixture; stdout and stderr apart (Click 8.2+)."""
+    return CliRunner().invoke(app, ["status", *args], catch_exceptions=False)
 
 
 def _cycle(sandbox: Any, stripe_client: stripe.StripeClient) -> None:
     """Four requests: two overdue (billed 'five days ago'), one paid, one due later."""
     sandbox.configure(clock_offset_s=-5 * DAY)
-    run_invoice(make_request("late-usd", "acme", days_until_due=2))
-    run_invoice(make_request("late-eur", "acme", currency="eur", days_until_due=1))
-    paid = run_invoice(make_request("paid-usd", "globex", days_until_due=1))
+    bill_plain(make_request("late-usd", "acme", days_until_due=2))
+    bill_plain(make_request("late-eur", "acme", currency="eur", days_until_due=1))
+    paid = bill_plain(make_request("paid-usd", "globex", days_until_due=1))
     sandbox.configure(clock_offset_s=0)
-    run_invoice(make_request("due-usd", "globex", days_until_due=30))
+    bill_plain(make_request("due-usd", "globex", days_until_due=30))
     assert paid.stripe_invoice_id is not None
     stripe_client.v1.invoices.pay(paid.stripe_invoice_id, {"paid_out_of_band": True})
     # The receiver is not running here: a rerun reads the settlement from Stripe.
-    assert run_invoice(make_request("paid-usd", "globex", days_until_due=1)).state == "paid"
+    assert bill_plain(make_request("paid-usd", "globex", days_until_due=1)).state == "paid"
 
 
 def test_status_filters_shows_overdue_days_and_totals(
@@ -39,8 +46,8 @@ def test_status_filters_shows_overdue_days_and_totals(
 ) -> None:
     _cycle(sandbox, stripe_client)
 
-    everything = run_cli("status", env=configured)
-    assert everything.returncode == 0, everything.stderr
+    everything = status()
+    assert everything.exit_code == 0, everything.stderr
     lines = everything.stdout.splitlines()
     by_id = {line.split(":")[0]: line for line in lines if not line.startswith("total ")}
     assert by_id["late-usd"].endswith("— 3 days overdue")
@@ -55,8 +62,8 @@ def test_status_filters_shows_overdue_days_and_totals(
         "outstanding 1136.36 USD, overdue 568.18 USD",
     ]
 
-    overdue = run_cli("status", "--overdue", "--json", env=configured)
-    assert overdue.returncode == 0, overdue.stderr
+    overdue = status("--overdue", "--json")
+    assert overdue.exit_code == 0, overdue.stderr
     rows = json.loads(overdue.stdout)
     assert sorted((r["request_id"], r["days_overdue"]) for r in rows) == [
         ("late-eur", 4),
@@ -64,13 +71,13 @@ def test_status_filters_shows_overdue_days_and_totals(
     ]
     assert all(r["due_date"] and r["customer"] == "acme" for r in rows)
 
-    globex = json.loads(run_cli("status", "--customer", "globex", "--json", env=configured).stdout)
+    globex = json.loads(status("--customer", "globex", "--json").stdout)
     assert sorted(r["request_id"] for r in globex) == ["due-usd", "paid-usd"]
-    paid = json.loads(run_cli("status", "--state", "paid", "--json", env=configured).stdout)
+    paid = json.loads(status("--state", "paid", "--json").stdout)
     assert [r["request_id"] for r in paid] == ["paid-usd"]
     assert paid[0]["state"] == RecoveryPoint.PAID.value
 
-    sums = json.loads(run_cli("status", "--totals", "--json", env=configured).stdout)
+    sums = json.loads(status("--totals", "--json").stdout)
     assert [(s["currency"], s["requests"], s["overdue"]) for s in sums] == [
         ("eur", 1, 56818),
         ("usd", 3, 56818),
@@ -87,15 +94,15 @@ def test_status_filters_shows_overdue_days_and_totals(
 def test_status_refuses_unknown_filters_in_one_line(
     args: list[str], message: str, configured: dict[str, str]
 ) -> None:
-    result = run_cli("status", *args, env=configured)
+    result = status(*args)
 
-    assert result.returncode == 2
+    assert result.exit_code == 2
     assert result.stderr.splitlines()[-1].startswith(message)
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
 
 
 def test_status_with_filters_that_match_nothing(configured: dict[str, str]) -> None:
-    result = run_cli("status", "--customer", "nobody", env=configured)
+    result = status("--customer", "nobody")
 
-    assert (result.returncode, result.stdout) == (0, "no requests match\n")
+    assert (result.exit_code, result.stdout) == (0, "no requests match\n")
