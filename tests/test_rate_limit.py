@@ -4,6 +4,11 @@ Bounds, not timings: the limiter must never let more through than Stripe's
 rate allows (an upper bound, which load cannot break, since load only slows
 callers down), and must not starve them (a lower bound, kept lenient for a
 busy machine).
+
+The limiter and its stores (memory, PostgreSQL, Redis) are proven in process in
+the default tier: threads sharing one limiter, and two limiters with stores of
+their own sharing a push-back, as two processes would. The real processes are
+the heavy tier.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from bench.stack import busiest_second
 from invoiceflow.ratelimit import BURST, Limiter, Unlimited, build, limiter, reset_limiter
 from invoiceflow.retry import RetryPolicy, call_with_retries
 from invoiceflow.settings import SettingsError, load_settings
-from tests.conftest import REPO, _postgres_database, app_env, run_cli
+from tests.conftest import REPO, _postgres_database, app_env
 
 RATE = 25.0
 WORKER = REPO / "tests" / "rate_limit_worker.py"
@@ -39,7 +44,11 @@ REDIS_URL = os.environ.get("INVOICEFLOW_TEST_REDIS_URL", "redis://127.0.0.1:6379
 SCHEDULING_SLACK = 5
 
 
-@pytest.fixture(params=["memory", "postgres", "redis"])
+# PostgreSQL is the store under test there: its run is the backend's.
+POSTGRES_STORE = pytest.param("postgres", marks=pytest.mark.backend)
+
+
+@pytest.fixture(params=["memory", POSTGRES_STORE, "redis"])
 def backend_env(
     request: pytest.FixtureRequest, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, str]]:
@@ -47,7 +56,7 @@ def backend_env(
     yield from _configure(request.param, request, sandbox, tmp_path, monkeypatch)
 
 
-@pytest.fixture(params=["postgres", "redis"])
+@pytest.fixture(params=[POSTGRES_STORE, "redis"])
 def shared_env(
     request: pytest.FixtureRequest, sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, str]]:
@@ -192,6 +201,7 @@ def _results(workers: list[subprocess.Popen[str]], timeout: float) -> list[dict[
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_processes_sharing_the_limit_hold_stripes_rate(
     shared_env: dict[str, str], sandbox: Any
 ) -> None:
@@ -216,7 +226,27 @@ def test_two_processes_sharing_the_limit_hold_stripes_rate(
     assert len(requests) / span >= 0.6 * RATE, f"{len(requests)} calls in {span:.1f} s"
 
 
+def test_a_push_back_through_one_store_connection_holds_back_another(
+    shared_env: dict[str, str],
+) -> None:
+    """Two limiters, each with a store connection of its own, as two processes have:
+    what one pushes back, the other waits out, since the limit lives in the store."""
+    from invoiceflow.settings import get_settings
+
+    gate = limiter()
+    assert gate.acquire() == 0.0  # a fresh limit lets the first call go at once
+    other = build(get_settings())
+    assert isinstance(gate, Limiter) and isinstance(other, Limiter)
+    assert other.store is not gate.store
+    try:
+        other.push_back(2.0)
+    finally:
+        other.close()
+    assert gate.acquire() >= 1.0  # up to 2 s, less the moments since
+
+
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_push_back_in_one_process_holds_back_another(shared_env: dict[str, str]) -> None:
     gate = limiter()
     assert gate.acquire() == 0.0  # a fresh limit lets the first call go at once
@@ -346,13 +376,23 @@ def test_the_backend_follows_the_database(clean_env: pytest.MonkeyPatch) -> None
     assert load_settings().rate_limit_store() == "redis://127.0.0.1:6379/3"
 
 
-@pytest.mark.slow
 def test_a_bad_rate_on_the_command_line_is_one_line_and_exit_2(
-    sandbox: Any, sqlite_url: str
+    sandbox: Any, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from typer.testing import CliRunner
+
+    from invoiceflow.cli import app
+    from invoiceflow.runtime import reset_runtime
+
     env = app_env(sandbox.url, sqlite_url, INVOICEFLOW_STRIPE_RATE="fast")
-    result = run_cli("status", env=env)
-    assert result.returncode == 2, result.stderr
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reset_runtime()
+    try:
+        result = CliRunner().invoke(app, ["status"], catch_exceptions=False)
+    finally:
+        reset_runtime()
+    assert result.exit_code == 2, result.stderr
     assert result.stderr.splitlines() == [
         "error: INVOICEFLOW_STRIPE_RATE must be test (25/s), live (100/s), a positive number "
         "of calls a second, or off"
