@@ -135,14 +135,17 @@ def get_engine(url: str) -> Engine:
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:
-            from invoiceflow.db.migrate import upgrade
+            from invoiceflow.db.revision import at_head
             from invoiceflow.paths import default_database_path, default_database_url
 
             if url == default_database_url():  # only our own default: never guess a user's
                 default_database_path().parent.mkdir(parents=True, exist_ok=True)
 
             engine = make_engine(url)
-            upgrade(engine)
+            if not at_head(engine):  # a current schema needs no Alembic (half a second)
+                from invoiceflow.db.migrate import upgrade
+
+                upgrade(engine)
             _engines[url] = engine
         return engine
 

@@ -21,6 +21,19 @@ Simulated time is Stripe's own: test clocks (`/v1/test_helpers/test_clocks`, see
 
 from __future__ import annotations
 
-from invoiceflow.sandbox.server import RunningSandbox, start_sandbox
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from invoiceflow.sandbox.server import RunningSandbox, start_sandbox
 
 __all__ = ["RunningSandbox", "start_sandbox"]
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use: `invoiceflow sandbox`'s CLI module lives in this
+    # package, and the CLI's other commands must not pay for the server's imports.
+    if name in __all__:
+        from invoiceflow.sandbox import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
