@@ -8,8 +8,8 @@ Exit codes (stable, for scripts and schedulers):
   3  request_id already used for other content
   4  Stripe refused it for good (card, validation, an invoice that doesn't
      match)
-  5  temporary failure: retries ran out, or Stripe, Prefect's API or the database
-     is unreachable; run it again later
+  5  temporary failure: retries ran out, or Stripe, Prefect's API or the
+     database is unreachable; run it again later
   6  another run is processing this request right now
   7  `batch`: the run finished and some requests failed (each named, with its
      reason)
@@ -288,18 +288,19 @@ def serve(
     from invoiceflow.prefect_env import configure_prefect
     from invoiceflow.settings import SettingsError, get_settings
 
+    if not 0 <= port <= 65535:  # before Prefect's imports: a typo answers at once
+        raise fail(Exit.BAD_INPUT, f"--port must be 0-65535, got {port}")
     configure_prefect()
     from prefect.settings import get_current_settings
 
     if not get_current_settings().api.url:
         raise fail(
             Exit.BAD_INPUT,
-            "PREFECT_API_URL is not set; start a server with 'prefect server start' and "
+            "PREFECT_API_URL is not set; start a server with "
+            "'prefect --no-prompt server start' and "
             "export PREFECT_API_URL=http://127.0.0.1:4200/api (a temporary server would "
             "lose the deployments and their runs when this process stops)",
         )
-    if not 0 <= port <= 65535:
-        raise fail(Exit.BAD_INPUT, f"--port must be 0-65535, got {port}")
     try:
         settings = get_settings()
         settings.require_stripe_key()

@@ -99,7 +99,24 @@ def run_demo() -> int:
         _say(f"Stripe sandbox on {sandbox.url}; state in {DEMO_DB}")
         if not os.environ.get("PREFECT_API_URL"):
             _say("Starting Prefect's local server (takes ~10 s the first time)…")
-        return _run(sandbox)
+        try:
+            return _run(sandbox)
+        finally:
+            close_database()
+
+
+def close_database() -> None:
+    """Leave the demo's database as the one file it names: close every connection.
+
+    SQLite folds the write-ahead log into the database and deletes the `-wal`
+    and `-shm` files when the last connection closes; a pooled connection left
+    open at exit left them beside it.
+    """
+    from invoiceflow.db.engine import dispose_engines
+    from invoiceflow.runtime import reset_runtime
+
+    reset_runtime()
+    dispose_engines()
 
 
 def _run(sandbox: Any) -> int:

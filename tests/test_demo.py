@@ -42,5 +42,7 @@ def test_demo_runs_offline_with_no_configuration(tmp_path: Path) -> None:
     assert "Stripe writes on resubmission: 0" in result.stdout
     assert "paid" in result.stdout
     assert (tmp_path / "invoiceflow-demo.db").exists()
+    # Every connection closed: no -wal or -shm file beside it (issue 22, item 12).
+    assert sorted(p.name for p in tmp_path.glob("invoiceflow-demo.db*")) == ["invoiceflow-demo.db"]
     assert "sk_test_" not in output, "the demo printed an API key"
     assert "Traceback" not in output

@@ -172,3 +172,221 @@ def test_a_run_resumed_with_corrected_rows_keeps_what_it_billed(
     other.write_text(_line(make_request(f"{prefix}-other", items=ONE_LINE)) + "\n")
     with pytest.raises(manifest.ManifestError, match="already bills other content"):
         manifest.start(engine, "monthly", read_source(str(other)))
+
+
+# --- 3. commands that only read the ledger start without Prefect ------------------------
+
+# Runs in a fresh interpreter: which modules a command imports is the thing under test.
+_IMPORTS_PROBE = """
+import json, sys
+from typer.testing import CliRunner
+from invoiceflow.cli import app
+
+HEAVY = ("prefect", "alembic", "invoiceflow.sandbox.server", "flows", "uvicorn")
+for args in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(app, args)
+    loaded = [name for name in HEAVY if name in sys.modules]
+    print(json.dumps({"args": args, "exit": result.exit_code, "loaded": loaded}), flush=True)
+"""
+
+
+def test_status_db_submit_and_argument_errors_import_no_prefect_sandbox_or_alembic(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from invoiceflow.db.engine import get_engine
+    from tests.conftest import REPO
+
+    get_engine(sqlite_url)  # an existing ledger, at the newest migration
+    commands = [
+        ["invoice"],  # a missing argument
+        ["status", "--state", "bogus"],
+        ["serve", "--port", "99999"],
+        ["sandbox", "--port", "99999"],
+        ["batch", "missing.jsonl"],
+        ["submit", "missing.jsonl"],
+        ["status"],
+        ["db", "upgrade"],  # the one that needs Alembic: last
+    ]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "INVOICEFLOW_"))},
+        "INVOICEFLOW_DATABASE_URL": sqlite_url,
+        "STRIPE_API_KEY": "sk_test_first_hour",
+        "PYTHONPATH": str(REPO),
+    }
+    ran = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_PROBE, json.dumps(commands)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert ran.returncode == 0, ran.stderr
+    results = [json.loads(line) for line in ran.stdout.splitlines()]
+    assert [r["exit"] for r in results] == [2, 2, 2, 2, 2, 2, 0, 0], results
+    for result in results[:-1]:
+        assert result["loaded"] == [], result
+    assert results[-1]["loaded"] == ["alembic"], results[-1]
+
+
+def test_a_migration_s_file_name_is_its_revision() -> None:
+    """What lets a current database skip Alembic: the newest file names the head."""
+    from invoiceflow.db import migrate, revision
+
+    for path in sorted(revision.VERSIONS_DIR.glob("*.py")):
+        found = re.search(r'^revision = "([^"]+)"$', path.read_text(), re.MULTILINE)
+        assert found and path.name.startswith(f"{found.group(1)}_"), path.name
+    assert revision.head_by_file_name() == migrate.head_revision()
+
+
+# --- 5. the sandbox's webhook secret, and paying in it ----------------------------------
+
+
+@pytest.fixture
+def sandbox_cli(
+    sandbox: Any,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> Invoke:
+    return _cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_printed_webhook_secret_verifies_the_payment_the_pay_command_makes(
+    sandbox_cli: Invoke,
+    stripe_client: stripe.StripeClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from invoiceflow import ledger
+    from invoiceflow.runtime import get_runtime, reset_runtime
+    from invoiceflow.settings import get_settings
+    from invoiceflow.webhooks.app import create_app
+    from invoiceflow.webhooks.server import running
+    from tests.helpers import bill_plain, wait_for
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/webhooks/stripe"
+    first = sandbox_cli("sandbox", "webhook-secret", url)
+    again = sandbox_cli("sandbox", "webhook-secret", url)  # a secret shows once: replaced
+
+    for result in (first, again):
+        assert result.exit_code == 0, result.stderr
+        assert re.fullmatch(r"whsec_[A-Za-z0-9]{24,}\n", result.stdout), result.stdout
+    assert first.stdout != again.stdout
+    assert "replaced we_" in again.stderr
+    (endpoint,) = stripe_client.v1.webhook_endpoints.list().data
+    assert endpoint.url == url and "invoice.paid" in endpoint.enabled_events
+
+    # `serve`'s receiver, with the secret as the README exports it.
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", again.stdout.strip())
+    reset_runtime()
+    billed = make_request(f"pay{uuid.uuid4().hex[:6]}", items=ONE_LINE)
+    sent = bill_plain(billed)
+    with running(create_app(get_settings()), port=port):
+        declined = sandbox_cli("sandbox", "pay", sent.stripe_invoice_id, "--card", "declined")
+        assert declined.exit_code == 4, (declined.stdout, declined.stderr)
+        assert declined.stderr.startswith(f"error: {sent.stripe_invoice_id} declined: ")
+
+        paid = sandbox_cli("sandbox", "pay", billed.request_id)  # a request id works too
+
+        assert paid.exit_code == 0, paid.stderr
+        assert paid.stdout.startswith(f"{sent.stripe_invoice_id} (") and ": paid," in paid.stdout
+        engine = get_runtime().engine
+        row = wait_for(
+            lambda: (r := ledger.load(engine, billed.request_id)) and r.paid_at and r,
+            "the signed invoice.paid to reach the receiver",
+        )
+    assert row.recovery_point == "paid"
+    again_paid = sandbox_cli("sandbox", "pay", sent.stripe_invoice_id)
+    assert again_paid.exit_code == 2 and "already paid" in again_paid.stderr
+
+
+def test_the_sandbox_commands_refuse_in_one_line(
+    sandbox_cli: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from invoiceflow.runtime import reset_runtime
+
+    unknown = sandbox_cli("sandbox", "pay", "no-such-request")
+    assert (unknown.exit_code, unknown.stdout) == (2, "")
+    assert unknown.stderr.startswith("error: no request 'no-such-request'; give an invoice id")
+
+    bad_url = sandbox_cli("sandbox", "webhook-secret", "not a url")
+    assert bad_url.exit_code == 2 and bad_url.stderr.count("\n") == 1, bad_url.stderr
+
+    monkeypatch.delenv("STRIPE_API_BASE")
+    reset_runtime()
+    for args in (("pay", "in_123"), ("webhook-secret", "http://127.0.0.1:1/x")):
+        result = sandbox_cli("sandbox", *args)
+        assert result.exit_code == 2
+        assert result.stderr.startswith("error: STRIPE_API_BASE is not set; "), result.stderr
+        assert result.stderr.count("\n") == 1
+
+
+# --- 12. help at 80 columns; the demo's database ---------------------------------------
+
+
+def _commands() -> list[tuple[list[str], Any]]:
+    import typer.main
+
+    from invoiceflow.cli import app
+
+    found = []
+
+    def walk(command: Any, path: list[str]) -> None:
+        found.append((path, command))
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_help_reads_well_in_an_80_column_terminal() -> None:
+    from typer.testing import CliRunner
+
+    from invoiceflow.cli import app
+
+    commands = _commands()
+    assert ["sandbox", "pay"] in [path for path, _ in commands]
+    for path, command in commands:
+        shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+
+        assert shown.exit_code == 0, path
+        assert "<bool>" not in shown.output, path
+        assert not [line for line in shown.output.splitlines() if len(line) > 80], path
+        for param in command.params:
+            for name in (*param.opts, *param.secondary_opts):
+                if name.startswith("--"):
+                    assert name in shown.output, f"{' '.join(path)} --help cuts {name} off"
+
+
+def test_the_demo_s_database_is_one_file_once_it_is_done(tmp_path: Path) -> None:
+    """`invoiceflow demo` ends with `close_database()` (the heavy tier's demo test
+    checks the file the real demo leaves)."""
+    from invoiceflow.db.engine import get_engine, transaction
+    from invoiceflow.db.models import BillingRun
+    from invoiceflow.demo import close_database
+
+    database = tmp_path / "invoiceflow-demo.db"
+    with transaction(get_engine(f"sqlite:///{database}")) as session:
+        session.add(BillingRun(run_id="demo", source="demo", source_digest="d", total=0))
+    assert Path(f"{database}-wal").exists()  # a live WAL database, as the demo leaves it
+
+    close_database()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["invoiceflow-demo.db"]
