@@ -6,7 +6,8 @@ The topology is the README's multi-host path on one machine
 process work pool, `billing-shard` registered by `prefect deploy`, two
 `prefect worker start` processes, the ledger on PostgreSQL. The parent is the
 real CLI (`invoiceflow batch SOURCE --shards 2`); the sandbox answers over HTTP
-at Stripe's test-mode rate limit (25 requests/s).
+at Stripe's test-mode rate limit (25 requests/s). Those are the heavy tier; the
+shards' split, the deployments' list and the shard-count refusals run in process.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ def _steady_rate(entries: list[dict[str, Any]]) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.postgres
 def test_two_workers_bill_one_run_once_each_within_stripes_rate(
     topology: Any, sandbox_server: Any, ledger_url: str, tmp_path: Path
@@ -215,6 +217,7 @@ def test_two_workers_bill_one_run_once_each_within_stripes_rate(
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.postgres
 def test_a_worker_killed_mid_run_leaves_its_shard_unfinished_and_a_rerun_bills_it_once(
     topology: Any, sandbox_server: Any, ledger_url: str, tmp_path: Path
@@ -336,19 +339,32 @@ def test_prefect_yaml_registers_what_serve_registers() -> None:
     assert ("billing-shard", "flows.billing_shard.billing_shard_flow") in served
 
 
-def test_bad_shard_counts_exit_2_in_one_line(sqlite_url: str, tmp_path: Path) -> None:
+def test_bad_shard_counts_exit_2_in_one_line(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from invoiceflow.cli import app
+    from invoiceflow.runtime import reset_runtime
+
     source = _jsonl(tmp_path / "one.jsonl", [_as_json(make_request("one"))])
     env = app_env("http://127.0.0.1:9", sqlite_url)
 
     for given, extra in (("0", {}), (None, {"INVOICEFLOW_BATCH_SHARDS": "65"})):
         args = ("batch", str(source), *(("--shards", given) if given else ()))
-        result = run_cli(*args, env={**env, **extra})
-        assert result.returncode == 2, (result.stdout, result.stderr)
+        with monkeypatch.context() as configured:
+            for name, value in {**env, **extra}.items():
+                configured.setenv(name, value)
+            reset_runtime()
+            result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+        reset_runtime()
+        assert result.exit_code == 2, (result.stdout, result.stderr)
         (line,) = result.stderr.strip().splitlines()
         assert "INVOICEFLOW_BATCH_SHARDS" in line, line
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # a Prefect server of its own
 def test_shards_without_a_registered_deployment_exit_2_naming_prefect_deploy(
     sqlite_url: str, tmp_path: Path
 ) -> None:
