@@ -390,3 +390,43 @@ def test_the_demo_s_database_is_one_file_once_it_is_done(tmp_path: Path) -> None
     close_database()
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["invoiceflow-demo.db"]
+
+
+# --- 4. the README's commands work as printed ---------------------------------------------
+
+
+def _readme() -> str:
+    from tests.conftest import REPO
+
+    return (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_readme_activates_the_venv_before_any_invoiceflow_command() -> None:
+    """`invoiceflow …` as printed needs the venv's bin on PATH: the install says
+    to activate it, before the first command and before each walk-through terminal."""
+    readme = _readme()
+    install = re.search(r"## The two commands\n\n```bash\n(.*?)```", readme, re.DOTALL)
+    assert install, "README has no install block"
+    commands = [line.split("#")[0].strip() for line in install.group(1).splitlines()]
+    activates = [n for n, line in enumerate(commands) if ". .venv/bin/activate" in line]
+    uses = [n for n, line in enumerate(commands) if line.startswith("invoiceflow ")]
+    assert activates and uses and activates[0] < uses[0], commands
+    assert not [line for line in commands if ".venv/bin/" in line and "activate" not in line]
+    for terminal in ("sandbox", "session"):  # the prose right before each terminal's block
+        before = readme[: readme.index(f"<!-- walkthrough:{terminal} -->")]
+        assert ". .venv/bin/activate" in before[-300:], terminal
+
+
+def test_the_readme_starts_prefect_without_its_profile_prompt_and_says_what_local_mode_costs() -> (
+    None
+):
+    readme = _readme()
+    starts = re.findall(r"^prefect .*server start.*$", readme, re.MULTILINE)
+    assert starts and all("--no-prompt" in line for line in starts), starts
+    walkthrough = readme[
+        readme.index("### A walk-through, offline") : readme.index("### The commands")
+    ]
+    assert "export PREFECT_API_URL=http://127.0.0.1:4200/api" in walkthrough
+    assert "a minute or more on a busy one" in walkthrough
+    assert "invoiceflow sandbox webhook-secret http://127.0.0.1:8080/webhooks/stripe" in readme
+    assert "invoiceflow sandbox pay " in readme
