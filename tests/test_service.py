@@ -3,6 +3,11 @@ SQLite ledger; runs started as the UI starts them and through POST /invoices.
 
 One serve process for the module (starting one costs seconds); the last test
 stops it with a signal. Ids are unique per test: the sandbox is not reset here.
+The served stack is the heavy tier. The default tier keeps what needs no served
+stack, in process: POST /invoices' refusals, the composed app's routes, the
+deployments `serve` registers (parameter schema, schedules) as objects, `serve`'s
+own refusals through CliRunner, and the tags of a direct flow call on the
+session's Prefect server. (The settle sweeper's contract is in test_webhooks.py.)
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import stripe
 
 from tests.conftest import REPO, TEST_KEY, app_env
 from tests.helpers import assert_exactly_one_invoice, invoices_for, make_request, wait_for
+from tests.inprocess_cli import in_process_cli
 
-pytestmark = pytest.mark.slow
+# The served stack: `invoiceflow serve` as a process, its runner executing flow runs.
+served = pytest.mark.heavy
 
 TOKEN = "test-trigger-token-" + "x" * 16
 RUN_TIMEOUT = 240  # seconds; a run takes a few, but the machine is shared and busy
@@ -163,6 +170,7 @@ def _unique(prefix: str) -> tuple[str, str]:
     return f"{prefix}-{tag}", f"cust-{tag}"
 
 
+@served
 def test_a_run_started_as_the_ui_does_makes_one_invoice(service: Service) -> None:
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -189,6 +197,7 @@ def _tags(run_id: uuid.UUID) -> set[str]:
     return set(_flow_run(str(run_id)).tags)
 
 
+@served
 def test_post_invoices_starts_one_run_and_a_repeat_returns_the_same_run(
     service: Service,
 ) -> None:
@@ -216,10 +225,17 @@ def test_post_invoices_starts_one_run_and_a_repeat_returns_the_same_run(
     assert request_id in conflict.json()["errors"][0]
 
 
-@pytest.mark.parametrize(
-    "authorization",
-    [None, "Bearer wrong-token-of-some-length", f"Bearer {TOKEN}x", TOKEN, f"Basic {TOKEN}"],
-)
+WRONG_AUTHORIZATIONS = [
+    None,
+    "Bearer wrong-token-of-some-length",
+    f"Bearer {TOKEN}x",
+    TOKEN,
+    f"Basic {TOKEN}",
+]
+
+
+@served
+@pytest.mark.parametrize("authorization", WRONG_AUTHORIZATIONS)
 def test_post_invoices_without_the_right_token_is_refused(
     service: Service, authorization: str | None
 ) -> None:
@@ -232,6 +248,7 @@ def test_post_invoices_without_the_right_token_is_refused(
     assert invoices_for(service.stripe, request_id) == []
 
 
+@served
 def test_a_bad_body_lists_every_problem_at_once(service: Service) -> None:
     import yaml
 
@@ -262,6 +279,7 @@ def test_a_bad_body_lists_every_problem_at_once(service: Service) -> None:
     assert too_big.status_code == 413
 
 
+@served
 def test_identical_posts_at_once_share_one_run(service: Service) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -277,6 +295,7 @@ def test_identical_posts_at_once_share_one_run(service: Service) -> None:
     assert_exactly_one_invoice(service.stripe, request)
 
 
+@served
 def test_a_payment_arrives_by_webhook_and_one_settle_run_tells_the_end(
     service: Service,
 ) -> None:
@@ -322,6 +341,7 @@ def test_a_payment_arrives_by_webhook_and_one_settle_run_tells_the_end(
     assert inbox.get(engine, event.event_id).settle_started_at is not None  # type: ignore[union-attr]
 
 
+@served
 def test_it_ships_the_crashed_runs_automation(service: Service) -> None:
     from prefect.automations import EventTrigger
     from prefect.client.orchestration import get_client
@@ -336,6 +356,7 @@ def test_it_ships_the_crashed_runs_automation(service: Service) -> None:
     assert automation.actions[0].type == "change-flow-run-state"
 
 
+@served
 def test_sigterm_stops_it_cleanly_and_leaves_the_deployment_unpaused(service: Service) -> None:
     # Last in this module: it ends the module's serve process.
     from prefect.client.orchestration import get_client
@@ -353,6 +374,7 @@ def test_sigterm_stops_it_cleanly_and_leaves_the_deployment_unpaused(service: Se
         assert client.read_deployment_by_name("invoice/invoice").paused is False
 
 
+@served
 def test_ctrl_c_stops_it_cleanly(prefect_api: str, sandbox_server: Any, tmp_path: Path) -> None:
     with _running_service(prefect_api, sandbox_server.url, tmp_path) as running:
         running.process.send_signal(signal.SIGINT)
@@ -360,49 +382,216 @@ def test_ctrl_c_stops_it_cleanly(prefect_api: str, sandbox_server: Any, tmp_path
         assert "Traceback" not in running.output(), running.output()
 
 
-def _refused(tmp_path: Path, *args: str, **env: str) -> str:
-    """Run `invoiceflow serve`, expecting exit 2 and one line on stderr; that line."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
-    full_env.update(
-        PREFECT_HOME=str(tmp_path / "prefect"),  # no profile that names a server
-        INVOICEFLOW_TRIGGER_TOKEN=TOKEN,
-        STRIPE_WEBHOOK_SECRET="whsec_testRefusals0123456789abcdef",
-        STRIPE_API_KEY=TEST_KEY,
-        INVOICEFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'invoiceflow.db'}",
-    )
-    full_env.update(env)
-    done = subprocess.run(
-        [sys.executable, "-m", "invoiceflow", "serve", *args],
-        env={k: v for k, v in full_env.items() if v},  # "" means: unset it
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert (done.returncode, done.stdout) == (2, ""), done.stdout + done.stderr
+def _refused(
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    *args: str,
+    api_url: str | None = None,
+    **env: str,
+) -> str:
+    """Run `invoiceflow serve` in process, expecting exit 2 and one line on stderr;
+    that line. `api_url`: the Prefect API it is given (None: none at all)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from invoiceflow.runtime import reset_runtime
+
+    tmp_path = request.getfixturevalue("tmp_path")
+    monkeypatch.chdir(tmp_path)  # no .env, no ./invoiceflow.db of the checkout
+    full_env = {
+        "INVOICEFLOW_TRIGGER_TOKEN": TOKEN,
+        "STRIPE_WEBHOOK_SECRET": "whsec_testRefusals0123456789abcdef",
+        "STRIPE_API_KEY": TEST_KEY,
+        "INVOICEFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'invoiceflow.db'}",
+        "PREFECT_API_URL": api_url or "",
+        **env,
+    }
+    for name, value in full_env.items():
+        if value:
+            monkeypatch.setenv(name, value)
+        else:  # "" means: unset it
+            monkeypatch.delenv(name, raising=False)
+    reset_runtime()
+    request.addfinalizer(reset_runtime)
+    invoke = in_process_cli(monkeypatch, request)
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url})
+        if api_url
+        else temporary_settings(restore_defaults={PREFECT_API_URL})
+    ):
+        done = invoke("serve", *args)
+    assert (done.exit_code, done.stdout) == (2, ""), done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     return lines[0]
 
 
-def test_serve_without_a_prefect_server_exits_2_in_one_line(tmp_path: Path) -> None:
-    line = _refused(tmp_path, "--port", "0")
+def test_serve_without_a_prefect_server_exits_2_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    line = _refused(monkeypatch, request, "--port", "0")
     assert line.startswith("error: PREFECT_API_URL is not set; start a server with")
 
 
 def test_serve_without_a_token_or_with_a_taken_port_exits_2_in_one_line(
-    prefect_api: str, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
-    line = _refused(tmp_path, PREFECT_API_URL=prefect_api, INVOICEFLOW_TRIGGER_TOKEN="")
+    # Refused before it talks to Prefect: any API address will do.
+    api = "http://127.0.0.1:9/api"
+    line = _refused(monkeypatch, request, api_url=api, INVOICEFLOW_TRIGGER_TOKEN="")
     assert line.startswith("error: INVOICEFLOW_TRIGGER_TOKEN is not set")
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        line = _refused(tmp_path, "--port", port, PREFECT_API_URL=prefect_api)
+        line = _refused(monkeypatch, request, "--port", port, api_url=api)
     assert line == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+# --- in process: the HTTP app and the deployments, without a served stack ----------
+
+
+@pytest.fixture
+def trigger_settings(configured: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    from invoiceflow.runtime import reset_runtime
+    from invoiceflow.settings import load_settings
+
+    monkeypatch.setenv("INVOICEFLOW_TRIGGER_TOKEN", TOKEN)
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_testInProcess0123456789abcdef")
+    reset_runtime()
+    return load_settings()
+
+
+class _InProcess:
+    """Requests to an ASGI app in this process (httpx's ASGI transport), one call each."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import asyncio
+
+        async def call() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await client.request(method, path, **kwargs)
+
+        return asyncio.run(call())
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+
+def _stored(configured: dict[str, str]) -> list[str]:
+    from invoiceflow import ledger
+    from invoiceflow.db.engine import get_engine
+
+    engine = get_engine(configured["INVOICEFLOW_DATABASE_URL"])
+    return [row.request_id for row in ledger.list_requests(engine)]
+
+
+def test_post_invoices_refusals_in_process(
+    trigger_settings: Any, configured: dict[str, str], sandbox: Any
+) -> None:
+    """401 for every wrong token, 400 listing every problem, 413, and 409 for a request
+    id taken by other content: before any run is started, so no Prefect is needed."""
+    import yaml
+
+    from invoiceflow import ledger
+    from invoiceflow.runtime import get_runtime
+    from invoiceflow.service.trigger import create_trigger_app
+
+    client = _InProcess(create_trigger_app(trigger_settings))
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    request_id, customer = _unique("auth")
+    body = make_request(request_id, customer).model_dump(mode="json")
+    for authorization in WRONG_AUTHORIZATIONS:
+        headers = {"Authorization": authorization} if authorization is not None else {}
+        response = client.post("/invoices", headers=headers, json=body)
+        assert response.status_code == 401, authorization
+        assert response.json() == {"errors": ["missing or wrong bearer token"]}
+        assert TOKEN not in response.text
+
+    broken = yaml.safe_load((REPO / "examples" / "invalid.yaml").read_text())
+    response = client.post("/invoices", headers=bearer, json=broken)
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        "customer.email: 'not-an-email' is not a valid email address, e.g. 'billing@example.com'",
+        "items[0].unit_price: '12.345' has more decimals than USD allows (2); use e.g. '12.34'",
+        "items[1].unit_amount: must be greater than 0, got 0",
+        "items[2].unit_price: must be a quoted decimal string like '9.99', not a number: "
+        "numbers pass through binary floats and lose cents; quote it",
+    ]
+    not_json = client.post("/invoices", headers=bearer, content=b"{request_id: nope")
+    assert not_json.status_code == 400
+    assert not_json.json()["errors"][0].startswith("body is not valid JSON")
+    too_big = client.post("/invoices", headers=bearer, content=b" " * (2 * 1024 * 1024))
+    assert too_big.status_code == 413
+    assert _stored(configured) == []
+
+    ledger.submit(get_runtime().engine, make_request(request_id, customer))
+    changed = {**body, "description": "Something else"}
+    conflict = client.post("/invoices", headers=bearer, json=changed)
+    assert conflict.status_code == 409, conflict.text
+    assert request_id in conflict.json()["errors"][0]
+    assert sandbox.requests() == []  # nothing reached Stripe
+
+
+def test_the_service_app_routes_each_path_to_its_app(trigger_settings: Any) -> None:
+    from invoiceflow.service.app import build_app
+
+    client = _InProcess(build_app(trigger_settings))
+    assert client.post("/invoices").status_code == 401  # the trigger: token first
+    webhook = client.post("/webhooks/stripe", content=b"{}")
+    assert webhook.status_code == 400 and "Stripe-Signature" in webhook.json()["errors"][0]
+    assert client.get("/elsewhere").status_code == 404
+
+
+def test_the_deployments_serve_registers(
+    configured: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As objects, before any server sees them: names, module entrypoints, the invoice
+    form's parameter schema (the UI's "Custom run"), and the cycle's schedules."""
+    import asyncio
+
+    from invoiceflow.runtime import reset_runtime
+    from invoiceflow.service.deployments import build_deployments
+
+    monkeypatch.setenv("INVOICEFLOW_SCHEDULE_TIMEZONE", "Europe/Berlin")
+    monkeypatch.setenv("INVOICEFLOW_RECONCILE_CRON", "off")
+    reset_runtime()
+
+    deployments = {d.name: d for d in asyncio.run(build_deployments())}
+
+    assert set(deployments) == {
+        "invoice",
+        "settle",
+        "billing-run",
+        "billing-shard",
+        "dunning",
+        "reconcile",
+    }
+    for deployment in deployments.values():
+        assert deployment.entrypoint is not None and deployment.entrypoint.startswith("flows.")
+    schema = deployments["invoice"]._parameter_openapi_schema.model_dump()
+    # The parameter is the pydantic model: "Custom run" in the UI shows its form.
+    assert schema["properties"]["request"]["$ref"].endswith("/BillingRequest")
+    schedules = {
+        name: [(s.schedule.cron, s.schedule.timezone, s.slug) for s in d.schedules or []]
+        for name, d in deployments.items()
+    }
+    assert schedules == {
+        "invoice": [],
+        "settle": [],
+        "billing-run": [("0 6 1 * *", "Europe/Berlin", "billing-cycle")],
+        "billing-shard": [],
+        "dunning": [("0 7 * * *", "Europe/Berlin", "dunning")],
+        "reconcile": [],  # "off": runs only when triggered
+    }
+    assert deployments["billing-run"].parameters == {"source": "pending"}
 
 
 @pytest.mark.usefixtures("prefect_api", "configured")
