@@ -387,12 +387,12 @@ def _kind_of(place: str) -> str:
     return " ".join(words[:2]) if words[0] == "prefect" else words[0]
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the served stack as processes, audited
 def test_no_secret_reaches_a_log_a_row_prefect_or_an_output(audit: Audit) -> None:
     assert audit.findings == [], report(audit.findings)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the served stack as processes, audited
 def test_the_scan_looked_everywhere_a_secret_could_be(audit: Audit) -> None:
     assert {
         "file",
@@ -405,7 +405,7 @@ def test_the_scan_looked_everywhere_a_secret_could_be(audit: Audit) -> None:
     } <= audit.canary_places, audit.canary_places
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the served stack as processes, audited
 def test_the_workload_went_where_secrets_are(audit: Audit) -> None:
     """The audit proves something only if the paths near a secret really ran."""
     codes = audit.observed.exit_codes
@@ -414,7 +414,7 @@ def test_the_workload_went_where_secrets_are(audit: Audit) -> None:
     assert codes["status"] == 0 and codes["status-json"] == 0, codes
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the served stack as processes, audited
 def test_the_trigger_refuses_unauthenticated_posts_and_creates_nothing(audit: Audit) -> None:
     # tests/test_service.py checks the 401 body and that Stripe holds no invoice;
     # here: no flow run, no ledger row either.
@@ -424,7 +424,7 @@ def test_the_trigger_refuses_unauthenticated_posts_and_creates_nothing(audit: Au
     assert audit.observed.refused_post_traces == []
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the served stack as processes, audited
 def test_the_receiver_refuses_forged_events_and_applies_nothing(audit: Audit) -> None:
     # tests/test_webhook_requests.py covers every refusal of the receiver in process;
     # here the same at `invoiceflow serve`'s receiver, with no inbox row left.
@@ -495,12 +495,15 @@ def test_the_scanner_reads_every_column_of_every_table(database_url: str) -> Non
 
 
 @pytest.mark.parametrize("prefix", ["sk_live_", "rk_live_"])
-def test_serve_refuses_a_live_key_unless_allowed(tmp_path: Path, prefix: str) -> None:
+def test_serve_refuses_a_live_key_unless_allowed(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, prefix: str
+) -> None:
     # `invoiceflow invoice` is covered by tests/test_cli.py, Settings by tests/test_settings.py.
+    # In process (CliRunner): refused before it talks to Prefect, so any API address will do.
     live = f"{prefix}AUDITLIVE{random_tokens.token_hex(12)}"
-    somewhere = {"PREFECT_API_URL": "http://127.0.0.1:9/api", "STRIPE_API_KEY": live}
+    api = "http://127.0.0.1:9/api"
 
-    line = _refused(tmp_path, "--port", "0", **somewhere)
+    line = _refused(monkeypatch, request, "--port", "0", api_url=api, STRIPE_API_KEY=live)
     assert line == (
         "error: STRIPE_API_KEY is a live key; set INVOICEFLOW_ALLOW_LIVE=1 to bill real customers"
     )
@@ -509,14 +512,29 @@ def test_serve_refuses_a_live_key_unless_allowed(tmp_path: Path, prefix: str) ->
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        line = _refused(tmp_path, "--port", port, INVOICEFLOW_ALLOW_LIVE="1", **somewhere)
+        line = _refused(
+            monkeypatch,
+            request,
+            "--port",
+            port,
+            api_url=api,
+            STRIPE_API_KEY=live,
+            INVOICEFLOW_ALLOW_LIVE="1",
+        )
     assert line == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 @pytest.mark.parametrize("command", ["batch", "reconcile"])
 def test_every_stripe_command_refuses_a_live_key_in_one_line(
-    tmp_path: Path, sandbox: Any, sqlite_url: str, command: str
+    tmp_path: Path,
+    sandbox: Any,
+    sqlite_url: str,
+    command: str,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
+    from tests.test_billing_run import _cli
+
     live = recognizable("sk_live_", "AUDITLIVE")
     source = tmp_path / "billing.jsonl"
     source.write_text(json.dumps(make_request("live-1").model_dump(mode="json")) + "\n")
@@ -524,16 +542,16 @@ def test_every_stripe_command_refuses_a_live_key_in_one_line(
     env = app_env(sandbox.url, sqlite_url, STRIPE_API_KEY=live.value, INVOICEFLOW_ALLOW_LIVE="0")
     env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # never reached
 
-    done = run_cli(*args, env=env, cwd=tmp_path)
+    done = _cli(monkeypatch, request, env)(*args)  # in process (CliRunner)
 
-    assert (done.returncode, done.stdout) == (2, ""), done.stdout + done.stderr
+    assert (done.exit_code, done.stdout) == (2, ""), done.stdout + done.stderr
     assert done.stderr.strip().splitlines() == [
         "error: STRIPE_API_KEY is a live key; set INVOICEFLOW_ALLOW_LIVE=1 to bill real customers"
     ]
     assert Scanner([live]).text("output", done.stderr) == []
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # `invoiceflow invoice` running the flow in a subprocess
 @pytest.mark.usefixtures("prefect_api")
 def test_an_allowed_live_key_reaches_stripe_and_its_refusal_shows_no_key(
     tmp_path: Path, sandbox: Any, database_url: str
