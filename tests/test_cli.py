@@ -1,8 +1,11 @@
 """The `invoiceflow` command line: exit codes, messages, and nothing created on a refusal.
 
 Bad input and bad configuration run in-process through Typer's CliRunner (stderr is
-captured separately by Click 8.2+); everything that runs the flow runs `python -m
-invoiceflow` in a subprocess against the sandbox and a real Prefect server.
+captured separately by Click 8.2+), and what a failed run reports is proven on the
+plain pipeline with the same `classify`/`describe` the command uses. The default
+tier keeps two real `python -m invoiceflow` processes: the happy path end to end
+(invoice, status, resubmission, conflict; the session's Prefect server), and a bad
+setting read at import in a fresh process. The other subprocess runs are heavy.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typer.testing import CliRunner, Result
 from invoiceflow.cli import app
 from invoiceflow.request import parse_request
 from tests.conftest import app_env, run_cli
-from tests.helpers import invoices_for, writes
+from tests.helpers import bill_plain, invoices_for, writes
 
 Invoke = Callable[..., Result]
 
@@ -445,7 +448,7 @@ def test_status_of_an_empty_database(cli: Invoke) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_api")
-def test_invoice_status_resubmit_and_conflict_through_the_cli(
+def test_invoice_status_resubmit_and_conflict_through_the_cli(  # a default-tier smoke test
     sandbox: Any, stripe_client: stripe.StripeClient, database_url: str, tmp_path: Path
 ) -> None:
     env = app_env(sandbox.url, database_url)
@@ -474,7 +477,12 @@ def test_invoice_status_resubmit_and_conflict_through_the_cli(
 
     listing = run_cli("status", env=env)
     assert listing.returncode == 0, listing.stderr
-    assert listing.stdout.splitlines() == [line]
+    # One request listed has its totals too (they must agree with it).
+    assert listing.stdout.splitlines() == [
+        line,
+        "total USD: 1 request, billed 42.50 USD, paid 0.00 USD, "
+        "outstanding 42.50 USD, overdue 0.00 USD",
+    ]
 
     before = len(writes(sandbox))
     again = run_cli("invoice", str(path), "--no-wait", env=env)
@@ -499,14 +507,8 @@ def test_invoice_status_resubmit_and_conflict_through_the_cli(
 # --- 6. Stripe refuses for good --------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("prefect_api")
-def test_a_permanent_stripe_refusal_exits_4_and_records_the_failure(
-    sandbox: Any, stripe_client: stripe.StripeClient, sqlite_url: str, tmp_path: Path
-) -> None:
-    """Someone archived our price for this sku and amount in the Dashboard. It keeps its
-    lookup key; taking the key over would overrule that decision, so the run is refused
-    (exit 4) with what to do, before any new price or invoice is written."""
+def _archived_widget_price(stripe_client: stripe.StripeClient) -> tuple[dict[str, Any], str]:
+    """A request for one widget, whose price someone archived in the Dashboard; its id."""
     from invoiceflow.stripe_keys import price_lookup_key, product_id
 
     data = valid_request("acme:refused")
@@ -522,6 +524,50 @@ def test_a_permanent_stripe_refusal_exits_4_and_records_the_failure(
         }
     )
     stripe_client.v1.prices.update(archived.id, {"active": False})
+    return data, archived.id
+
+
+def test_a_permanent_stripe_refusal_is_exit_4_and_recorded_before_any_price_or_invoice(
+    cli: Invoke, sandbox: Any, stripe_client: stripe.StripeClient
+) -> None:
+    """Someone archived our price for this sku and amount in the Dashboard. It keeps its
+    lookup key; taking the key over would overrule that decision, so the run is refused
+    (exit 4) with what to do, before any new price or invoice is written. In process:
+    the run on the plain pipeline, its exit code and line as `invoice` makes them."""
+    from invoiceflow.catalog import ArchivedPrice
+    from invoiceflow.outcomes import Exit, classify
+    from invoiceflow.retry import describe
+
+    data, archived = _archived_widget_price(stripe_client)
+    before = len(writes(sandbox))
+
+    with pytest.raises(ArchivedPrice) as refused:
+        bill_plain(parse_request(data))
+
+    assert classify(refused.value) is Exit.REFUSED
+    message = f"error: acme:refused: {describe(refused.value)}"
+    assert message.startswith("error: acme:refused: ArchivedPrice")
+    assert f"price {archived}" in message
+    assert "reactivate it in the Dashboard" in message
+    later = [e["path"] for e in writes(sandbox)[before:]]
+    assert not [p for p in later if p.startswith(("/v1/prices", "/v1/invoices"))], later
+
+    shown = cli("status", "acme:refused", "--json")
+    assert shown.exit_code == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["state"] == "failed"
+    assert status["stripe_invoice_id"] is None
+    assert "is archived in Stripe" in status["last_error"]
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+@pytest.mark.usefixtures("prefect_api")
+def test_a_permanent_stripe_refusal_exits_4_and_records_the_failure(
+    sandbox: Any, stripe_client: stripe.StripeClient, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The same refusal through `invoiceflow invoice` in a real process: exit 4, one line."""
+    data, archived_id = _archived_widget_price(stripe_client)
     env = app_env(sandbox.url, sqlite_url)
     path = write_request(tmp_path, data)
     before = len(writes(sandbox))
@@ -531,7 +577,7 @@ def test_a_permanent_stripe_refusal_exits_4_and_records_the_failure(
     assert refused.returncode == 4, (refused.stdout, refused.stderr)
     (message,) = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
     assert message.startswith("error: acme:refused: ArchivedPrice")
-    assert f"price {archived.id}" in message
+    assert f"price {archived_id}" in message
     assert "reactivate it in the Dashboard" in message
     assert refused.stdout == ""
     # (The customer branch runs in parallel and may create the customer: harmless, idempotent.)
@@ -596,7 +642,8 @@ def test_bad_settings_are_one_line_in_every_command(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["invoice", "demo"])
+# `invoice` is a default-tier smoke test (refused at once); `demo` is heavy.
+@pytest.mark.parametrize("command", ["invoice", pytest.param("demo", marks=pytest.mark.heavy)])
 def test_a_bad_setting_read_when_the_flow_is_imported_is_one_line(
     command: str, sandbox: Any, sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -623,9 +670,10 @@ def test_sandbox_on_a_busy_port_says_so_in_one_line() -> None:
         taken.listen()
         port = taken.getsockname()[1]
 
-        result = run_cli("sandbox", "--port", str(port), env={}, timeout=60)
+        result = CliRunner().invoke(app, ["sandbox", "--port", str(port)])
 
-    assert result.returncode == 2, result.stderr
+    assert result.exit_code == 2, result.stderr
+    assert result.stdout == ""
     assert result.stderr == (
         f"error: port {port} on 127.0.0.1 is in use; pass --port N (0 = any free port)\n"
     )
@@ -647,7 +695,26 @@ def test_sandbox_bad_options_are_one_line(args: list[str], message: str) -> None
     assert (result.exit_code, result.stderr, result.stdout) == (2, message, "")
 
 
+def test_stripe_retries_are_said_as_progress_notes(
+    cli: Invoke, sandbox: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No silent waits: a throttled Stripe is one progress note per retry (the notes
+    `invoice` prints on stderr; that wiring is the heavy test below)."""
+    sandbox.configure(
+        faults=[{"method": "POST", "path": "^/v1/invoices$", "when": "status_429", "times": 2}]
+    )
+
+    with caplog.at_level("INFO", logger="invoiceflow.progress"):
+        bill_plain(parse_request(valid_request("acme:retried")))
+
+    said = [r.getMessage() for r in caplog.records if r.name == "invoiceflow.progress"]
+    notes = [line for line in said if line.startswith("Stripe: ")]
+    assert len(notes) == 2, said
+    assert "create invoice for acme:retried" in notes[0] and "retry 1" in notes[0]
+
+
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.usefixtures("prefect_api")
 def test_stripe_retries_are_said_on_stderr_without_verbose(
     sandbox: Any, database_url: str, tmp_path: Path
