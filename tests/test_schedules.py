@@ -4,6 +4,9 @@ A server of its own, with the scheduler looking every second (Prefect's default
 is a minute), serves `invoiceflow serve`'s deployments: the reconcile deployment
 on `* * * * *` runs by itself within a minute or two, and the billing run's
 `0 6 1 * *` in Europe/Berlin is scheduled for 06:00 Berlin time on the 1st.
+That is the heavy tier. The default tier checks the schedules as objects, in
+process: what `serve` builds from the settings, and the dates Prefect's
+scheduler computes from them.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from invoiceflow.local_prefect import local_prefect_server
 from invoiceflow.service.deployments import BILLING_RUN_DEPLOYMENT, RECONCILE_DEPLOYMENT
 from tests.helpers import wait_for
 from tests.test_service import _running_service
-
-pytestmark = pytest.mark.slow
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -46,6 +47,40 @@ def _runs(deployment_name: str) -> list[Any]:
         )
 
 
+def test_the_cycle_is_served_on_its_crons_in_the_configured_time_zone(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    from invoiceflow.service.deployments import build_deployments
+    from invoiceflow.settings import get_settings
+
+    clean_env.setenv("INVOICEFLOW_SCHEDULE_TIMEZONE", "Europe/Berlin")
+    clean_env.setenv("INVOICEFLOW_BILLING_CRON", "0 6 1 * *")
+    clean_env.setenv("INVOICEFLOW_RECONCILE_CRON", "* * * * *")
+    clean_env.setenv("INVOICEFLOW_DUNNING_CRON", "off")
+    get_settings.cache_clear()
+    try:
+        served = {d.name: d for d in asyncio.run(build_deployments())}
+    finally:
+        get_settings.cache_clear()
+
+    def schedules(name: str) -> list[tuple[str, str | None, str | None]]:
+        return [
+            (s.schedule.cron, s.schedule.timezone, s.slug)  # type: ignore[union-attr]
+            for s in served[name].schedules or []
+        ]
+
+    assert schedules("billing-run") == [("0 6 1 * *", "Europe/Berlin", "billing-cycle")]
+    assert served["billing-run"].parameters == {"source": "pending"}
+    assert schedules("reconcile") == [("* * * * *", "Europe/Berlin", "reconcile")]
+    assert schedules("dunning") == []  # "off": runs only when triggered
+    # The date the server's scheduler makes of it: 06:00 Berlin time on the 1st.
+    first = _next_date("0 6 1 * *", "Europe/Berlin").astimezone(BERLIN)
+    assert (first.day, first.hour, first.minute) == (1, 6, 0)
+    assert first > datetime.now(BERLIN)
+
+
+@pytest.mark.slow
+@pytest.mark.heavy  # a Prefect server of its own, and a minute or two of its scheduler
 def test_cron_deployments_fire_under_the_servers_scheduler(sandbox: Any, tmp_path: Path) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
