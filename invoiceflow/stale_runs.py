@@ -19,6 +19,13 @@ INVOICEFLOW_STALE_RUN_SECONDS is the bound. A billing run's wait for its shards
 (`invoiceflow.service.trigger`) both judge by `why_dead`, and both end a dead
 run that is not final yet with `end` (Crashed, the reason in its message)
 before anything takes its work over, so the UI tells what happened.
+
+Nobody waits on most of `serve`'s runs: a client that POSTed once, the settle
+run of a payment, a scheduled billing run. So `serve` also rescues its own
+deployments' runs (`rescue`, every `rescue_every`): one stranded Pending is
+ended and scheduled again, and its restarted runner takes it. Only Pending:
+a run that ended Crashed or Failed is the crashed-runs automation's verdict or
+the flow's own, for a person (or a repeated POST) to start again.
 """
 
 from __future__ import annotations
@@ -124,9 +131,10 @@ class Polls:
         return self._seen[deployment_id]
 
 
-def end(client: SyncPrefectClient, run_id: UUID) -> str | None:
+def end(client: SyncPrefectClient, run_id: UUID, *, only_pending: bool = False) -> str | None:
     """Mark a dead run Crashed, saying why, unless it is final already; why it is dead,
-    or None when it is alive after all.
+    or None when it is alive after all (or, with `only_pending`, no longer Pending:
+    someone else ended it, and what follows it is theirs).
 
     Judged again on a fresh read: a run that moved on since (its process came
     up after all) is left alone. Prefect has no compare-and-set on states, so
@@ -139,6 +147,8 @@ def end(client: SyncPrefectClient, run_id: UUID) -> str | None:
     from prefect.states import Crashed
 
     run = client.read_flow_run(run_id)
+    if only_pending and (run.state is None or run.state.type.value != "PENDING"):
+        return None
     reason = judge(client, run)
     if reason is None or (run.state is not None and run.state.is_final()):
         return reason
@@ -146,6 +156,47 @@ def end(client: SyncPrefectClient, run_id: UUID) -> str | None:
     if client.set_flow_run_state(run_id, crashed).status is not SetStateStatus.ACCEPT:
         return None  # Prefect refused: the run is somewhere we did not judge
     return reason
+
+
+def why_stranded(seen: Seen, now: datetime, bound: timedelta) -> str | None:
+    """Why `serve` should take the run back (it stayed Pending past the bound: the
+    process that claimed it died), or None. Ended runs are not this rescue's: see above."""
+    return why_dead(seen, now, bound) if seen.state_type == "PENDING" else None
+
+
+def rescue_every(bound: timedelta) -> float:
+    """Seconds between `serve`'s rescues: a few per bound, at most every 30 s."""
+    return max(1.0, min(30.0, bound.total_seconds() / 3))
+
+
+def rescue(client: SyncPrefectClient, deployment_ids: list[UUID]) -> list[tuple[UUID, str]]:
+    """End every run of these deployments stranded Pending past the bound and schedule
+    it again (for the runner polling them); each rescued run and why it was dead."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    pending = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING]))
+        ),
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
+        limit=200,
+    )
+    rescued = []
+    for run in pending:
+        if why_stranded(seen(run, None), datetime.now(UTC), bound()) is None:
+            continue
+        # `end` judges again on a fresh read: a run whose process came up since is left.
+        reason = end(client, run.id, only_pending=True)
+        if reason is not None and schedule_again(client, run.id, reason):
+            rescued.append((run.id, reason))
+    return rescued
 
 
 def schedule_again(client: SyncPrefectClient, run_id: UUID, reason: str) -> bool:

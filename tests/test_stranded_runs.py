@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from invoiceflow.settings import SettingsError, load_settings
-from invoiceflow.stale_runs import POLLED_WITHIN, Seen, why_dead
+from invoiceflow.stale_runs import POLLED_WITHIN, Seen, rescue_every, why_dead, why_stranded
 from tests.conftest import REPO, app_env
 from tests.helpers import assert_exactly_one_invoice, invoices_for, make_request, wait_for
 
@@ -86,6 +86,20 @@ def test_a_run_that_ended_without_finishing_is_dead(state: str) -> None:
 )
 def test_finished_running_or_paused_runs_are_not_judged(state: str, name: str) -> None:
     assert why_dead(Seen(state, name, since=_ago(86400), polled=None), NOW, BOUND) is None
+
+
+def test_serve_takes_back_only_its_runs_stranded_pending() -> None:
+    # Pending past the bound: its claimer (a killed serve) is gone; no client need POST again.
+    stranded = Seen("PENDING", "Pending", since=_ago(181), polled=_ago(1))
+    assert why_stranded(stranded, NOW, BOUND) == why_dead(stranded, NOW, BOUND) is not None
+    assert why_stranded(Seen("PENDING", "Pending", since=_ago(30)), NOW, BOUND) is None
+    # An ended run is the automation's or the flow's verdict, for a person or a POST.
+    for state in ("CRASHED", "FAILED", "CANCELLED", "COMPLETED", "RUNNING"):
+        assert why_stranded(Seen(state, state.title(), since=_ago(9999)), NOW, BOUND) is None
+    late = Seen("SCHEDULED", "Late", since=_ago(9999), due=_ago(9999), polled=None)
+    assert why_stranded(late, NOW, BOUND) is None  # serve polls its own deployments
+    # A few rescues per bound: the soak's 45 s → every 15 s; the default 180 s → 30 s.
+    assert [rescue_every(timedelta(seconds=s)) for s in (3, 45, 180, 3600)] == [1, 15, 30, 30]
 
 
 @pytest.mark.usefixtures("clean_env")
@@ -306,13 +320,23 @@ def _dead_run_of(request: Any, left: str) -> Any:
         return client.read_flow_run(run.id)
 
 
+def _wait_completed(run_id: str) -> None:
+    """Until the run is Completed (AwaitingPayment included); a Crashed on the way is
+    not an end when something takes the run back."""
+    from tests.test_service import RUN_TIMEOUT, _flow_run
+
+    def completed() -> bool:
+        state = _flow_run(run_id).state
+        return state is not None and state.is_completed()
+
+    wait_for(completed, f"flow run {run_id} to complete", timeout=RUN_TIMEOUT)
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize("left", ["Crashed", "Pending"])
 def test_a_repeated_post_for_a_dead_run_starts_the_request_again_once(
     quick_service: Any, left: str
 ) -> None:
-    from tests.test_service import _flow_run, _wait_final
-
     tag = uuid.uuid4().hex[:8]
     request = make_request(f"stranded-{left.lower()}-{tag}", f"cust-{tag}")
     dead = _dead_run_of(request, left)
@@ -325,15 +349,40 @@ def test_a_repeated_post_for_a_dead_run_starts_the_request_again_once(
 
     assert again.status_code == 202, again.text
     new_run = again.json()["flow_run_id"]
-    assert new_run != str(dead.id)
-    ended = _flow_run(str(dead.id)).state
-    assert ended.type.value == "CRASHED", ended
-    if left == "Pending":
-        assert ended.message.startswith("stayed Pending for"), ended.message
-    _wait_final(new_run, quick_service)
+    crashed = [state for state in _states(dead.id) if state.type.value == "CRASHED"]
+    assert crashed, _states(dead.id)
+    if left == "Crashed":
+        assert new_run != str(dead.id)
+    else:
+        # Past the bound the POST may find it first (a new run after it) or serve's
+        # own rescue (the same run, scheduled again): either way it was ended saying why.
+        assert crashed[-1].message.startswith("stayed Pending for"), crashed[-1].message
+    _wait_completed(new_run)
     assert_exactly_one_invoice(quick_service.stripe, request)
     # The new run is the request's run from now on: a repeat gets it, completed.
     last = quick_service.post(request.model_dump(mode="json"))
     assert (last.status_code, last.json()["flow_run_id"]) == (202, new_run), last.text
     assert last.json()["state"] == "COMPLETED"
     assert len(invoices_for(quick_service.stripe, request.request_id)) == 1
+
+
+@pytest.mark.heavy
+def test_a_run_stranded_pending_by_a_killed_serve_is_billed_without_a_second_post(
+    quick_service: Any,
+) -> None:
+    # A client that POSTed once and waits: serve's restarted runner must take the run back.
+    tag = uuid.uuid4().hex[:8]
+    request = make_request(f"stranded-once-{tag}", f"cust-{tag}")
+    dead = _dead_run_of(request, "Pending")
+
+    _wait_completed(str(dead.id))  # through Crashed: that is not its end here
+
+    assert_exactly_one_invoice(quick_service.stripe, request)
+    names = [state.name for state in _states(dead.id)]
+    assert names[:4] == ["Scheduled", "Pending", "Crashed", "AwaitingRetry"], names
+    assert names[-1] in ("Completed", "AwaitingPayment"), names
+    crashed = next(state for state in _states(dead.id) if state.name == "Crashed")
+    assert crashed.message.startswith("stayed Pending for"), crashed.message
+    # The rescued run stays the request's run: a POST now gets it, not a new one.
+    again = quick_service.post(request.model_dump(mode="json"))
+    assert (again.status_code, again.json()["flow_run_id"]) == (202, str(dead.id)), again.text

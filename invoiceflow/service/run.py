@@ -13,11 +13,14 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from uuid import UUID
 
 import uvicorn
 from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp
 
+from invoiceflow import stale_runs
+from invoiceflow.batch.shards import SHARD_DEPLOYMENT
 from invoiceflow.service.automations import ensure_crashed_runs_automation
 from invoiceflow.service.deployments import build_deployments
 from invoiceflow.service.sweeper import sweep_forever
@@ -66,19 +69,26 @@ async def serve(
     runner = Runner(
         name="invoiceflow", pause_on_shutdown=False, limit=RUN_LIMIT, query_seconds=poll
     )
+    # Nobody waits on a run of these but this runner: serve takes their stranded
+    # runs back itself. A shard is its billing run's to judge (which says so).
+    ours = []
     for deployment in await build_deployments():
-        await runner.aadd_deployment(deployment)
+        deployment_id = await runner.aadd_deployment(deployment)
+        if f"{deployment.flow_name}/{deployment.name}" != SHARD_DEPLOYMENT:
+            ours.append(deployment_id)
     await ensure_crashed_runs_automation()  # without it, a killed run stays Running
     server = _Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
     served = asyncio.create_task(runner.start(), name="prefect-runner")
     web = asyncio.create_task(server.serve(sockets=[sock]), name="http")
     sweeper = asyncio.create_task(sweep_forever(engine), name="settle-sweeper")
+    rescuer = asyncio.create_task(rescue_forever(ours), name="stranded-runs")
 
     stopping: list[asyncio.Task[None]] = []  # held, so the stop is not garbage-collected
 
     def stop() -> None:
         server.should_exit = True
         sweeper.cancel()
+        rescuer.cancel()
         if runner.started and not runner.stopping:
             runner.stopping = True
             stopping.append(asyncio.create_task(runner.astop()))
@@ -96,10 +106,35 @@ async def serve(
             on_ready()
         done, _ = await asyncio.wait({served, web}, return_when=asyncio.FIRST_COMPLETED)
         stop()
-        await asyncio.gather(served, web, sweeper, *stopping, return_exceptions=True)
+        await asyncio.gather(served, web, sweeper, rescuer, *stopping, return_exceptions=True)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+async def rescue_forever(deployment_ids: list[UUID]) -> None:
+    """Take back this runner's runs stranded Pending by a killed `serve` (ours before a
+    restart: nobody else would, and a Pending run is never picked up again); see
+    `stale_runs.rescue`. An unreachable Prefect only delays it, said once."""
+    from prefect.client.orchestration import get_client
+
+    def once() -> list[tuple[UUID, str]]:
+        with get_client(sync_client=True) as client:
+            return stale_runs.rescue(client, deployment_ids)
+
+    failing = False
+    while True:
+        try:
+            for run_id, reason in await asyncio.to_thread(once):
+                logger.warning("flow run %s %s; marked Crashed and scheduled again", run_id, reason)
+            failing = False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not failing:
+                logger.warning("stranded-run rescue: %s; trying again", type(exc).__name__)
+            failing = True
+        await asyncio.sleep(stale_runs.rescue_every(stale_runs.bound()))
