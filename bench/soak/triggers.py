@@ -6,10 +6,11 @@ after that is the finisher's.
 
 Two faults of issue 19 ride on a submission, armed by the monkey (`arm`):
 `serve_kill_at_start` SIGKILLs serve right after a 202, once the triggered run is
-being started, then POSTs the request again as documented and journals whether it
-got billed within a bound; `worker_kill_pending` SIGKILLs every worker while a
-sharded billing run has a shard PENDING, and each billing run in flight then must
-end by itself (journalled `batch_end`, `overdue` when the soak had to kill it)."""
+being started, then POSTs the request again as a client does (with backoff, until
+it is billed) and journals whether it got billed within a bound;
+`worker_kill_pending` SIGKILLs every worker while a sharded billing run has a
+shard PENDING, and each billing run in flight then must end by itself (journalled
+`batch_end`, `overdue` when the soak had to kill it)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ HTTP_PATIENCE_SECONDS = 300.0
 # A request whose triggered run died with serve: billed within this after the duplicate
 # POST, or it is stranded (the stale-run bound, a new run and its work, with room).
 STRANDED_SECONDS = 300.0
+# The client's backoff between its repeated POSTs while the request is not billed.
+REPOST_FIRST_SECONDS = 10.0
+REPOST_MAX_SECONDS = 60.0
 # How long a fault waits for its moment (a run to be Pending) before it gives up.
 MOMENT_SECONDS = 90.0
 POLL_SECONDS = 0.1
@@ -79,7 +83,7 @@ class Triggers:
     def _kill_serve_at_start(self, request: dict[str, Any], flow_run_id: str) -> None:
         """SIGKILL serve once its runner is starting the run (Pending; or Running when
         it was quicker than us), let the supervisor restart it, POST the same request
-        again and journal whether it is billed within STRANDED_SECONDS."""
+        again until it is billed, and journal whether it is within STRANDED_SECONDS."""
         deadline = time.monotonic() + MOMENT_SECONDS
         state = prefect_api.run_state(self._prefect, flow_run_id)
         while state in (None, "SCHEDULED") and time.monotonic() < deadline:
@@ -94,19 +98,36 @@ class Triggers:
             "serve_killed_at_start", request_id=rid, flow_run_id=flow_run_id, state=state
         )
         self.processes.keep_up()  # the supervisor brings serve back
+        # A client that does not see its request billed POSTs it again, as documented,
+        # with backoff, until it is billed or STRANDED_SECONDS have passed: one early
+        # POST proves nothing (a run Pending for less than the bound is alive).
         started = time.monotonic()
-        status, again = self._post(submitted(request))  # "POST it again", as documented
+        statuses: list[int] = []
+        runs: list[str] = []
+        wait = REPOST_FIRST_SECONDS
+        next_post = started
         billed = self.billed(rid)
         while not billed and time.monotonic() - started < STRANDED_SECONDS:
             if self.processes.closing:
                 break
+            if time.monotonic() >= next_post:
+                status, again = self._post(submitted(request))
+                statuses.append(status)
+                if again and again not in runs:
+                    runs.append(again)
+                next_post = time.monotonic() + wait
+                wait = min(wait * 2, REPOST_MAX_SECONDS)
             time.sleep(1)
             billed = self.billed(rid)
         self.journal.note(
             "serve_kill_followup",
             request_id=rid,
-            duplicate_status=status,
-            same_run=again == flow_run_id,
+            duplicate_status=statuses[0] if statuses else None,
+            posts=len(statuses),
+            statuses=statuses,
+            same_run=runs in ([], [flow_run_id]),
+            runs=runs,
+            final_state=prefect_api.run_state(self._prefect, flow_run_id),
             billed=billed,
             seconds=round(time.monotonic() - started, 1),
         )

@@ -541,10 +541,11 @@ def _judge_journal(verdict: Verdict, journal: list[dict[str, Any]], ledger: _Led
             verdict.add(
                 "triggered_runs_stranded",
                 str(entry.get("request_id")),
-                f"serve killed while its run started; the duplicate POST answered "
-                f"{entry.get('duplicate_status')} with "
-                f"{'the same' if entry.get('same_run') else 'a new'} run, and the request "
-                f"was not billed {entry.get('seconds')} s later",
+                f"serve killed while its run started; {entry.get('posts', 1)} repeated"
+                f" POSTs answered {entry.get('statuses', [entry.get('duplicate_status')])}"
+                f" with {'the same' if entry.get('same_run') else 'a new'} run (now"
+                f" {entry.get('final_state', 'unknown')}), and the request was not billed"
+                f" {entry.get('seconds')} s later",
             )
         elif kind == "batch_end" and entry.get("worker_kill") and entry.get("overdue"):
             verdict.add(
