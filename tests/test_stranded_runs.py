@@ -320,6 +320,32 @@ def _dead_run_of(request: Any, left: str) -> Any:
         return client.read_flow_run(run.id)
 
 
+# --- a run killed Running just before serve restarts ---------------------------------------
+
+
+def test_a_serve_restart_keeps_the_crash_windows_open(prefect_api: str) -> None:
+    # Each serve start ensures the crashed-runs automation. Updating it gave its trigger
+    # a new id on the server, and Prefect keys each run's open no-heartbeat window by
+    # that id: a run killed within 90 s before the restart then stayed Running for ever
+    # (the soak's stranded run, serve being restarted every ~40 s).
+    import asyncio
+
+    import httpx
+
+    from invoiceflow.service.automations import ensure_crashed_runs_automation
+
+    def trigger_of(automation_id: Any) -> tuple[str, str]:
+        stored = httpx.get(f"{prefect_api}/automations/{automation_id}", timeout=10).json()
+        return stored["trigger"]["id"], stored["updated"]
+
+    first = asyncio.run(ensure_crashed_runs_automation())
+    before = trigger_of(first)
+    again = asyncio.run(ensure_crashed_runs_automation())  # serve started again
+
+    assert again == first
+    assert trigger_of(again) == before
+
+
 def _wait_completed(run_id: str) -> None:
     """Until the run is Completed (AwaitingPayment included); a Crashed on the way is
     not an end when something takes the run back."""

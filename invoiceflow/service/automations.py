@@ -91,7 +91,11 @@ async def ensure_crashed_runs_automation(within: timedelta | None = None) -> UUI
             return await client.create_automation(wanted)
         first, *duplicates = existing  # two hosts starting at once may both create it
         assert first.id is not None
-        await client.update_automation(first.id, wanted)
+        # Only when it differs: an update gives the trigger a fresh id on the server,
+        # and Prefect keys each run's open window by it, so every window open at this
+        # restart is forgotten: a run that died just before would stay Running forever.
+        if first.model_dump(mode="json", exclude={"id"}) != wanted.model_dump(mode="json"):
+            await client.update_automation(first.id, wanted)
         for duplicate in duplicates:
             assert duplicate.id is not None
             await client.delete_automation(duplicate.id)
