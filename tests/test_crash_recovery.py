@@ -12,7 +12,6 @@ same set of cases in process, on the plain pipeline (tests/test_pipeline.py).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import stripe
 
 from invoiceflow.db.models import RecoveryPoint
 from tests.conftest import app_env
+from tests.crashes import EXPECTED_EXECUTED_WRITES, WRITES, executed_writes
 from tests.helpers import assert_exactly_one_invoice, crash_cli_at, make_request
 
 pytestmark = [
@@ -28,27 +28,6 @@ pytestmark = [
     pytest.mark.heavy,
     pytest.mark.usefixtures("prefect_api", "configured"),
 ]
-
-# Every Stripe write of the DAG, by the request path that makes it.
-WRITES = {
-    "customer": "^/v1/customers$",
-    "product": "^/v1/products$",
-    "price": "^/v1/prices$",
-    "invoice": "^/v1/invoices$",
-    "add_lines": "/add_lines$",
-    "finalize": "/finalize$",
-    "send": "/send$",
-}
-# What the request's writes must amount to in Stripe, however often it crashed.
-EXPECTED_EXECUTED_WRITES = {
-    "^/v1/customers$": 1,
-    "^/v1/products$": 3,
-    "^/v1/prices$": 3,
-    "^/v1/invoices$": 1,
-    "/add_lines$": 1,
-    "/finalize$": 1,
-    "/send$": 1,
-}
 
 CASES = [
     pytest.param(step, when, False, id=f"{when}-{step}")
@@ -60,17 +39,6 @@ CASES = [
     pytest.param("add_lines", "stall_after_write", True, id="window-expired-add_lines"),
     pytest.param("send", "stall_after_write", True, id="window-expired-send"),
 ]
-
-
-def _executed_writes(sandbox: Any) -> dict[str, int]:
-    counts = dict.fromkeys(EXPECTED_EXECUTED_WRITES, 0)
-    for entry in sandbox.requests():
-        if entry["method"] != "POST" or entry["replayed"] or entry["status"] != 200:
-            continue
-        for pattern in counts:
-            if re.search(pattern, entry["path"]):
-                counts[pattern] += 1
-    return counts
 
 
 @pytest.mark.parametrize(("step", "when", "expire_keys"), CASES)
@@ -96,5 +64,5 @@ def test_crash_then_rerun_yields_exactly_one_invoice(
     assert status.state is RecoveryPoint.SENT, status.last_error
     invoice = assert_exactly_one_invoice(stripe_client, request)
     assert status.stripe_invoice_id == invoice.id
-    assert _executed_writes(sandbox) == EXPECTED_EXECUTED_WRITES
+    assert executed_writes(sandbox) == EXPECTED_EXECUTED_WRITES
     assert len(list(stripe_client.v1.customers.list({"limit": 100}).auto_paging_iter())) == 1

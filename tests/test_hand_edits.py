@@ -21,8 +21,8 @@ import stripe
 from invoiceflow.invoicing import InvoiceMismatch
 from invoiceflow.outcomes import Exit, classify
 from invoiceflow.retry import describe
+from tests.crashes import as_a_new_process, crash_at
 from tests.helpers import bill_plain, invoices_for, make_request, sent_events
-from tests.test_pipeline import as_a_new_process, crash_at
 
 pytestmark = pytest.mark.usefixtures("configured")
 

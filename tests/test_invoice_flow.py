@@ -22,7 +22,8 @@ import stripe
 from invoiceflow import ledger
 from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.db.utc import as_utc
-from invoiceflow.runtime import get_runtime
+from invoiceflow.runtime import get_runtime, reset_runtime
+from tests.crashes import HAPPY_PATH
 from tests.helpers import (
     assert_exactly_one_invoice,
     bill_plain,
@@ -34,16 +35,6 @@ from tests.helpers import (
 pytestmark = pytest.mark.usefixtures("configured")
 # The flow's own contracts, on the session's Prefect server.
 on_prefect = pytest.mark.usefixtures("prefect_api")
-
-HAPPY_PATH = [
-    "planned",
-    "customer_ready",
-    "catalog_ready",
-    "draft_created",
-    "lines_added",
-    "finalized",
-    "sent",
-]
 
 
 @on_prefect
@@ -226,10 +217,15 @@ def test_resubmission_with_changed_content_is_a_conflict(
 
 @pytest.mark.backend  # two runs racing for one request's lease
 def test_two_concurrent_runs_of_one_request_make_one_invoice(
-    sandbox: Any, stripe_client: stripe.StripeClient
+    sandbox: Any, stripe_client: stripe.StripeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Latency widens the window in which both runs are in flight.
     sandbox.configure(latency_ms=40)
+    # The second run waits one lease TTL for the first to finish: the suite's 3 s
+    # (short, for crash tests) is less than a whole invoice takes on a loaded machine,
+    # where the second would give up busy instead of finding the work done.
+    monkeypatch.setenv("INVOICEFLOW_LEASE_SECONDS", "60")
+    reset_runtime()
     request = make_request("req-race")
     results: list[Any] = []
     errors: list[BaseException] = []

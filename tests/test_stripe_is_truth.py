@@ -5,7 +5,7 @@ by, a draft deleted or an invoice voided in the Dashboard, a customer deleted,
 Stripe's clock behind ours: still one invoice, exactly its lines, sent once.
 
 The rules run on the plain pipeline (`bill_plain`), in process: a run that "died"
-at a Stripe write is `crash_at` from tests/test_pipeline.py (the write stalled,
+at a Stripe write is `crash_at` from tests/crashes.py (the write stalled,
 the lease taken away, then lapsed), and the rerun forgets what this process made,
 as a new process would. The SIGKILL versions of those deaths are in the heavy
 tier (tests/test_crash_recovery.py). One test runs the invoice flow on the
@@ -25,6 +25,7 @@ import stripe
 from invoiceflow import ledger
 from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.runtime import get_runtime, reset_runtime
+from tests.crashes import as_a_new_process, crash_at
 from tests.helpers import (
     assert_exactly_one_invoice,
     bill_plain,
@@ -33,7 +34,6 @@ from tests.helpers import (
     sent_events,
     writes,
 )
-from tests.test_pipeline import as_a_new_process, crash_at
 
 pytestmark = pytest.mark.usefixtures("configured")
 

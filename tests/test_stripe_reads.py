@@ -19,8 +19,8 @@ from invoiceflow import ledger
 from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.runtime import get_runtime
 from invoiceflow.stripe_keys import META_CUSTOMER_ID
+from tests.crashes import as_a_new_process, crash_at
 from tests.helpers import assert_exactly_one_invoice, bill_plain, make_request
-from tests.test_pipeline import as_a_new_process, crash_at
 
 pytestmark = pytest.mark.usefixtures("configured")
 
