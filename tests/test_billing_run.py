@@ -569,9 +569,9 @@ def test_csv_problems_name_the_line_and_the_field(tmp_path: Path) -> None:
 def test_the_readme_csv_is_two_valid_requests(tmp_path: Path) -> None:
     import re
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "billing-cycles.md").read_text(encoding="utf-8")
     match = re.search(r"<!-- batch:csv -->\n```csv\n(.*?)```", readme, re.DOTALL)
-    assert match, "README has no batch:csv block"
+    assert match, "docs/billing-cycles.md has no batch:csv block"
     csv_file = tmp_path / "readme.csv"
     csv_file.write_text(match.group(1))
     entries = read_source(str(csv_file)).entries

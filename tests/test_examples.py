@@ -1,7 +1,7 @@
-"""README's "Using it" works as written: the example files, and the walk-through run
+"""docs/walkthrough.md ("Using it") works as written: the example files, and the walk-through run
 command by command against a real `invoiceflow sandbox` process.
 
-The README marks its walk-through blocks with `<!-- walkthrough:NAME -->`; in the
+The page marks its walk-through blocks with `<!-- walkthrough:NAME -->`; in the
 expected output, `…` stands for whatever differs between runs (ids, URLs).
 The example files are checked in process; the walk-through, a sandbox process
 and a real `invoiceflow` process per command, is in the heavy tier.
@@ -26,7 +26,7 @@ import yaml
 from invoiceflow.request import RequestError, load_request, parse_request
 from tests.conftest import REPO
 
-README = (REPO / "README.md").read_text(encoding="utf-8")
+README = (REPO / "docs" / "walkthrough.md").read_text(encoding="utf-8")  # the walk-through
 EXAMPLES = sorted((REPO / "examples").iterdir())
 INVALID = REPO / "examples" / "invalid.yaml"
 README_PORT = "12111"
@@ -35,7 +35,7 @@ README_PORT = "12111"
 def readme_block(name: str) -> list[str]:
     """The lines of the fenced block right after `<!-- walkthrough:NAME -->`."""
     match = re.search(rf"<!-- walkthrough:{name} -->\n```\w*\n(.*?)\n```", README, re.DOTALL)
-    assert match, f"README has no walkthrough:{name} block"
+    assert match, f"docs/walkthrough.md has no walkthrough:{name} block"
     return match.group(1).splitlines()
 
 
@@ -65,7 +65,7 @@ def test_the_invalid_example_fails_with_the_lines_the_readme_shows() -> None:
 
 def test_the_readme_request_is_the_acme_example() -> None:
     block = re.search(r"```yaml\n(request_id: 2026-11-acme-consulting.*?)```", README, re.DOTALL)
-    assert block, "README shows no billing request"
+    assert block, "docs/walkthrough.md shows no billing request"
     in_readme = parse_request(yaml.safe_load(block.group(1)))
     assert in_readme == load_request(REPO / "examples" / "acme-consulting.yaml")
 
@@ -146,4 +146,4 @@ def test_the_readme_walkthrough_runs_as_written(
     expected = readme_block("output")
     assert len(printed) == len(expected), printed
     for want, got in zip(expected, printed, strict=True):
-        assert matches(want, got), f"README says {want!r}, the run printed {got!r}"
+        assert matches(want, got), f"docs/walkthrough.md says {want!r}, the run printed {got!r}"

@@ -401,9 +401,24 @@ def _readme() -> str:
     return (REPO / "README.md").read_text(encoding="utf-8")
 
 
+def _doc(name: str) -> str:
+    """A page of docs/, where the README's map leads (the walk-through, the service)."""
+    from tests.conftest import REPO
+
+    return (REPO / "docs" / name).read_text(encoding="utf-8")
+
+
+def _readme_and_docs() -> str:
+    from tests.conftest import REPO
+
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    return "\n".join(page.read_text(encoding="utf-8") for page in pages)
+
+
 def test_the_readme_activates_the_venv_before_any_invoiceflow_command() -> None:
     """`invoiceflow …` as printed needs the venv's bin on PATH: the install says
-    to activate it, before the first command and before each walk-through terminal."""
+    to activate it, before the first command and before each walk-through terminal
+    (docs/walkthrough.md)."""
     readme = _readme()
     install = re.search(r"## The two commands\n\n```bash\n(.*?)```", readme, re.DOTALL)
     assert install, "README has no install block"
@@ -412,20 +427,20 @@ def test_the_readme_activates_the_venv_before_any_invoiceflow_command() -> None:
     uses = [n for n, line in enumerate(commands) if line.startswith("invoiceflow ")]
     assert activates and uses and activates[0] < uses[0], commands
     assert not [line for line in commands if ".venv/bin/" in line and "activate" not in line]
+    walkthrough = _doc("walkthrough.md")
     for terminal in ("sandbox", "session"):  # the prose right before each terminal's block
-        before = readme[: readme.index(f"<!-- walkthrough:{terminal} -->")]
+        before = walkthrough[: walkthrough.index(f"<!-- walkthrough:{terminal} -->")]
         assert ". .venv/bin/activate" in before[-300:], terminal
 
 
 def test_the_readme_starts_prefect_without_its_profile_prompt_and_says_what_local_mode_costs() -> (
     None
 ):
-    readme = _readme()
+    readme = _readme_and_docs()
     starts = re.findall(r"^prefect .*server start.*$", readme, re.MULTILINE)
     assert starts and all("--no-prompt" in line for line in starts), starts
-    walkthrough = readme[
-        readme.index("### A walk-through, offline") : readme.index("### The commands")
-    ]
+    page = _doc("walkthrough.md")
+    walkthrough = page[page.index("## A walk-through, offline") : page.index("## The commands")]
     assert "export PREFECT_API_URL=http://127.0.0.1:4200/api" in walkthrough
     assert "a minute or more on a busy one" in walkthrough
     assert "invoiceflow sandbox webhook-secret http://127.0.0.1:8080/webhooks/stripe" in readme
