@@ -13,7 +13,7 @@ rerun takes exactly the steps that are still due. Time is injectable
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from prefect import flow
@@ -22,12 +22,9 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from invoiceflow import lease, progress
-from invoiceflow.dunning import act
-from invoiceflow.dunning.report import DunningReport, Outcome, StepLine
-from invoiceflow.outcomes import classify
-from invoiceflow.retry import describe
-from invoiceflow.runtime import Runtime, get_runtime
-from invoiceflow.stripe_clock import stripe_now
+from invoiceflow.dunning import run
+from invoiceflow.dunning.report import DunningReport, StepLine
+from invoiceflow.runtime import get_runtime
 from tasks.dunning import dun_request
 
 # Requests dunned at once. Each unit makes a handful of Stripe calls; eight in
@@ -36,13 +33,6 @@ MAX_PARALLEL_REQUESTS = 8
 # A run over many requests says how far it got at most this often.
 PROGRESS_EVERY_SECONDS = 10.0
 ARTIFACT_KEY = "dunning"
-
-
-def _today(rt: Runtime, as_of: datetime | None) -> datetime:
-    """The run's "now", in UTC: `as_of`, else Stripe's time (its test clock's, if
-    one is configured: due dates are stamped in that time)."""
-    now = as_of or stripe_now(rt)
-    return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
 
 
 def _run_name() -> str:
@@ -63,19 +53,15 @@ def _run_name() -> str:
 def dunning_flow(as_of: datetime | None = None) -> DunningReport:
     """Take every dunning step that is due as of `as_of` (None: now)."""
     rt = get_runtime()
-    now = _today(rt, as_of)
-    # Without `as_of`, each invoice is judged by its own customer's clock (a test
-    # clock's, else the real time), never all by the configured clock's: the
-    # candidates are those due by the later of the two. (A customer left on an
-    # older clock that is further ahead waits for them; it is never judged early.)
-    judged_at = now if as_of is not None else None
-    latest = now if as_of is not None else max(now, datetime.now(UTC))
-    request_ids = act.candidates(rt.engine, latest)
+    planned = run.plan(rt, as_of)
+    request_ids = planned.request_ids
     progress.note(
-        "dunning: %d overdue candidate(s) as of %s", len(request_ids), f"{now:%Y-%m-%d %H:%M} UTC"
+        "dunning: %d overdue candidate(s) as of %s",
+        len(request_ids),
+        f"{planned.now:%Y-%m-%d %H:%M} UTC",
     )
     owner = lease.new_owner(f"dunning-{flow_run.id or uuid.uuid4().hex}")
-    futures = [(rid, dun_request.submit(rid, judged_at, owner)) for rid in request_ids]
+    futures = [(rid, dun_request.submit(rid, planned.judged_at, owner)) for rid in request_ids]
     lines: list[StepLine] = []
     said = progress.Throttle(every=PROGRESS_EVERY_SECONDS)
     said.due()  # the first note above counts
@@ -83,7 +69,7 @@ def dunning_flow(as_of: datetime | None = None) -> DunningReport:
         lines += _result(request_id, future)
         if said.due():
             progress.note("dunning: %d of %d request(s) done", done, len(futures))
-    report = DunningReport(as_of=now, candidates=len(request_ids), lines=lines)
+    report = DunningReport(as_of=planned.now, candidates=len(request_ids), lines=lines)
     _publish(report)
     return report
 
@@ -93,14 +79,7 @@ def _result(request_id: str, future: PrefectFuture[list[StepLine]]) -> list[Step
     try:
         return future.result()
     except Exception as exc:
-        return [
-            StepLine(
-                request_id=request_id,
-                outcome=Outcome.FAILED,
-                reason=describe(exc),
-                exit_code=int(classify(exc)),
-            )
-        ]
+        return [run.failed_line(request_id, exc)]
 
 
 def _publish(report: DunningReport) -> None:

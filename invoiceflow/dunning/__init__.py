@@ -5,5 +5,5 @@
     report.py  what a run did, as lines, a table and a summary
     cli.py     `invoiceflow dunning [--as-of …]`
 
-Imports go one way: cli → (flows.dunning) → act → plan, report.
+Imports go one way: cli → (flows.dunning) → run → act → plan, report.
 """
