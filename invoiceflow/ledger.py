@@ -461,9 +461,9 @@ class Intent:
 def intend(engine: Engine, key: str, step: str, request_id: str | None) -> Intent:
     """Record, before calling Stripe, that we are about to write under `key`.
 
-    INSERT … ON CONFLICT DO NOTHING, then count the call under the row lock:
+    One INSERT … ON CONFLICT DO UPDATE SET calls = calls + 1 RETURNING calls:
     two runs recording the same first intent at once both succeed, and exactly
-    one of them sees it as new.
+    one of them sees it as new (calls = 1).
     """
     with transaction(engine) as session:
         return intend_in(session, key, step, request_id)

@@ -5,7 +5,7 @@
       ├─ the crashed-runs automation (`invoiceflow automations`)
       └─ N x `prefect worker start --pool invoiceflow`, each with the app's environment
 
-Exactly the multi-host path of the README, on one machine. The server runs on
+Exactly the multi-host path of docs/service.md, on one machine. The server runs on
 PostgreSQL because Prefect's SQLite server answers 503 "database is locked"
 at about eight concurrent flow runs. Everything is stopped and dropped
 afterwards. Starting takes a while (server migrations, `prefect deploy`);

@@ -21,7 +21,7 @@ class Exit(IntEnum):
     SOME_FAILED = 7
 
 
-# What the operator should do, by outcome (the README's exit-code table).
+# What the operator should do, by outcome (the exit-code table in docs/walkthrough.md).
 ADVICE = {
     Exit.UNEXPECTED: "unexpected error; read the run's log",
     Exit.BAD_INPUT: "bad input or configuration; fix it and resubmit",

@@ -41,7 +41,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, capped, within a deadline."""
+    """Exponential backoff with equal jitter (half the ceiling fixed, half drawn), capped,
+    within a deadline: never a near-zero wait that hammers a struggling Stripe."""
 
     attempts: int = 6
     base_delay: float = 0.25

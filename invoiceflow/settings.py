@@ -114,7 +114,7 @@ class Settings(BaseSettings):
         default=60.0, ge=0, validation_alias=AliasChoices("INVOICEFLOW_AWAIT_PAID_SECONDS")
     )
 
-    # --- billing cycles (see README "Billing cycles") -------------------------
+    # --- billing cycles (see docs/billing-cycles.md) -------------------------
     # Cron expressions (5 fields, or @daily…) as Prefect parses them (`invoiceflow.cron`)
     # in INVOICEFLOW_SCHEDULE_TIMEZONE; "off" serves the deployment without a schedule
     # (runs only when triggered).
@@ -168,7 +168,7 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("INVOICEFLOW_STRIPE_TEST_CLOCK")
     )
 
-    # --- the shared Stripe rate limit (see README "Rate limit") --------------
+    # --- the shared Stripe rate limit (see docs/design.md, "Rate limit") --------------
     # test (25/s) | live (100/s) | a number of calls a second | off; unset:
     # by the key's mode. Read through `stripe_rate_per_second()`.
     stripe_rate: str | None = Field(

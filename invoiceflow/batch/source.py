@@ -5,7 +5,7 @@ Sources:
   (including failed ones; they resume where they stopped);
 - a `.jsonl` file: one request as JSON per line (blank lines skipped);
 - a `.csv` file: one line item per row, rows grouped into requests by
-  `request_id` (columns in `CSV_COLUMNS`, see the README's "Billing runs");
+  `request_id` (columns in `CSV_COLUMNS`, see docs/billing-cycles.md);
 - a directory: its `*.json`, `*.yaml` and `*.yml` request files, by name.
 
 A bad entry never stops the others: it becomes an entry with a problem

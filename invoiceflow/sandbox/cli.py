@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # The port stripe-mock made familiar; tests use port 0 (any free port) instead.
 DEFAULT_PORT = 12111
-# What `serve`'s receiver acts on (README, "Running it as a service").
+# What `serve`'s receiver acts on (docs/service.md).
 WebhookEvent = Literal[
     "invoice.paid", "invoice.payment_failed", "invoice.voided", "invoice.marked_uncollectible"
 ]
