@@ -37,8 +37,9 @@ RUN_PATIENCE_SECONDS = 180.0
 # the soak sets (chaos.STALE_RUN_SECONDS), a reschedule and the shard's work, with room.
 PENDING_PATIENCE_SECONDS = 420.0
 HTTP_PATIENCE_SECONDS = 300.0
-# A request whose triggered run died with serve: billed within this after the duplicate
-# POST, or it is stranded (the stale-run bound, a new run and its work, with room).
+# A request whose triggered run died with serve: billed within this after the kill (or
+# serve's last start since), or it is stranded (the stale-run bound, serve's rescue,
+# the crashed-runs automation's 95 s, the client's backoff and the work, with room).
 STRANDED_SECONDS = 300.0
 # The client's backoff between its repeated POSTs while the request is not billed.
 REPOST_FIRST_SECONDS = 10.0
@@ -107,7 +108,7 @@ class Triggers:
         wait = REPOST_FIRST_SECONDS
         next_post = started
         billed = self.billed(rid)
-        while not billed and time.monotonic() - started < STRANDED_SECONDS:
+        while not billed and time.monotonic() - self._since_serve_up(started) < STRANDED_SECONDS:
             if self.processes.closing:
                 break
             if time.monotonic() >= next_post:
@@ -130,7 +131,15 @@ class Triggers:
             final_state=prefect_api.run_state(self._prefect, flow_run_id),
             billed=billed,
             seconds=round(time.monotonic() - started, 1),
+            serve_up_seconds=round(time.monotonic() - self._since_serve_up(started), 1),
         )
+
+    def _since_serve_up(self, killed: float) -> float:
+        """When the bound starts: the kill, or serve's last start after it. The monkey's
+        ordinary kills go on meanwhile (serve every ~30 s at worst); whatever is in its
+        runner's hands dies with each, so the bound is on recovering once serve stays up."""
+        serve = self.processes.serve
+        return max(killed, serve.started) if serve is not None else killed
 
     def _kill_workers_when_pending(self, name: str, ended: threading.Event) -> None:
         """While billing run `name` lasts: once a billing-shard run is PENDING, SIGKILL

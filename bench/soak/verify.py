@@ -545,7 +545,8 @@ def _judge_journal(verdict: Verdict, journal: list[dict[str, Any]], ledger: _Led
                 f" POSTs answered {entry.get('statuses', [entry.get('duplicate_status')])}"
                 f" with {'the same' if entry.get('same_run') else 'a new'} run (now"
                 f" {entry.get('final_state', 'unknown')}), and the request was not billed"
-                f" {entry.get('seconds')} s later",
+                f" {entry.get('seconds')} s later ({entry.get('serve_up_seconds', '?')} s"
+                " after serve's last start)",
             )
         elif kind == "batch_end" and entry.get("worker_kill") and entry.get("overdue"):
             verdict.add(
