@@ -78,6 +78,7 @@ def crashed_runs_automation(within: timedelta) -> AutomationCore:
 async def ensure_crashed_runs_automation(within: timedelta | None = None) -> UUID | None:
     """Create or update the automation (idempotent, by name); its id, or None
     when flow heartbeats are switched off and there is nothing to watch."""
+    from prefect.automations import AutomationCore
     from prefect.client.orchestration import get_client
 
     window = within or crash_window()
@@ -94,7 +95,8 @@ async def ensure_crashed_runs_automation(within: timedelta | None = None) -> UUI
         # Only when it differs: an update gives the trigger a fresh id on the server,
         # and Prefect keys each run's open window by it, so every window open at this
         # restart is forgotten: a run that died just before would stay Running forever.
-        if first.model_dump(mode="json", exclude={"id"}) != wanted.model_dump(mode="json"):
+        # Compared as models: its event sets come back in the creator's order.
+        if AutomationCore.model_validate(first.model_dump(exclude={"id"})) != wanted:
             await client.update_automation(first.id, wanted)
         for duplicate in duplicates:
             assert duplicate.id is not None
