@@ -47,6 +47,21 @@ def in_process_cli(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureReque
     return invoke
 
 
+def configured_cli(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, env: dict[str, str]
+) -> Invoke:
+    """`in_process_cli` with `env` set, run from the test's tmp_path (no `.env` of the
+    checkout takes part), the runtime and settings read afresh before and after."""
+    from invoiceflow.runtime import reset_runtime
+
+    monkeypatch.chdir(request.getfixturevalue("tmp_path"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reset_runtime()  # and the settings' cache
+    request.addfinalizer(reset_runtime)
+    return in_process_cli(monkeypatch, request)
+
+
 def _restorer(logger: logging.Logger) -> Callable[[], None]:
     handlers, level = list(logger.handlers), logger.level
 

@@ -33,7 +33,7 @@ from invoiceflow.db.models import BillingRequestRow, BillingRun, BillingRunItem,
 from invoiceflow.request import BillingRequest
 from tests.conftest import REPO, app_env, run_cli
 from tests.helpers import assert_exactly_one_invoice, bill_plain, make_request, wait_for
-from tests.inprocess_cli import Invoke, in_process_cli
+from tests.inprocess_cli import configured_cli
 
 # One cheap line per request: the batch is about many requests, not many lines.
 ONE_LINE = [{"sku": "batch-seat", "name": "Seat", "unit_amount": 1200, "quantity": 2}]
@@ -100,20 +100,6 @@ def _run(database_url: str, run_id: str) -> BillingRun:
 
 def _run_id_of(path: Path) -> str:
     return manifest.default_run_id(read_source(str(path)))
-
-
-def _cli(
-    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, env: dict[str, str]
-) -> Invoke:
-    """`invoiceflow …` in this process with `env`, from a directory with no `.env`."""
-    from invoiceflow.runtime import reset_runtime
-
-    monkeypatch.chdir(request.getfixturevalue("tmp_path"))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    reset_runtime()
-    request.addfinalizer(reset_runtime)
-    return in_process_cli(monkeypatch, request)
 
 
 # --- sixty requests, five bad ones ------------------------------------------------
@@ -463,7 +449,7 @@ def test_a_billing_run_reports_and_tells_each_invoice_story(
     prefix = f"o{uuid.uuid4().hex[:6]}"
     zero = f"{prefix}-c3,acme,billing@acme.example,Acme,usd,seat,Seat,1200,,0,,"
     csv_file = _write_csv(tmp_path / "batch.csv", prefix, zero)
-    run_cli = _cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
+    run_cli = configured_cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
 
     result = run_cli("batch", str(csv_file))
 
@@ -531,7 +517,7 @@ def test_csv_directory_and_pending_sources_are_read_as_requests(
     _assert_invoiced_once(stripe_client, pending)
     # Nothing is pending any more: an empty source is an error, not a silent success.
     assert read_source(PENDING, engine).entries == []
-    empty = _cli(monkeypatch, request, configured)("batch", "pending")
+    empty = configured_cli(monkeypatch, request, configured)("batch", "pending")
     assert empty.exit_code == 2
     assert empty.stderr.strip().splitlines()[-1].startswith("error: source 'pending' holds no")
 
@@ -617,7 +603,9 @@ def test_a_source_that_cannot_be_billed_exits_2_and_creates_nothing(
     source_dir.mkdir()
     database = tmp_path / "db" / "invoiceflow.db"
     database.parent.mkdir()
-    run_cli = _cli(monkeypatch, request, app_env("http://127.0.0.1:9", f"sqlite:///{database}"))
+    run_cli = configured_cli(
+        monkeypatch, request, app_env("http://127.0.0.1:9", f"sqlite:///{database}")
+    )
 
     result = run_cli("batch", str(make(source_dir)))
 
@@ -639,7 +627,7 @@ def test_a_run_id_reused_for_other_content_exits_2_naming_the_fix(
     first = _jsonl(tmp_path / "a.jsonl", [_as_json(make_request("a-1", items=ONE_LINE))])
     manifest.start(get_engine(sqlite_url), "monthly", read_source(str(first)))
     other = _jsonl(tmp_path / "b.jsonl", [_as_json(make_request("b-1", items=ONE_LINE))])
-    run_cli = _cli(monkeypatch, request, app_env("http://127.0.0.1:9", sqlite_url))
+    run_cli = configured_cli(monkeypatch, request, app_env("http://127.0.0.1:9", sqlite_url))
 
     result = run_cli("batch", str(other), "--run-id", "monthly")
 

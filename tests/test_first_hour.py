@@ -27,27 +27,13 @@ from invoiceflow.batch.source import read_source
 from invoiceflow.request import BillingRequest
 from tests.conftest import app_env
 from tests.helpers import assert_exactly_one_invoice, invoices_for, make_request
-from tests.inprocess_cli import Invoke, in_process_cli
+from tests.inprocess_cli import Invoke, configured_cli
 
 ONE_LINE = [{"sku": "first-hour-seat", "name": "Seat", "unit_amount": 1200, "quantity": 2}]
 
 
 def _line(request: BillingRequest, **changes: Any) -> str:
     return json.dumps({**request.model_dump(mode="json"), **changes})
-
-
-def _cli(
-    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, env: dict[str, str]
-) -> Invoke:
-    """`invoiceflow …` in this process with `env`, from a directory with no `.env`."""
-    from invoiceflow.runtime import reset_runtime
-
-    monkeypatch.chdir(request.getfixturevalue("tmp_path"))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    reset_runtime()
-    request.addfinalizer(reset_runtime)
-    return in_process_cli(monkeypatch, request)
 
 
 # --- 1. the rerun a billing run prescribes ------------------------------------------
@@ -68,7 +54,7 @@ def test_the_rerun_a_run_with_bad_rows_prescribes_bills_the_fixed_rows(
     broken = [{**ONE_LINE[0], "quantity": 0}]
     source = tmp_path / "november.jsonl"
     source.write_text(_line(good) + "\n" + _line(fixed, items=broken) + "\n")
-    invoke = _cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
+    invoke = configured_cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
 
     first = invoke("batch", str(source))
 
@@ -256,7 +242,7 @@ def sandbox_cli(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> Invoke:
-    return _cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
+    return configured_cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
 
 
 def _free_port() -> int:

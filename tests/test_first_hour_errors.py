@@ -19,30 +19,13 @@ from typer.testing import Result
 
 from invoiceflow.outcomes import Exit, classify
 from tests.helpers import bill_plain, make_request
-from tests.inprocess_cli import Invoke, in_process_cli
+from tests.inprocess_cli import configured_cli
 
 # Nothing listens on port 1: every connection to it is refused at once.
 CLOSED = "http://127.0.0.1:1"
 STRIPE_SUPPORT = "support@stripe.com"
 # The rule is the same on either ledger; the SQLite run is the contract.
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-def _cli(
-    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, env: dict[str, str]
-) -> Invoke:
-    """`invoiceflow …` in this process with `env`, from a directory with no `.env`."""
-    from invoiceflow.runtime import reset_runtime
-    from invoiceflow.settings import get_settings
-
-    monkeypatch.chdir(request.getfixturevalue("tmp_path"))
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    reset_runtime()
-    request.addfinalizer(reset_runtime)
-    request.addfinalizer(get_settings.cache_clear)
-    return in_process_cli(monkeypatch, request)
 
 
 def _request_file(directory: Path, request_id: str = "first-hour-1") -> Path:
@@ -120,7 +103,7 @@ def test_cli_invoice_with_stripe_unreachable_prints_one_line_and_exits_5(
 ) -> None:
     from invoiceflow.settings import get_settings
 
-    invoke = _cli(monkeypatch, request, stripe_closed)
+    invoke = configured_cli(monkeypatch, request, stripe_closed)
     result = invoke("invoice", str(_request_file(tmp_path)), "--no-wait")
 
     assert result.exit_code == Exit.TEMPORARY, (result.stdout, result.stderr)
@@ -174,7 +157,7 @@ def test_cli_invoice_with_prefect_unreachable_is_one_line_and_exit_5(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
-    invoke = _cli(monkeypatch, request, configured)
+    invoke = configured_cli(monkeypatch, request, configured)
     started = time.monotonic()
     result = invoke("invoice", str(_request_file(tmp_path)), "--no-wait")
 
@@ -197,7 +180,7 @@ def test_cli_serve_with_prefect_unreachable_is_one_line_and_exit_5(
         "STRIPE_WEBHOOK_SECRET": SECRET,
         "INVOICEFLOW_TRIGGER_TOKEN": TOKEN,
     }
-    invoke = _cli(monkeypatch, request, env)
+    invoke = configured_cli(monkeypatch, request, env)
     started = time.monotonic()
     result = invoke("serve", "--port", "0")
 
@@ -221,7 +204,7 @@ def test_a_postgresql_database_that_does_not_exist_is_configuration_exit_2(
         pytest.skip(postgres_unavailable)
     missing = make_url(POSTGRES_ADMIN_URL).set(database="invoiceflow_no_such_db")
     url = missing.render_as_string(hide_password=False)
-    invoke = _cli(monkeypatch, request, {"INVOICEFLOW_DATABASE_URL": url})
+    invoke = configured_cli(monkeypatch, request, {"INVOICEFLOW_DATABASE_URL": url})
     result = invoke("status")
 
     assert result.exit_code == Exit.BAD_INPUT, (result.stdout, result.stderr)
@@ -245,7 +228,7 @@ def test_status_bills_only_sent_invoices_and_shows_totals_for_one_request(
 
     sent = make_request("numbers-sent")
     bill_plain(sent)
-    invoke = _cli(monkeypatch, request, configured)
+    invoke = configured_cli(monkeypatch, request, configured)
 
     one = invoke("status")
     assert one.exit_code == 0, one.stderr

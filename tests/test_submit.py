@@ -21,7 +21,8 @@ from invoiceflow.db.engine import get_engine
 from invoiceflow.db.models import RecoveryPoint
 from tests.conftest import app_env
 from tests.helpers import bill_plain, make_request
-from tests.test_billing_run import ONE_LINE, _as_json, _assert_invoiced_once, _cli, _jsonl
+from tests.inprocess_cli import configured_cli
+from tests.test_billing_run import ONE_LINE, _as_json, _assert_invoiced_once, _jsonl
 
 
 def _stored(database_url: str) -> dict[str, str]:
@@ -38,7 +39,7 @@ def test_submitted_requests_wait_for_the_billing_run(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
-    run_cli = _cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
+    run_cli = configured_cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
     requests = [make_request(f"nov-{n}", customer=f"c{n}", items=ONE_LINE) for n in range(3)]
     month = _jsonl(tmp_path / "november.jsonl", [_as_json(r) for r in requests])
 
@@ -68,7 +69,7 @@ def test_a_bad_or_conflicting_source_records_nothing(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
-    run_cli = _cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
+    run_cli = configured_cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
     good = make_request("dec-1", customer="c1", items=ONE_LINE)
     bad = {**json.loads(_as_json(make_request("dec-2", customer="c2"))), "currency": "zzz"}
     mixed = _jsonl(tmp_path / "mixed.jsonl", [_as_json(good), json.dumps(bad)])
