@@ -533,7 +533,7 @@ def test_every_stripe_command_refuses_a_live_key_in_one_line(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
-    from tests.test_billing_run import _cli
+    from tests.inprocess_cli import configured_cli
 
     live = recognizable("sk_live_", "AUDITLIVE")
     source = tmp_path / "billing.jsonl"
@@ -542,7 +542,7 @@ def test_every_stripe_command_refuses_a_live_key_in_one_line(
     env = app_env(sandbox.url, sqlite_url, STRIPE_API_KEY=live.value, INVOICEFLOW_ALLOW_LIVE="0")
     env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # never reached
 
-    done = _cli(monkeypatch, request, env)(*args)  # in process (CliRunner)
+    done = configured_cli(monkeypatch, request, env)(*args)  # in process (CliRunner)
 
     assert (done.exit_code, done.stdout) == (2, ""), done.stdout + done.stderr
     assert done.stderr.strip().splitlines() == [
