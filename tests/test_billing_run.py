@@ -370,18 +370,7 @@ def test_csv_directory_and_pending_sources(
 
     prefix = f"s{uuid.uuid4().hex[:6]}"
     env = app_env(sandbox.url, sqlite_url)
-    csv_file = tmp_path / "batch.csv"
-    csv_file.write_text(
-        "\n".join(
-            [
-                CSV_HEADER,
-                f"{prefix}-c1,acme,billing@acme.example,Acme,usd,seat,Seat,1200,,3,November,14",
-                f"{prefix}-c1,acme,billing@acme.example,Acme,usd,setup,Setup,,99.50,1,,14",
-                f"{prefix}-c2,globex,ap@globex.example,Globex,eur,seat,Seat,,12.00,2,,",
-            ]
-        )
-        + "\n"
-    )
+    csv_file = _write_csv(tmp_path / "batch.csv", prefix)
     result = run_cli("batch", str(csv_file), env=env, timeout=600)
     assert result.returncode == 0, (result.stdout, result.stderr[-3000:])
     assert "2 requests: 2 invoiced" in result.stdout
