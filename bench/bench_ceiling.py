@@ -221,7 +221,7 @@ def main() -> None:
         server_database = ""  # the server's own SQLite, inside its process
         server_env = {}
         if args.prefect_database == "postgres":
-            from invoiceflow.local_workers import prefect_database
+            from invoiceflow_testing.local_workers import prefect_database
 
             server_database = stack.enter_context(prefect_database(POSTGRES))
             server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = server_database

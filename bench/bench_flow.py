@@ -81,7 +81,7 @@ def prefect_server() -> Iterator[str]:
     if os.environ.get("PREFECT_API_URL"):
         yield f"{os.environ['PREFECT_API_URL']} (from PREFECT_API_URL)"
         return
-    from invoiceflow.local_prefect import local_prefect_server
+    from invoiceflow_testing.local_prefect import local_prefect_server
 
     # INFO: the server's access log, for counting its 503s.
     extra = {"PREFECT_SERVER_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
@@ -390,7 +390,7 @@ def main() -> None:
         parser.error("--requests must be at least 1")
 
     from invoiceflow.prefect_env import configure_prefect
-    from invoiceflow.sandbox import start_sandbox
+    from stripe_sandbox import start_sandbox
 
     configure_prefect()
     rng = random.Random(1)

@@ -29,7 +29,7 @@ SERVER = """
 import logging, os, sys
 os.sched_setaffinity(0, {{{cpu}}})
 logging.basicConfig(level=logging.{level}, stream=sys.stderr)
-from invoiceflow.sandbox.server import serve_forever
+from stripe_sandbox.server import serve_forever
 serve_forever("127.0.0.1", {port}, seed=1)
 """
 

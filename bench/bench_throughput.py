@@ -1,7 +1,7 @@
 """Throughput of a billing run spread over Prefect workers, against Stripe's rate limit.
 
 One command builds the README's scale-out topology on this machine
-(`invoiceflow.local_workers`: a Prefect server on PostgreSQL, the `invoiceflow`
+(`invoiceflow_testing.local_workers`: a Prefect server on PostgreSQL, the `invoiceflow`
 process work pool, `billing-shard` deployed, N workers), starts the Stripe
 sandbox as a separate process at the given rate limit and latency, and runs
 `invoiceflow batch SOURCE --shards N` on R requests of 3 lines each. It prints,
@@ -157,7 +157,7 @@ def main() -> int:
     if args.requests < 1 or not 1 <= args.workers <= 64 or args.rate <= 0:
         parser.error("--requests ≥ 1, --workers 1-64 and --rate > 0, please")
 
-    from invoiceflow.local_workers import local_workers
+    from invoiceflow_testing.local_workers import local_workers
 
     work = Path(tempfile.mkdtemp(prefix="invoiceflow-bench-throughput-"))
     prefix = f"tp{uuid.uuid4().hex[:6]}"

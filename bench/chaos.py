@@ -134,7 +134,7 @@ def main() -> int:
             INVOICEFLOW_STALE_RUN_SECONDS=str(STALE_RUN_SECONDS),
             **limiter_env,
         )
-        from invoiceflow.local_workers import local_workers
+        from invoiceflow_testing.local_workers import local_workers
 
         stack.say("starting the Prefect server on PostgreSQL, the work pool and 2 workers")
         topology = resources.enter_context(
@@ -281,7 +281,7 @@ def weak_secret_refused(processes: Processes, journal: Journal) -> None:
     start, an event signed with `whsec_` (for no invoice of ours) is posted to it, to
     show what anyone could then do. Journals `weak_secret_config`."""
     from bench.soak.payments import _event, post_event
-    from invoiceflow.sandbox.webhooks import sign
+    from stripe_sandbox.webhooks import sign
 
     env = {**processes.env}
     env["STRIPE_WEBHOOK_SECRET"] = f"{env['STRIPE_WEBHOOK_SECRET']},{WEAK_SECRET}"

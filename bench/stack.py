@@ -73,7 +73,7 @@ def free_port() -> int:
 
 _SANDBOX = """
 import signal, sys
-from invoiceflow.sandbox import start_sandbox
+from stripe_sandbox import start_sandbox
 running = start_sandbox(port={port}, seed=1, {config})
 print(running.url, flush=True)
 signal.sigwait({{signal.SIGTERM, signal.SIGINT}})
@@ -313,7 +313,7 @@ def prefect_server(**extra_env: str) -> Iterator[tuple[str, int | None]]:
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"], None
         return
-    from invoiceflow.local_prefect import local_prefect_server
+    from invoiceflow_testing.local_prefect import local_prefect_server
 
     with local_prefect_server(**extra_env) as server:
         say(f"Prefect server {server.api_url} (started in {server.started_in_seconds:.0f} s)")

@@ -381,7 +381,7 @@ def _register_subcommands() -> None:
     from invoiceflow.batch.cli import register as register_batch
     from invoiceflow.dunning.cli import register as register_dunning
     from invoiceflow.reconcile.cli import register as register_reconcile
-    from invoiceflow.sandbox.cli import register as register_sandbox
+    from stripe_sandbox.cli import register as register_sandbox
 
     register_sandbox(app)
     register_batch(app)

@@ -78,7 +78,7 @@ def _say(text: str = "") -> None:
 
 
 def run_demo() -> int:
-    from invoiceflow.sandbox import start_sandbox
+    from stripe_sandbox import start_sandbox
 
     DEMO_DB.unlink(missing_ok=True)
     for suffix in ("-wal", "-shm"):

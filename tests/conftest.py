@@ -69,7 +69,7 @@ def prefect_api() -> Iterator[str]:
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
-    from invoiceflow.local_prefect import local_prefect_server
+    from invoiceflow_testing.local_prefect import local_prefect_server
 
     with local_prefect_server() as server, _this_process_uses(server.api_url):
         yield server.api_url
@@ -99,7 +99,7 @@ def _this_process_uses(api_url: str) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def sandbox_server() -> Iterator[Any]:
-    from invoiceflow.sandbox import start_sandbox
+    from stripe_sandbox import start_sandbox
 
     with start_sandbox() as running:
         yield running

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from invoiceflow.local_prefect import local_prefect_server
 from invoiceflow.service.automations import (
     CRASHED_RUNS_AUTOMATION,
     OUR_FLOWS,
     crashed_runs_automation,
     ensure_crashed_runs_automation,
 )
+from invoiceflow_testing.local_prefect import local_prefect_server
 from tests.conftest import app_env, run_cli
 from tests.helpers import crash_cli_at, make_request, wait_for
 

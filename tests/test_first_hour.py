@@ -168,7 +168,7 @@ import json, sys
 from typer.testing import CliRunner
 from invoiceflow.cli import app
 
-HEAVY = ("prefect", "alembic", "invoiceflow.sandbox.server", "flows", "uvicorn")
+HEAVY = ("prefect", "alembic", "stripe_sandbox.server", "flows", "uvicorn")
 for args in json.loads(sys.argv[1]):
     result = CliRunner().invoke(app, args)
     loaded = [name for name in HEAVY if name in sys.modules]

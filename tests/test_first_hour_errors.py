@@ -312,8 +312,8 @@ def test_refused_webhooks_are_logged_with_the_reason_and_answer_errors(
 ) -> None:
     from starlette.testclient import TestClient
 
-    from invoiceflow.sandbox.webhooks import sign
     from invoiceflow.webhooks.app import create_app
+    from stripe_sandbox.webhooks import sign
 
     client = TestClient(create_app(_service_settings(configured, monkeypatch)))
     body = json.dumps({"id": "evt_first_hour", "type": "invoice.paid"}).encode()

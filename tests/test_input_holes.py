@@ -38,10 +38,10 @@ from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.reconcile.sweep import reconcile
 from invoiceflow.request import BillingRequest, RequestError, load_request
 from invoiceflow.runtime import get_runtime
-from invoiceflow.sandbox.webhooks import sign
 from invoiceflow.service.trigger import create_trigger_app
 from invoiceflow.settings import load_settings
 from invoiceflow.webhooks.app import create_app as create_receiver
+from stripe_sandbox.webhooks import sign
 from tests.helpers import assert_exactly_one_invoice, bill_plain, invoices_for, make_request
 
 TOKEN = "input-holes-token-0123456789abcdef"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from invoiceflow.local_prefect import _free_port, local_prefect_server
+from invoiceflow_testing.local_prefect import _free_port, local_prefect_server
 from tests.helpers import invoices_for, make_request, wait_for
 from tests.test_service import RUN_TIMEOUT, _running_service, _unique, _wait_final
 

@@ -24,7 +24,7 @@ HEARTBEAT = {"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}
 _SCRIPT = textwrap.dedent(
     """
     import json, os, subprocess, sys
-    from invoiceflow.local_prefect import local_prefect_server
+    from invoiceflow_testing.local_prefect import local_prefect_server
 
     def run(*args):
         done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=sys.argv[1],

@@ -2,7 +2,7 @@
 rate respected, and a worker killed mid-run costs nothing but a rerun.
 
 The topology is the README's multi-host path on one machine
-(`invoiceflow.local_workers`): a Prefect server on PostgreSQL, the `invoiceflow`
+(`invoiceflow_testing.local_workers`): a Prefect server on PostgreSQL, the `invoiceflow`
 process work pool, `billing-shard` registered by `prefect deploy`, two
 `prefect worker start` processes, the ledger on PostgreSQL. The parent is the
 real CLI (`invoiceflow batch SOURCE --shards 2`); the sandbox answers over HTTP
@@ -50,7 +50,7 @@ def ledger_url(postgres_unavailable: str | None) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def topology(sandbox_server: Any, ledger_url: str) -> Iterator[Any]:
-    from invoiceflow.local_workers import local_workers
+    from invoiceflow_testing.local_workers import local_workers
 
     sandbox_server.reset(config=True)
     env = app_env(sandbox_server.url, ledger_url, **LIMITER_ENV, **PRODUCTION_RETRIES)
@@ -370,7 +370,7 @@ def test_shards_without_a_registered_deployment_exit_2_naming_prefect_deploy(
 ) -> None:
     from invoiceflow.batch import manifest
     from invoiceflow.db.engine import get_engine
-    from invoiceflow.local_prefect import local_prefect_server
+    from invoiceflow_testing.local_prefect import local_prefect_server
 
     source = _jsonl(tmp_path / "nowhere.jsonl", [_as_json(make_request("nowhere"))])
     env = app_env("http://127.0.0.1:9", sqlite_url)

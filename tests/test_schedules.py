@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from invoiceflow.local_prefect import local_prefect_server
 from invoiceflow.service.deployments import BILLING_RUN_DEPLOYMENT, RECONCILE_DEPLOYMENT
+from invoiceflow_testing.local_prefect import local_prefect_server
 from tests.helpers import wait_for
 from tests.test_service import _running_service
 

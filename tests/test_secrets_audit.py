@@ -35,7 +35,7 @@ import httpx
 import pytest
 import stripe
 
-from invoiceflow.sandbox.webhooks import sign
+from stripe_sandbox.webhooks import sign
 from tests.conftest import TEST_KEY, app_env, run_cli
 from tests.helpers import crash_cli_at, invoices_for, make_request, wait_for
 from tests.secrets_scan import Finding, Places, Scanner, Secret, recognizable, report, scan
@@ -178,8 +178,8 @@ def served_workload(audit: AuditSecrets, env: dict[str, str], workdir: Path) -> 
     `env`; yields the stack (its `places()`, `observed`) while the Prefect server
     still answers. `audit` holds the secrets that must be refused on the way."""
     from bench.stack import sandbox_process
-    from invoiceflow.local_prefect import local_prefect_server
-    from invoiceflow.local_workers import prefect_database
+    from invoiceflow_testing.local_prefect import local_prefect_server
+    from invoiceflow_testing.local_workers import prefect_database
     from tests.conftest import POSTGRES_ADMIN_URL
 
     for home in ("prefect-server", "prefect-client"):

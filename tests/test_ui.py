@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from invoiceflow import story
-from invoiceflow.local_prefect import local_prefect_server
+from invoiceflow_testing.local_prefect import local_prefect_server
 from tests.helpers import make_request, wait_for
 from tests.test_service import Service, _running_service
 

@@ -19,7 +19,7 @@ from sqlalchemy import update
 from invoiceflow import ledger
 from invoiceflow.db.engine import transaction
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint
-from invoiceflow.sandbox.webhooks import sign
+from stripe_sandbox.webhooks import sign
 from tests.helpers import bill_plain, invoices_for, make_request, wait_for
 from tests.sandbox.receiver import Received, webhook_receiver
 from tests.sandbox.receiver import Receiver as Capture

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import pytest
 import stripe
 
-from invoiceflow.sandbox.webhooks import sign
 from invoiceflow.webhooks.signature import SignatureError, verify
+from stripe_sandbox.webhooks import sign
 
 BODY = b'{"id": "evt_1", "object": "event"}'
 TAMPERED = b'{"id": "evt_2", "object": "event"}'

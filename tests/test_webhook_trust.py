@@ -25,10 +25,10 @@ import stripe
 
 from invoiceflow import ledger
 from invoiceflow.db.models import RecoveryPoint
-from invoiceflow.sandbox.webhooks import sign
 from invoiceflow.settings import SettingsError, load_settings
 from invoiceflow.webhooks import inbox
 from invoiceflow.webhooks.signature import SignatureError, verify
+from stripe_sandbox.webhooks import sign
 from tests.conftest import REPO
 from tests.helpers import make_request
 from tests.webhooks import Receiver, event_of, serve_receiver

@@ -17,11 +17,11 @@ from sqlmodel import select
 
 from invoiceflow import ledger
 from invoiceflow.db.engine import get_engine, reading
-from invoiceflow.sandbox.webhooks import sign
 from invoiceflow.settings import load_settings
 from invoiceflow.webhooks.app import create_app
 from invoiceflow.webhooks.inbox import InboxEvent
 from invoiceflow.webhooks.server import running
+from stripe_sandbox.webhooks import sign
 
 PATH = "/webhooks/stripe"
 

@@ -21,8 +21,8 @@ import httpx
 import stripe
 
 from bench.soak.journal import Journal
-from invoiceflow.sandbox.webhooks import sign
 from invoiceflow.stripe_keys import META_REQUEST_ID
+from stripe_sandbox.webhooks import sign
 
 CARDS = {"pay": "pm_card_visa", "decline": "pm_card_chargeDeclined"}
 # Ways to sign a forged event with a secret no one should accept (issue 19, hole 3).

@@ -25,7 +25,7 @@ import httpx
 
 from bench.soak.journal import Journal
 from bench.stack import REPO, descendants
-from invoiceflow.local_workers import LocalWorkers
+from invoiceflow_testing.local_workers import LocalWorkers
 
 # A serve or worker younger than this is left alone: one killed while it starts
 # would never take any work, and the soak would only measure start-ups.

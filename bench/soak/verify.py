@@ -49,7 +49,7 @@ LEDGER_POINT = {
     "void": RecoveryPoint.VOID.value,
     "uncollectible": RecoveryPoint.UNCOLLECTIBLE.value,
 }
-# The sandbox's request log keeps this many entries (invoiceflow/sandbox/app.py).
+# The sandbox's request log keeps this many entries (stripe_sandbox/app.py).
 SANDBOX_LOG_LIMIT = 100_000
 # A problem line names a few differing lines, not all 250.
 SHOWN_LINE_DIFFS = 3

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import stripe
 
-from invoiceflow.sandbox import RunningSandbox, start_sandbox
+from stripe_sandbox import RunningSandbox, start_sandbox
 
 API_KEY = "sk_test_sandbox_suite"
 # Fast webhook retries so retry tests take a fraction of a second.

@@ -12,13 +12,13 @@ import httpx
 import typer
 from typer.testing import CliRunner
 
-from invoiceflow.sandbox.cli import register
+from stripe_sandbox.cli import register
 
 ROOT = Path(__file__).resolve().parents[2]
 # A Typer app of our own: the project CLI may carry commands this test does not care about.
 LAUNCH = """
 import typer
-from invoiceflow.sandbox.cli import register
+from stripe_sandbox.cli import register
 app = typer.Typer()
 app.callback()(lambda: None)
 register(app)

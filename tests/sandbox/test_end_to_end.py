@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stripe
 
-from invoiceflow.sandbox import RunningSandbox
+from stripe_sandbox import RunningSandbox
 from tests.sandbox.conftest import API_KEY
 from tests.sandbox.receiver import webhook_receiver
 

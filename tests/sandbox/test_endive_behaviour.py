@@ -6,8 +6,8 @@ import httpx
 import pytest
 import stripe
 
-from invoiceflow.sandbox import RunningSandbox
-from invoiceflow.sandbox.webhooks import REMOTE_REFUSED, is_loopback
+from stripe_sandbox import RunningSandbox
+from stripe_sandbox.webhooks import REMOTE_REFUSED, is_loopback
 from tests.sandbox.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

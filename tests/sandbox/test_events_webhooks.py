@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import stripe
 
-from invoiceflow.sandbox import RunningSandbox
+from stripe_sandbox import RunningSandbox
 from tests.helpers import wait_for
 from tests.sandbox.receiver import webhook_receiver
 

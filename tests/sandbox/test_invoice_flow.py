@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import stripe
 
-from invoiceflow.sandbox.resources.invoices import MAX_LINES_PER_ADD
+from stripe_sandbox.resources.invoices import MAX_LINES_PER_ADD
 
 
 def _setup(client: stripe.StripeClient, amount: int = 1500) -> tuple[str, str]:

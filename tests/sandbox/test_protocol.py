@@ -12,7 +12,7 @@ import httpx
 import pytest
 import stripe
 
-from invoiceflow.sandbox import RunningSandbox
+from stripe_sandbox import RunningSandbox
 from tests.sandbox.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import stripe
 
-from invoiceflow.sandbox import RunningSandbox
+from stripe_sandbox import RunningSandbox
 from tests.sandbox.conftest import API_KEY
 from tests.sandbox.stripe_schemas import require_schemas, violations
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from invoiceflow.sandbox import RunningSandbox
+from stripe_sandbox import RunningSandbox
 from tests.sandbox.conftest import API_KEY
 
 FIXTURES = Path(__file__).resolve().parent / "stripe" / "fixtures3.json"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import stripe
 
-from invoiceflow.sandbox import RunningSandbox
+from stripe_sandbox import RunningSandbox
 from tests.clock import advance_clock
 from tests.helpers import wait_for
 from tests.sandbox.conftest import API_KEY
