@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     batch_workers: int = Field(
         default=8, ge=1, le=64, validation_alias=AliasChoices("INVOICEFLOW_BATCH_WORKERS")
     )
+    # Requests per Prefect task of a billing run: a chunk bills its requests as
+    # plain calls, so Prefect's cost (a task run, its records, an artifact) is
+    # paid once per chunk. 1 keeps a task per request.
+    batch_chunk: int = Field(
+        default=10, ge=1, le=250, validation_alias=AliasChoices("INVOICEFLOW_BATCH_CHUNK")
+    )
     # Shards a billing run is spread over: 1 bills in the run's own process; N
     # starts N runs of the `billing-shard` deployment on the work pool's workers.
     batch_shards: int = Field(
