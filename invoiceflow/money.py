@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from decimal import ROUND_DOWN, Decimal, localcontext
 
+from invoiceflow.stripe_limits import MAX_AMOUNT
+
 # Source for the currency facts below: https://docs.stripe.com/currencies
 # ("Zero-decimal currencies", "Three-decimal currencies", "Supported presentment
 # currencies"). Whether a currency is usable also depends on the Stripe account's
@@ -166,19 +168,6 @@ SUPPORTED_CURRENCIES: frozenset[str] = frozenset(
         "zmw",
     }
 )
-
-# Stripe's amount fields take at most eight digits: 99,999,999 minor units
-# ($999,999.99). Source: https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts
-# (a few currencies such as IDR allow more; we apply the common cap everywhere,
-# per unit, per line and per invoice, so no currency needs a special case).
-MAX_AMOUNT = 99_999_999
-
-# Stripe's metadata limits, https://docs.stripe.com/api/metadata: up to 50 keys,
-# keys up to 40 characters and without square brackets (they would clash with
-# the form encoding `metadata[key]`), values up to 500 characters.
-METADATA_MAX_KEYS = 50
-METADATA_MAX_KEY_LENGTH = 40
-METADATA_MAX_VALUE_LENGTH = 500
 
 # Digits with an optional fractional part. No sign, no exponent, no NaN/Infinity,
 # no spaces or separators: one spelling per amount, so nothing is misread.

@@ -37,19 +37,20 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from invoiceflow.money import (
-    MAX_AMOUNT,
-    METADATA_MAX_KEY_LENGTH,
-    METADATA_MAX_KEYS,
-    METADATA_MAX_VALUE_LENGTH,
     SUPPORTED_CURRENCIES,
     THREE_DECIMAL_CURRENCIES,
     format_minor_units,
     parse_decimal,
     to_minor_units,
 )
+from invoiceflow.stripe_limits import (
+    MAX_AMOUNT,
+    MAX_ITEMS_PER_INVOICE,
+    METADATA_MAX_KEY_LENGTH,
+    METADATA_MAX_KEYS,
+    METADATA_MAX_VALUE_LENGTH,
+)
 
-# Stripe allows at most 250 line items on one invoice.
-MAX_ITEMS = 250
 # No real order has a million of one thing; a bigger number is nearly always an
 # amount typed into the quantity field. (The line cap, MAX_AMOUNT, is the hard limit.)
 MAX_QUANTITY = 1_000_000
@@ -240,7 +241,7 @@ class BillingRequest(_Model):
     days_until_due: StrictInt = Field(default=30, ge=1, le=365)
     description: str | None = Field(default=None, max_length=500)
     metadata: dict[str, str] = Field(default_factory=dict)
-    items: list[Item] = Field(min_length=1, max_length=MAX_ITEMS)
+    items: list[Item] = Field(min_length=1, max_length=MAX_ITEMS_PER_INVOICE)
 
     @model_validator(mode="wrap")
     @classmethod

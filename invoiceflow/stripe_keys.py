@@ -10,8 +10,8 @@ import hashlib
 import json
 import re
 
-# Stripe rejects idempotency keys longer than 255 characters.
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
+from invoiceflow.stripe_limits import MAX_IDEMPOTENCY_KEY_LENGTH
+
 KEY_PREFIX = "invoiceflow"
 # Metadata keys we stamp on Stripe objects so they can be found again without
 # our database (and so a human in the Dashboard sees where they came from).

@@ -15,9 +15,8 @@ import stripe
 
 from invoiceflow import progress
 from invoiceflow.retry import call_with_retries
+from invoiceflow.stripe_limits import PAGE_SIZE
 
-# Largest page Stripe's list endpoints return.
-PAGE_SIZE = 100
 PROGRESS_EVERY_SECONDS = 5.0
 
 T = TypeVar("T", bound=stripe.StripeObject)

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from invoiceflow.db.engine import insert_if_absent, reading, transaction
 from invoiceflow.db.models import BillingRequestRow, SyncCursor, utcnow
 from invoiceflow.db.utc import as_utc
+from invoiceflow.stripe_limits import EVENT_RETENTION
 
 CURSOR_NAME = "stripe-events"
 # How far before the cursor a sweep starts again.
@@ -24,8 +25,6 @@ OVERLAP_SECONDS = 300
 # With no cursor yet, how far before our oldest unfinished request (our clock,
 # Stripe's may differ a little).
 FIRST_SWEEP_MARGIN = timedelta(days=1)
-# Stripe keeps events for 30 days; older ones may be gone.
-EVENT_RETENTION = timedelta(days=29)
 
 _AGE = re.compile(r"(\d+)([dhm])")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
