@@ -97,3 +97,21 @@ def test_tolerance_is_300_seconds() -> None:
     assert _accepted(BODY, sign(BODY, OLD, now - 300), [OLD], now=now) is True
     with pytest.raises(SignatureError, match="tolerance"):
         verify(BODY, sign(BODY, OLD, now - 301), [OLD], now=now)
+
+
+def test_a_second_timestamp_cannot_freshen_an_old_signature() -> None:
+    """The SDK verifies against the header's first `t=`: a fresh one appended to a captured
+    old header must not pass the age check in its place (a replay)."""
+    now = int(time.time())
+    captured = sign(BODY, OLD, now - 3600)
+    with pytest.raises(SignatureError, match="tolerance"):
+        verify(BODY, captured, [OLD], now=now)
+    with pytest.raises(SignatureError, match="malformed Stripe-Signature header"):
+        verify(BODY, f"{captured},t={now}", [OLD], now=now)
+
+
+def test_a_body_that_is_not_utf8_is_refused_with_a_reason() -> None:
+    now = int(time.time())
+    body = b"\xff" + BODY  # signed all the same: the refusal is the body's, not the HMAC's
+    with pytest.raises(SignatureError, match="not UTF-8"):
+        verify(body, sign(body, OLD, now), [OLD])
