@@ -34,6 +34,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlmodel import Session, create_engine
 
+from invoiceflow.db.writes import begin_writes_immediately, writer
+
 # How long a SQLite connection waits for another process's write lock before
 # failing. Our transactions are milliseconds long; 30 s only matters when a
 # disk stalls, and failing then is better than waiting forever.
@@ -49,8 +51,6 @@ PG_IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
 # that was just used is not: pinging every checkout, as pool_pre_ping does, was
 # a round trip per transaction, twenty per invoice in a billing run).
 PG_PING_AFTER_IDLE_SECONDS = 2.0
-# Marks connections that should begin with BEGIN IMMEDIATE on SQLite.
-_WRITE_OPTION = "invoiceflow_write"
 
 # SQLite allows one writer per database file: the threads of this process take
 # turns here, in order, instead of in SQLite's sleeping busy handler.
@@ -80,10 +80,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        writes = connection.get_execution_options().get(_WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+    begin_writes_immediately(engine)
 
 
 def make_engine(url: str) -> Engine:
@@ -155,12 +152,6 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
-
-
-@cache
-def writer(engine: Engine) -> Engine:
-    """The same engine (pool, listeners), its transactions marked as writes."""
-    return engine.execution_options(**{_WRITE_OPTION: True})
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """Schema migrations with Alembic, run from code (no alembic.ini to find).
 
-`invoiceflow db upgrade` and the first use of a database both call `upgrade`.
+`invoiceflow db upgrade` and the first use of a database (`engine.get_engine`) both
+call `upgrade`; this module never opens a database itself (engine -> migrate, one way).
 Concurrent first uses are safe: PostgreSQL serialises them with an advisory
 lock, SQLite with the BEGIN IMMEDIATE write lock every transaction takes.
 """
@@ -16,7 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from invoiceflow.db.engine import writer
+from invoiceflow.db.writes import writer
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
