@@ -19,10 +19,14 @@ runs: Prefect's own cost, and the most any billing run can reach on this
 machine; each billing run is then also given as a fraction of that rate, a
 ratio that holds when the machine's speed does not.
 
-Prints invoices per wall-second end to end, and CPU seconds per invoice for
-this process, the Prefect server, the sandbox and (on PostgreSQL) the
-database server's backends, then a markdown table and
-the machine's load.
+Each run starts once the Prefect server is idle and is counted until it is
+idle again (`cpu_meter`): the server records task runs and artifacts from its
+backlog long after the flow returns. Prints invoices per wall-second to the
+flow's return and to the server's idle, and CPU ms per invoice for this
+process, the Prefect server, the sandbox and (on PostgreSQL) the database
+server's backends, each process's idle rate subtracted, with the server's
+CPU as counting at the return would have had it, and the load (/proc/loadavg)
+at each run's start and end.
 
     python bench/bench_ceiling.py [--requests 500] [--lines 3] [--customers 50]
         [--databases sqlite,postgres] [--scenarios here,earlier]
@@ -38,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,17 +49,15 @@ from pathlib import Path
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from cpu_meter import SERVER, Backends, Meter, Usage, postgres_database, standard_meter
 from stack import (
     KEY,
     REPO,
     Sandbox,
     batch_requests,
     count_calls,
-    cpu_seconds,
     database,
-    database_cpu_seconds,
     load,
-    own_cpu_seconds,
     prefect_server,
     sandbox_process,
     say,
@@ -73,21 +74,23 @@ class Result:
     database: str
     scenario: str
     requests: int
-    wall: float
-    ours: float
-    server: float
-    sandbox: float
-    backends: float
+    usage: Usage  # counted until the Prefect server was idle again
     reads: int
     writes: int
     invoiced: int
 
     @property
     def rate(self) -> float:
-        return self.requests / self.wall
+        """Invoices per second until the flow returned: what the caller waits."""
+        return self.requests / self.usage.returned_after
 
-    def per_invoice(self, seconds: float) -> str:
-        return f"{seconds / self.requests * 1000:.1f}"
+    @property
+    def sustained(self) -> float:
+        """Invoices per second until the server was idle: what the machine sustains."""
+        return self.requests / self.usage.idle_after
+
+    def per_invoice(self, group: str) -> str:
+        return f"{self.usage.ms_per(group, self.requests):.1f}"
 
 
 def write_jsonl(path: Path, requests: list[object]) -> Path:
@@ -99,7 +102,7 @@ def billing_run(
     name: str,
     url: str,
     sandbox: Sandbox,
-    server_cpu: Callable[[], float],
+    meter: Meter,
     args: argparse.Namespace,
     workdir: Path,
     scenario: str,
@@ -144,51 +147,36 @@ def billing_run(
     say(f"[{name}/{scenario}] billing run: {args.requests} requests x {args.lines} lines…")
     log_before = len(sandbox.requests())
 
-    def cpu() -> tuple[float, float, float, float]:
-        return (
-            own_cpu_seconds(),
-            server_cpu(),
-            cpu_seconds(sandbox.pid),
-            database_cpu_seconds(url),
-        )
-
-    cpu_before = cpu()
-    started = time.perf_counter()
+    meter.groups["PostgreSQL"] = Backends(postgres_database(url))
+    meter.settle()
+    start = meter.read()
     report = billing_run_flow(source=str(source), run_id=prefix)
-    wall = time.perf_counter() - started
-    cpu_after = cpu()
+    usage = meter.until_idle(start, meter.read())
     entries = sandbox.requests()[log_before:]
     reads, writes = count_calls(entries)
     say(f"[{name}/{scenario}] Stripe calls: {shape(entries)}")
     invoiced = report.counts.get("invoiced", 0)
     say(f"[{name}/{scenario}] {report.lines()[0]}")
-    ours, server, box, backends = (
-        after - before for after, before in zip(cpu_after, cpu_before, strict=True)
-    )
-    return Result(
-        name, scenario, args.requests, wall, ours, server, box, backends, reads, writes, invoiced
-    )
+    return Result(name, scenario, args.requests, usage, reads, writes, invoiced)
 
 
-def prefect_alone(server_cpu: Callable[[], float], args: argparse.Namespace, when: str) -> Result:
+def prefect_alone(meter: Meter, args: argparse.Namespace, when: str) -> Result:
     """The same number of empty invoice tasks (`prefect_floor`): Prefect's share, measured.
 
-    Run before the billing runs and after them: the same Prefect server's cost
-    per task run changes from one run to the next, up to twice as much once it
-    has recorded its first few hundred (its process, not its database: a
-    restarted server on the same database is as fast as a new one again).
+    Run before the billing runs and after them, each counted until the server
+    is idle again: the server records the tasks' states and artifacts for many
+    seconds after the flow returns, and stopping at the return is what made
+    this look bimodal and up to 22 tasks/s before (issue 23).
     """
     from prefect_floor import prefect_floor_flow
 
     say(f"[Prefect alone, {when}] {args.requests} empty invoice tasks with their story artifact…")
-    ours, server = own_cpu_seconds(), server_cpu()
-    started = time.perf_counter()
+    meter.groups["PostgreSQL"] = Backends("")
+    meter.settle()
+    start = meter.read()
     done = prefect_floor_flow(prefix=f"floor-{int(time.time())}", count=args.requests)
-    wall = time.perf_counter() - started
-    ours, server = own_cpu_seconds() - ours, server_cpu() - server
-    return Result(
-        "none", f"Prefect alone, {when}", args.requests, wall, ours, server, 0.0, 0.0, 0, 0, done
-    )
+    usage = meter.until_idle(start, meter.read())
+    return Result("none", f"Prefect alone, {when}", args.requests, usage, 0, 0, done)
 
 
 def main() -> None:
@@ -226,52 +214,60 @@ def main() -> None:
             server_database = stack.enter_context(prefect_database(POSTGRES))
             server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = server_database
         api_url, server_pid = stack.enter_context(prefect_server(**server_env))
-
-        def server_cpu() -> float:  # its process, and its PostgreSQL backends if any
-            return cpu_seconds(server_pid) + database_cpu_seconds(server_database)
-
         sandbox = stack.enter_context(sandbox_process())
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         say(f"Prefect {api_url} (pid {server_pid}); sandbox {sandbox.url} (pid {sandbox.pid})")
-        results.append(prefect_alone(server_cpu, args, "before"))
+        # Its PostgreSQL backends, if any, count as the server's.
+        meter = standard_meter(server_pid, sandbox.pid, server_database_url=server_database)
+        meter.baseline()
+        results.append(prefect_alone(meter, args, "before"))
         for name in wanted:
             admin = None if name == "sqlite" else POSTGRES
             for scenario in args.scenarios.split(","):
                 with database(admin) as (url, _description):
-                    results.append(
-                        billing_run(name, url, sandbox, server_cpu, args, workdir, scenario)
-                    )
-        results.append(prefect_alone(server_cpu, args, "after"))
+                    results.append(billing_run(name, url, sandbox, meter, args, workdir, scenario))
+        results.append(prefect_alone(meter, args, "after"))
     table(results, args)
 
 
 def table(results: list[Result], args: argparse.Namespace) -> None:
     from invoiceflow.settings import get_settings
 
+    settings = get_settings()
     say(
         f"\nBilling run of {args.requests} requests x {args.lines} lines over {args.customers} "
-        f"warm customers, {get_settings().batch_workers} workers; sandbox in its own process, "
-        f"no latency, no rate limit; the Prefect server on {args.prefect_database}.\n"
+        f"warm customers, {settings.batch_workers} workers, {settings.batch_chunk} per chunk "
+        "(if this build chunks); sandbox in its own process, no latency, no rate limit; the "
+        f"Prefect server on {args.prefect_database}. CPU counted until the Prefect server was "
+        "idle again, each process's idle rate subtracted.\n"
     )
     say(
-        "| database | customers made | invoices/s | CPU ms per invoice: ours / Prefect server "
-        "/ sandbox / PostgreSQL | Stripe reads + writes per invoice |"
+        "| database | customers made | invoices/s: to return / to server idle | server idle "
+        "after return | CPU ms per invoice: ours / Prefect server / sandbox / PostgreSQL "
+        "| server CPU if counted at return | Stripe reads + writes per invoice | load start → end |"
     )
-    say("| --- | --- | ---: | --- | --- |")
+    say("| --- | --- | ---: | ---: | --- | ---: | --- | --- |")
     for r in results:
+        u = r.usage
+        at_return = u.at_return.get(SERVER, 0.0) / r.requests * 1000
         say(
-            f"| {r.database} | {r.scenario} | {r.rate:.1f} | {r.per_invoice(r.ours)} / "
-            f"{r.per_invoice(r.server)} / {r.per_invoice(r.sandbox)} / "
-            f"{r.per_invoice(r.backends) if r.database == 'postgres' else '—'} "
-            f"| {r.reads / r.requests:.2f} + {r.writes / r.requests:.2f} |"
+            f"| {r.database} | {r.scenario} | {r.rate:.1f} / {r.sustained:.1f} "
+            f"| {u.idle_after - u.returned_after:.0f} s{'' if u.idle else ' (bound)'} "
+            f"| {r.per_invoice('ours')} / {r.per_invoice(SERVER)} / {r.per_invoice('sandbox')} / "
+            f"{r.per_invoice('PostgreSQL') if r.database == 'postgres' else '—'} "
+            f"| {at_return:.1f} | {r.reads / r.requests:.2f} + {r.writes / r.requests:.2f} "
+            f"| {u.load_start} → {u.load_end} |"
         )
     floors = [r for r in results if r.database == "none"]
-    slowest, fastest = min(floors, key=lambda r: r.rate), max(floors, key=lambda r: r.rate)
+    slowest = min(floors, key=lambda r: r.sustained)
+    fastest = max(floors, key=lambda r: r.sustained)
     say(
-        f"\nPrefect alone ({slowest.rate:.1f} to {fastest.rate:.1f} tasks/s) is the most any "
-        "billing run reaches on this machine and server; each run's share of it: "
+        f"\nPrefect alone sustains {slowest.sustained:.1f} to {fastest.sustained:.1f} tasks/s "
+        "(until the server is idle), the most any billing run with a task per invoice sustains "
+        "on this machine and server; each run's share of it: "
         + ", ".join(
-            f"{r.database}/{r.scenario} {r.rate / fastest.rate:.2f} to {r.rate / slowest.rate:.2f}"
+            f"{r.database}/{r.scenario} {r.sustained / fastest.sustained:.2f} to "
+            f"{r.sustained / slowest.sustained:.2f}"
             for r in results
             if r.database != "none"
         )

@@ -42,6 +42,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import stack
+from cpu_meter import SERVER, Meter, tree
 
 GOAL_PEAK_MIB = 1024
 GOAL_RATIO = 1.5
@@ -123,7 +124,11 @@ def bill(
         )
         stack.say(f"{size} requests ({lines} lines): invoiceflow batch …; {stack.load()}")
         err = (work / f"batch-{size}.err").open("wb")
-        server_cpu_before = stack.cpu_seconds(server_pid)
+        # The server's CPU is counted until it is idle again, its idle rate subtracted.
+        meter = Meter({SERVER: lambda: tree(server_pid)})
+        meter.baseline(seconds=5.0)
+        meter.settle()
+        server_start = meter.read()
         started = time.monotonic()
         process = subprocess.Popen(
             [sys.executable, "-m", "invoiceflow", "batch", str(source)],
@@ -170,7 +175,7 @@ def bill(
         stop.set()
         sampler.join(timeout=10)
         err.close()
-        server_cpu = stack.cpu_seconds(server_pid) - server_cpu_before
+        server_cpu = meter.until_idle(server_start, meter.read()).cpu[SERVER]
         sandbox_cpu = stack.cpu_seconds(sandbox.pid)
         reads, writes = stack.count_calls(sandbox.requests())
     done = size if process.returncode == 0 else max(billed_last[0], 0)

@@ -27,10 +27,10 @@ from pathlib import Path
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from cpu_meter import OURS, SERVER, Meter, standard_meter
 from stack import (
     KEY,
     Sandbox,
-    cpu_seconds,
     database,
     load,
     own_cpu_seconds,
@@ -92,8 +92,9 @@ def quickstart(sandbox: Sandbox, count: int, lines: int, tag: str) -> Pace:
     return Pace(count, time.perf_counter() - started, own_cpu_seconds() - cpu)
 
 
-def ours(workdir: Path, server_pid: int | None, count: int, lines: int, tag: str) -> Pace:
-    """Our billing run of `count` requests of the same shape: new customer, one new sku."""
+def ours(workdir: Path, meter: Meter, count: int, lines: int, tag: str) -> Pace:
+    """Our billing run of `count` requests of the same shape: new customer, one new sku.
+    Its CPU is ours plus the Prefect server's until the server is idle again."""
     from flows.billing_run import billing_run_flow
 
     entries = [
@@ -104,13 +105,13 @@ def ours(workdir: Path, server_pid: int | None, count: int, lines: int, tag: str
         entry["items"] = [{**entry["items"][0], "quantity": q} for q in range(1, lines + 1)]
     source = workdir / f"{tag}.jsonl"
     source.write_text("".join(json.dumps(e) + "\n" for e in entries))
-    cpu = own_cpu_seconds() + cpu_seconds(server_pid)
-    started = time.perf_counter()
+    meter.settle()
+    start = meter.read()
     report = billing_run_flow(source=str(source), run_id=tag)
-    wall = time.perf_counter() - started
+    usage = meter.until_idle(start, meter.read())
     if not report.ok:
         raise SystemExit("\n".join(report.lines()))
-    return Pace(count, wall, own_cpu_seconds() + cpu_seconds(server_pid) - cpu)
+    return Pace(count, usage.returned_after, usage.cpu[OURS] + usage.cpu[SERVER])
 
 
 def main() -> None:
@@ -132,6 +133,7 @@ def main() -> None:
         say("Starting a Prefect server and the sandbox (a process of its own)…")
         _api, server_pid = stack.enter_context(prefect_server())
         sandbox = stack.enter_context(sandbox_process())
+        meter = standard_meter(server_pid, sandbox.pid)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         url, _ = stack.enter_context(database(None))
         os.environ.update(
@@ -148,14 +150,15 @@ def main() -> None:
 
         get_runtime()
         # The first billing run of a process pays Prefect's one-time setup; not counted.
-        ours(workdir, server_pid, 2, args.lines, f"warmup{int(time.time())}")
+        meter.baseline()
+        ours(workdir, meter, 2, args.lines, f"warmup{int(time.time())}")
         for latency in (float(ms) for ms in args.latencies.split(",")):
             sandbox.configure(latency_ms=latency)
             tag = f"l{latency:g}-{int(time.time())}"
             say(f"{latency:g} ms: the script, {args.invoices} invoices…")
             script = quickstart(sandbox, args.invoices, args.lines, tag)
             say(f"{latency:g} ms: our billing run, {args.requests} requests…")
-            run = ours(workdir, server_pid, args.requests, args.lines, tag)
+            run = ours(workdir, meter, args.requests, args.lines, tag)
             results.append((latency, script, run))
     table(results, args)
 
@@ -166,7 +169,7 @@ def table(results: list[tuple[float, Pace, Pace]], args: argparse.Namespace) -> 
     say(
         f"\nInvoices of {args.lines} lines, each for a new customer and product; the script one "
         f"after another, our billing run on {get_settings().batch_workers} workers. "
-        "CPU: the script's process; ours plus the Prefect server's.\n"
+        "CPU: the script's process; ours plus the Prefect server's until it was idle again.\n"
     )
     say(
         "| Stripe latency | script: invoices/s (wall / CPU) | ours: invoices/s (wall / CPU) "
