@@ -1,7 +1,7 @@
 """Every benchmark runs, in its smallest form, so `bench/` cannot rot.
 
-The figures themselves are measured by hand and written into the README (see
-"Benchmarks"): on a shared CI machine they would only measure its load. Each
+The figures themselves are measured by hand and written into docs/benchmarks.md:
+on a shared CI machine they would only measure its load. Each
 benchmark starts its own sandbox, and where it needs one its own Prefect
 server and databases, as separate processes. Heavy tier.
 """
@@ -19,7 +19,9 @@ from tests.conftest import REPO
 SMOKES = {
     "bench_calls.py": ["--smoke"],
     "bench_ceiling.py": ["--smoke"],
+    "bench_cost.py": ["--smoke"],
     "bench_script.py": ["--smoke"],
+    "bench_shards.py": ["--smoke"],
     "bench_throughput.py": ["--smoke"],
     "bench_memory.py": ["--smoke"],
     "bench_payment_latency.py": ["--smoke"],
