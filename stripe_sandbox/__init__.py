@@ -13,6 +13,8 @@ Control plane (no API key, never faulted or rate-limited), wrapped by `RunningSa
     GET      /_sandbox/webhooks        webhook delivery attempts
     GET      /_sandbox/webhooks/in_flight   deliveries not yet ended (sent, retried or given up)
     POST     /_sandbox/idempotency/expire   forget saved keys (Stripe's 24 h passing)
+    POST     /_sandbox/bank_debits/settle[?invoice=in_…]   processing bank debits get
+                                       their outcome now (resources/bank_debits.py)
     DELETE   /_sandbox/data[?config=1] forget all state (and restore startup knobs)
 
 Simulated time is Stripe's own: test clocks (`/v1/test_helpers/test_clocks`, see

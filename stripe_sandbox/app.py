@@ -27,7 +27,7 @@ from stripe_sandbox.config import STALL_KINDS, ConfigError, SandboxConfig
 from stripe_sandbox.context import Call
 from stripe_sandbox.faults import FaultPlan, RateLimiter
 from stripe_sandbox.idempotency import IdempotencyStore, Saved
-from stripe_sandbox.resources import ROUTES, Route
+from stripe_sandbox.resources import ROUTES, Route, bank_debits
 from stripe_sandbox.store import Store, set_clock_offset
 from stripe_sandbox.webhooks import Dispatcher
 
@@ -329,6 +329,10 @@ class SandboxApp:
             return Response.json(200, {"in_flight": self.webhooks.in_flight()})
         if (method, path) == ("POST", "/_sandbox/idempotency/expire"):
             return Response.json(200, {"expired": self.idempotency.expire()})
+        if (method, path) == ("POST", "/_sandbox/bank_debits/settle"):
+            invoice = parse_qs(query).get("invoice", [None])[0]
+            settled = bank_debits.settle_all(self.store, self.config, invoice)
+            return Response.json(200, {"settled": settled})
         if (method, path) == ("DELETE", "/_sandbox/data"):
             reset_config = parse_qs(query).get("config", ["0"])[0] in ("1", "true")
             self.reset(reset_config)

@@ -33,8 +33,10 @@ _BOOLEAN_KNOBS = frozenset({"webhook_reorder", "record_responses", "allow_remote
 
 
 _INTEGER_KNOBS = frozenset(
-    {"webhook_max_attempts", "invoice_will_be_due_days", "invoice_overdue_days"}
+    {"webhook_max_attempts", "invoice_will_be_due_days", "invoice_overdue_days", "bank_debit_days"}
 )
+# Knobs where null is a value of its own, not a number missing.
+_NULLABLE_FLOAT_KNOBS = frozenset({"bank_debit_settle_ms"})
 
 
 class ConfigError(ValueError):
@@ -111,6 +113,12 @@ class SandboxConfig:
     # How long a test clock stays `advancing` before it is `ready` (real Stripe takes
     # seconds to minutes; clients poll either way).
     test_clock_advance_ms: float = 100.0
+    # A bank debit (`pm_usBankAccount_*`) stays `processing` before its outcome, as ACH
+    # does for up to four business days. Invoices on a test clock settle when the clock
+    # passes `bank_debit_days` after the payment; others after `bank_debit_settle_ms` of
+    # wall time, or, when that is null, only on `POST /_sandbox/bank_debits/settle`.
+    bank_debit_days: int = 4
+    bank_debit_settle_ms: float | None = 2_000.0
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply `changes` atomically: validate everything first, then assign."""
@@ -149,9 +157,16 @@ class SandboxConfig:
             raise ConfigError("rate_limit must be positive")
         if self.webhook_max_attempts < 1:
             raise ConfigError("webhook_max_attempts must be at least 1")
-        for name in ("invoice_will_be_due_days", "invoice_overdue_days", "test_clock_advance_ms"):
+        for name in (
+            "invoice_will_be_due_days",
+            "invoice_overdue_days",
+            "test_clock_advance_ms",
+            "bank_debit_days",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} cannot be negative")
+        if self.bank_debit_settle_ms is not None and self.bank_debit_settle_ms < 0:
+            raise ConfigError("bank_debit_settle_ms cannot be negative (null holds the debits)")
 
     def as_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -175,6 +190,8 @@ def _coerce(name: str, value: Any) -> Any:
             return value
         if name in _INTEGER_KNOBS:
             return int(value)
+        if name in _NULLABLE_FLOAT_KNOBS and value is None:
+            return None
         return float(value)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):

@@ -17,7 +17,7 @@ TEST_CLOCK_OBJECT = "test_helpers.test_clock"
 class Call:
     store: Store
     params: dict[str, Any]  # decoded form or query, still untyped
-    request_id: str
+    request_id: str | None  # None for what Stripe does on its own (a bank debit settling)
     idempotency_key: str | None
     # The sandbox's live knobs (the app's own object, so run-time changes show here).
     config: SandboxConfig = field(default_factory=SandboxConfig)

@@ -60,11 +60,14 @@ def _expand_path(store: Store, node: Any, parts: list[str], path: str) -> None:
             _expand_path(store, item, parts, path)
         return
     head, rest = parts[0], parts[1:]
-    if isinstance(node, dict) and head not in node and not rest:
-        # An includable field (invoice.payments, price.tiers): present only when asked for.
+    if isinstance(node, dict) and head not in node:
+        # An includable field (invoice.payments, price.tiers): present only when asked for,
+        # and expandable further (`payments.data.payment.payment_intent`).
         included = store.includable.get((str(node.get("id")), head))
         if included is not None:
             node[head] = copy.deepcopy(included)
+            if rest:
+                _expand_path(store, node[head], rest, path)
             return
     if not isinstance(node, dict) or head not in node:
         raise invalid(f"This property cannot be expanded ({path}).", param="expand")

@@ -139,6 +139,13 @@ class RunningSandbox:
         in_flight: int = self._control.get("/_sandbox/webhooks/in_flight").json()["in_flight"]
         return in_flight
 
+    def settle_bank_debits(self, invoice: str | None = None) -> list[str]:
+        """Give processing bank debits (of `invoice`, or all) their outcome now."""
+        params = {"invoice": invoice} if invoice else None
+        response = self._control.post("/_sandbox/bank_debits/settle", params=params)
+        settled: list[str] = response.json()["settled"]
+        return settled
+
     def expire_idempotency_keys(self) -> int:
         """Simulate Stripe's 24 h key retention passing: every saved key is forgotten."""
         expired: int = self._control.post("/_sandbox/idempotency/expire").json()["expired"]

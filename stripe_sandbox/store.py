@@ -34,6 +34,8 @@ COLLECTIONS: dict[str, tuple[str, str, int]] = {
     "we": ("webhook_endpoints", "webhook endpoint", _LONG_ID),
     "clock": ("test_clocks", "test clock", _LONG_ID),
     "card": ("cards", "source", _LONG_ID),
+    "pi": ("payment_intents", "payment_intent", _LONG_ID),
+    "inpay": ("invoice_payments", "invoice payment", _LONG_ID),
 }
 
 
@@ -59,6 +61,10 @@ class Store:
     deleted_customers: dict[str, JSON] = field(default_factory=dict)
     # PaymentIntents of finalized invoices (not served on their own: no /v1/payment_intents).
     payment_intents: dict[str, JSON] = field(default_factory=dict)
+    # Invoice payments by id (the same objects an invoice's `payments` list holds).
+    invoice_payments: dict[str, JSON] = field(default_factory=dict)
+    # PaymentIntent id -> its bank debit while `processing` (see resources/bank_debits.py).
+    bank_debits: dict[str, Any] = field(default_factory=dict)
     # customer id -> its tax ids ({type, value}); Stripe shows them on invoices.
     tax_ids: dict[str, list[JSON]] = field(default_factory=dict)
     # (object id, field) -> value of an *includable* field: Stripe leaves these out of the
@@ -132,7 +138,7 @@ class Store:
         self.invoice_lines.clear()
         self.webhook_secrets.clear()
         self.deleted_customers.clear()
-        self.payment_intents.clear()
+        self.bank_debits.clear()
         self.tax_ids.clear()
         self.includable.clear()
         self.maybe_pending.clear()

@@ -31,7 +31,7 @@ from stripe_sandbox.params import (
     Obj,
     Str,
 )
-from stripe_sandbox.resources import billing, fields, payments, sources
+from stripe_sandbox.resources import bank_debits, billing, fields, payments, revisions, sources
 from stripe_sandbox.resources.common import (
     Route,
     assign,
@@ -105,8 +105,9 @@ _DRAFT_FIELDS = {
 }
 _CREATE = {
     **_DRAFT_FIELDS,
-    "customer": Str(required=True),
+    "customer": Str(),  # required, unless `from_invoice` names the customer's invoice
     "currency": Currency(),
+    "from_invoice": revisions.FROM_INVOICE,
     "pending_invoice_items_behavior": Enum(values=("exclude", "include")),
 }
 # What Stripe still lets you edit once an invoice is finalized.
@@ -167,11 +168,17 @@ SEARCH_FIELDS = ("customer", "status", "metadata", "number", "currency", "total"
 def create(call: Call) -> JSON:
     params = read(call, _CREATE)
     store = call.store
-    customer = store.get("cus", params["customer"], param="customer")
+    original = revisions.original_of(store, params)  # a revision (see revisions.py)
+    customer_id = original["customer"] if original else params.get("customer")
+    if not customer_id:
+        raise missing_parameter("customer")
+    customer = store.get("cus", customer_id, param="customer")
     pending = store.pending_items(customer["id"])
-    include = params.get("pending_invoice_items_behavior") == "include"
+    include = params.get("pending_invoice_items_behavior") == "include" and original is None
     currency = (
-        (params.get("currency") or "").lower()
+        original["currency"]
+        if original
+        else (params.get("currency") or "").lower()
         or customer["currency"]
         or (pending[0]["currency"] if include and pending else billing.DEFAULT_CURRENCY)
     )
@@ -179,19 +186,25 @@ def create(call: Call) -> JSON:
     created = store.clock_time(customer["test_clock"])
     invoice = shapes.invoice(store.new_id("in"), created, customer, currency)
     invoice["test_clock"] = customer["test_clock"]
-    # Stripe starts from the customer's invoice settings; explicit parameters win.
-    settings = customer["invoice_settings"]
-    invoice["footer"] = settings["footer"]
-    invoice["custom_fields"] = copy.deepcopy(settings["custom_fields"])
     invoice["customer_tax_ids"] = copy.deepcopy(store.tax_ids.get(customer["id"], []))
-    if settings["rendering_options"] is not None:
-        invoice["rendering"] = _rendering({**settings["rendering_options"]})
+    if original is not None:
+        revisions.copy_fields(invoice, original)
+    else:
+        # Stripe starts from the customer's invoice settings; explicit parameters win.
+        settings = customer["invoice_settings"]
+        invoice["footer"] = settings["footer"]
+        invoice["custom_fields"] = copy.deepcopy(settings["custom_fields"])
+        if settings["rendering_options"] is not None:
+            invoice["rendering"] = _rendering({**settings["rendering_options"]})
     _apply_draft_fields(invoice, params)
     _apply_due_date(invoice, params)
     store.invoices[invoice["id"]] = invoice
     store.invoice_lines[invoice["id"]] = []
     payments.no_payments(store, invoice)
-    items = [item for item in pending if item["currency"] == currency] if include else []
+    if original is not None:
+        items = revisions.copied_items(store, original, created)
+    else:
+        items = [item for item in pending if item["currency"] == currency] if include else []
     billing.attach(call, invoice, items)
     call.emit("invoice.created", invoice)
     return invoice
@@ -466,6 +479,7 @@ def pay(call: Call, id: str) -> JSON:
         raise wrong_state("Invoice is already paid")
     if invoice["status"] == "void":
         raise wrong_state("This invoice can no longer be paid: it is void.")
+    bank_debits.refuse_while_processing(call.store, invoice, "pay")
     for first, second in (
         ("paid_out_of_band", "payment_method"),
         ("paid_out_of_band", "source"),
@@ -476,13 +490,15 @@ def pay(call: Call, id: str) -> JSON:
     method, decline = None, None
     if not params.get("paid_out_of_band"):
         method, decline = _payment_means(call.store, invoice, params)
+        if bank_debits.is_bank_debit(method):
+            bank_debits.check(invoice, method)
     if invoice["status"] == "draft":
         _finalize(call, invoice)  # Stripe finalizes a draft before attempting payment
         if invoice["status"] == "paid":  # a zero-amount invoice is paid on finalization
             return invoice
     if params.get("paid_out_of_band"):
         payments.settle(call.store, invoice, succeeded=False, payment_method=None)
-        _mark_paid(call, invoice, attempted=False)
+        payments.mark_paid(call, invoice, attempted=False)
         return invoice
     before = copy.deepcopy(invoice)
     invoice["attempted"] = True
@@ -496,8 +512,12 @@ def pay(call: Call, id: str) -> JSON:
         call.emit("invoice.payment_failed", invoice)
         call.emit("invoice.updated", invoice, changed(before, invoice))
         raise error
+    if bank_debits.is_bank_debit(method):
+        assert method is not None
+        bank_debits.start(call, invoice, method, before)  # open, processing, outcome later
+        return invoice
     payments.settle(call.store, invoice, succeeded=True, payment_method=method)
-    _mark_paid(call, invoice, attempted=True, before=before)
+    payments.mark_paid(call, invoice, attempted=True, before=before)
     return invoice
 
 
@@ -514,6 +534,9 @@ def _payment_means(
     card = None if method else sources.default_of(store, invoice["customer"])
     if card is not None:
         return card["id"], sources.decline_of(card)
+    if bank_debits.is_bank_debit(method):
+        assert method is not None
+        return method, None  # its outcome comes later (bank_debits.py)
     _check_payment_method(method)
     assert method is not None  # _check_payment_method refused an empty one
     return method, _DECLINES.get(method)
@@ -521,6 +544,7 @@ def _payment_means(
 
 def void(call: Call, id: str) -> JSON:
     read(call, {})
+    bank_debits.refuse_while_processing(call.store, call.store.get("in", id), "void")
     return _transition(
         call,
         id,
@@ -552,7 +576,16 @@ def _transition(
             f"You can only move an invoice to `{to}` when it is {' or '.join(allowed)}; "
             f"this invoice is {invoice['status']}."
         )
+    _move(call, invoice, to=to, stamp=stamp, event=event)
+    return invoice
+
+
+def _move(
+    call: Call, invoice: JSON, *, to: str, stamp: str, event: str, also: JSON | None = None
+) -> None:
+    """Change status (and the fields in `also`), reported by `event` and invoice.updated."""
     before = copy.deepcopy(invoice)
+    invoice.update(also or {})
     invoice["status"] = to
     invoice["status_transitions"][stamp] = call.store.clock_time(invoice["test_clock"])
     invoice["next_payment_attempt"] = None
@@ -561,13 +594,15 @@ def _transition(
         payments.settle(call.store, invoice, succeeded=False, payment_method=None)
     call.emit(event, invoice)
     call.emit("invoice.updated", invoice, changed(before, invoice))
-    return invoice
 
 
 def _finalize(call: Call, invoice: JSON) -> None:
     store = call.store
+    revisions.check_can_finalize(store, invoice)
     customer = store.customers.get(invoice["customer"])
     number = invoice["number"]
+    if number is None and invoice["from_invoice"] is not None:
+        number = revisions.number(store, invoice)  # no step of the customer's sequence
     if number is None:  # a number set on the draft is used as is, without a sequence step
         prefix = customer["invoice_prefix"] if customer else "INVOICE"
         sequence = customer["next_invoice_sequence"] if customer else 1
@@ -597,11 +632,30 @@ def _finalize(call: Call, invoice: JSON) -> None:
     elif invoice["amount_due"] > 0:
         payments.open_payment(store, invoice)
     call.emit("invoice.finalized", invoice)
+    if invoice["from_invoice"] is not None:
+        _replace_versions(call, invoice)
     if below_minimum:
-        _mark_paid(call, invoice, attempted=False, amount_paid=0)
+        payments.mark_paid(call, invoice, attempted=False, amount_paid=0)
     elif invoice["amount_due"] == 0:
         # Stripe marks an invoice with nothing to collect as paid the moment it is finalized.
-        _mark_paid(call, invoice, attempted=False)
+        payments.mark_paid(call, invoice, attempted=False)
+
+
+def _replace_versions(call: Call, revision: JSON) -> None:
+    """A finalized revision voids its original; every older version names it latest."""
+    older = list(revisions.older_versions(call.store, revision))
+    _move(
+        call,
+        older[0],
+        to="void",
+        stamp="voided_at",
+        event="invoice.voided",
+        also={"latest_revision": revision["id"]},
+    )
+    for version in older[1:]:  # already void: only the pointer moves
+        before = copy.deepcopy(version)
+        version["latest_revision"] = revision["id"]
+        call.emit("invoice.updated", version, changed(before, version))
 
 
 def _apply_customer_balance(call: Call, invoice: JSON, customer: JSON | None) -> None:
@@ -627,28 +681,6 @@ def _carry_to_balance(call: Call, invoice: JSON, customer: JSON) -> None:
     customer["balance"] += invoice["amount_due"]
     invoice["ending_balance"] = customer["balance"]
     call.emit("customer.updated", customer, changed(before, customer))
-
-
-def _mark_paid(
-    call: Call,
-    invoice: JSON,
-    *,
-    attempted: bool,
-    before: JSON | None = None,
-    amount_paid: int | None = None,
-) -> None:
-    before = before or copy.deepcopy(invoice)
-    invoice.update(
-        status="paid",
-        amount_paid=invoice["amount_due"] if amount_paid is None else amount_paid,
-        amount_remaining=0,
-        next_payment_attempt=None,
-    )
-    invoice["status_transitions"]["paid_at"] = call.store.clock_time(invoice["test_clock"])
-    call.emit("invoice.paid", invoice)
-    if attempted:
-        call.emit("invoice.payment_succeeded", invoice)
-    call.emit("invoice.updated", invoice, changed(before, invoice))
 
 
 def _apply_due_date(invoice: JSON, params: dict[str, Any]) -> None:

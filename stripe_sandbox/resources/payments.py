@@ -1,15 +1,37 @@
 """An invoice's payments: the PaymentIntent Stripe opens at finalization and its record.
 
 Stripe creates one PaymentIntent per finalized invoice with something to collect, and an
-`invoice_payment` tying the two; `expand[]=payments` shows them on the invoice, and a card
+`invoice_payment` tying the two; `expand[]=payments` shows them on the invoice,
+`GET /v1/invoice_payments?payment[type]=payment_intent&payment[payment_intent]=pi_…`
+finds the invoice of a PaymentIntent (what a `payment_intent.*` event names), and a card
 error carries the PaymentIntent (with its `last_payment_error`). Their timestamps are the
 invoice's time: its test clock's frozen time when it has one.
 """
 
 from __future__ import annotations
 
+import copy
+
 from stripe_sandbox import shapes
+from stripe_sandbox.context import Call, changed
+from stripe_sandbox.listing import paginate
+from stripe_sandbox.params import LIST_PAGING, Enum, IntOrRange, Obj, Str
+from stripe_sandbox.resources.common import Route, created_matches, read
 from stripe_sandbox.store import JSON, Store
+
+_LIST = {
+    **LIST_PAGING,
+    "invoice": Str(),
+    "status": Enum(values=("canceled", "open", "paid")),
+    "created": IntOrRange(),
+    "payment": Obj(
+        fields={
+            "type": Enum(required=True, values=("payment_intent", "payment_record")),
+            "payment_intent": Str(),
+            "payment_record": Str(),
+        }
+    ),
+}
 
 
 def no_payments(store: Store, invoice: JSON) -> None:
@@ -40,6 +62,7 @@ def open_payment(store: Store, invoice: JSON) -> None:
         "status_transitions": {"canceled_at": None, "paid_at": None},
     }
     store.payment_intents[intent["id"]] = intent
+    store.invoice_payments[payment["id"]] = payment  # the same object the list holds
     store.includable[(invoice["id"], "payments")] = _payments_list(invoice, [payment])
 
 
@@ -65,23 +88,102 @@ def settle(store: Store, invoice: JSON, *, succeeded: bool, payment_method: str 
         intent.update(status="canceled", canceled_at=stamp, cancellation_reason="void_invoice")
 
 
-def decline(store: Store, invoice: JSON, error: JSON) -> JSON | None:
-    """Record a declined attempt on the PaymentIntent; returns it for the error body."""
-    payment = _default_payment(store, invoice)
-    if payment is None:
+def decline(
+    store: Store, invoice: JSON, error: JSON, payment_method_type: str = "card"
+) -> JSON | None:
+    """Record a failed attempt on the PaymentIntent (a card declined, a bank debit
+    returned): it wants a payment method again. Returns it for the error body or event."""
+    intent = intent_of(store, invoice)
+    if intent is None:
         return None
-    intent = store.payment_intents[payment["payment"]["payment_intent"]]
     intent.update(
         status="requires_payment_method",
         payment_method=None,
-        last_payment_error={**error, "payment_method_type": "card"},
+        last_payment_error={**error, "payment_method_type": payment_method_type},
     )
     return intent
 
 
+def processing(store: Store, invoice: JSON, payment_method: str, method_type: str) -> JSON:
+    """A delayed-notification payment under way: the PaymentIntent is `processing`."""
+    intent = intent_of(store, invoice)
+    assert intent is not None, "an invoice being paid has its PaymentIntent"
+    intent.update(status="processing", payment_method=payment_method, last_payment_error=None)
+    if method_type not in intent["payment_method_types"]:
+        intent["payment_method_types"] = [*intent["payment_method_types"], method_type]
+    return intent
+
+
+def intent_of(store: Store, invoice: JSON) -> JSON | None:
+    """The invoice's PaymentIntent (None before finalization or with nothing to collect)."""
+    payment = _default_payment(store, invoice)
+    if payment is None:
+        return None
+    intent: JSON = store.payment_intents[payment["payment"]["payment_intent"]]
+    return intent
+
+
+def is_processing(store: Store, invoice: JSON) -> bool:
+    intent = intent_of(store, invoice)
+    return intent is not None and intent["status"] == "processing"
+
+
+def mark_paid(
+    call: Call,
+    invoice: JSON,
+    *,
+    attempted: bool,
+    before: JSON | None = None,
+    amount_paid: int | None = None,
+) -> None:
+    """The invoice becomes `paid`: `invoice.paid` (+ `payment_succeeded` when a payment
+    was attempted) and `invoice.updated`."""
+    before = before or copy.deepcopy(invoice)
+    invoice.update(
+        status="paid",
+        amount_paid=invoice["amount_due"] if amount_paid is None else amount_paid,
+        amount_remaining=0,
+        next_payment_attempt=None,
+    )
+    invoice["status_transitions"]["paid_at"] = call.store.clock_time(invoice["test_clock"])
+    call.emit("invoice.paid", invoice)
+    if attempted:
+        call.emit("invoice.payment_succeeded", invoice)
+    call.emit("invoice.updated", invoice, changed(before, invoice))
+
+
+def list_(call: Call) -> JSON:
+    params = read(call, _LIST)
+    payment = params.get("payment", {})
+    selected = (
+        item
+        for item in reversed(call.store.invoice_payments.values())
+        if all(item[name] == params[name] for name in ("invoice", "status") if name in params)
+        and created_matches(item, params.get("created"))
+        and (not payment or item["payment"]["type"] == payment["type"])
+        and all(
+            item["payment"].get(name) == payment[name]
+            for name in ("payment_intent", "payment_record")
+            if name in payment
+        )
+    )
+    return paginate(selected, params, "/v1/invoice_payments")
+
+
+def retrieve(call: Call, id: str) -> JSON:
+    read(call, {})
+    return call.store.get("inpay", id)
+
+
+ROUTES = [
+    Route("GET", "/v1/invoice_payments", list_),
+    Route("GET", "/v1/invoice_payments/{id}", retrieve),
+]
+
+
 def _default_payment(store: Store, invoice: JSON) -> JSON | None:
     payments = store.includable.get((invoice["id"], "payments"))
-    if not payments:
+    if not payments or not payments["data"]:  # a draft's list is empty
         return None
     payment: JSON = payments["data"][0]
     return payment

@@ -16,8 +16,9 @@ Advancing answers `status: advancing` at once and turns `ready` after
 `SandboxConfig.test_clock_advance_ms` (clients poll retrieve, as with Stripe). On the
 way, every open invoice of the clock's customers whose moment is crossed raises
 `invoice.will_be_due` (`invoice_will_be_due_days` before its due date) and
-`invoice.overdue` (`invoice_overdue_days` after it); each moment is crossed at most once,
-since a clock only moves forward.
+`invoice.overdue` (`invoice_overdue_days` after it), and every bank debit of theirs
+`bank_debit_days` old gets its outcome (`bank_debits.py`); each moment is crossed at most
+once, since a clock only moves forward.
 
 Stripe caps one advance at two intervals of the clock's shortest subscription, or two
 years when it has none; the sandbox has no subscriptions, so the cap is two calendar
@@ -37,7 +38,7 @@ from stripe_sandbox.context import Call, changed, record_event
 from stripe_sandbox.errors import invalid
 from stripe_sandbox.listing import paginate
 from stripe_sandbox.params import LIST_PAGING, Int, Str
-from stripe_sandbox.resources import customers
+from stripe_sandbox.resources import bank_debits, customers
 from stripe_sandbox.resources.common import Route, read
 from stripe_sandbox.store import JSON, Store, now
 
@@ -46,6 +47,9 @@ SECONDS_PER_DAY = 86_400
 LIFETIME_DAYS = 30
 # Without subscriptions, one advance may move a clock at most this many years.
 MAX_ADVANCE_YEARS = 2
+
+# A crossing that is a bank debit's outcome rather than an invoice event.
+_SETTLE = "bank_debit.settle"
 
 _CREATE = {"frozen_time": Int(required=True), "name": Str(), "customer": Str()}
 _ADVANCE = {"frozen_time": Int(required=True)}
@@ -130,14 +134,26 @@ def advance(call: Call, id: str) -> JSON:
 
 
 def _finish(store: Store, config: SandboxConfig, clock: JSON, target: int) -> None:
-    """Move the clock to `target`, raising the invoice events it crosses, then `ready`."""
+    """Move the clock to `target` through each moment it crosses, raising that moment's
+    invoice events and settling its bank debits in time order, then `ready`."""
     if store.test_clocks.get(clock["id"]) is not clock or clock["status"] != "advancing":
         return  # deleted, or the sandbox was reset, while it advanced
-    for moment, type_, invoice in sorted(
-        _crossed(store, config, clock["id"], clock["frozen_time"], target),
-        key=lambda crossing: crossing[0],  # stable: same moment keeps invoice order
-    ):
-        record_event(store, type_, invoice, created=moment)
+    start = clock["frozen_time"]
+    moments: list[tuple[int, str, str]] = [
+        (moment, type_, invoice["id"])
+        for moment, type_, invoice in _crossed(store, config, clock["id"], start, target)
+    ]
+    moments += [
+        (moment, _SETTLE, intent_id)
+        for moment, intent_id in bank_debits.due_on_clock(store, clock["id"], start, target)
+    ]
+    # Stable sort: the same moment keeps invoice order, reminders before settlements.
+    for moment, type_, subject in sorted(moments, key=lambda crossing: crossing[0]):
+        clock["frozen_time"] = moment  # what happens at a moment is stamped with it
+        if type_ == _SETTLE:
+            bank_debits.settle(store, config, subject)
+        elif store.invoices[subject]["status"] == "open":  # not paid earlier in the advance
+            record_event(store, type_, store.invoices[subject], created=moment)
     clock.update(frozen_time=target, status="ready", status_details={})
     record_event(store, "test_helpers.test_clock.ready", clock)
 
