@@ -1,7 +1,14 @@
 """All configuration, read once from the environment (or a `.env` file).
 
-Secrets are held as `SecretStr` so that a settings object printed, logged or put
-into an exception never shows them; validation errors never echo the input.
+pydantic-settings reads it: `INVOICEFLOW_<FIELD>` for ours, Stripe's own names
+(`STRIPE_API_KEY`, …) for Stripe's. Types and `Field` constraints check the values;
+what no type can say stays a validator (webhook secrets while rotating, the database
+URL, cron as Prefect reads it, the checks across fields). Each field's `description`
+is its reference: docs/configuration.md is generated from them
+(`python -m invoiceflow.settings_doc`).
+
+Secrets are held as secrets so that a settings object printed, logged or put into an
+exception never shows them; validation errors never echo the input.
 """
 
 from __future__ import annotations
@@ -10,19 +17,25 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo
 
 import pydantic_settings
 from pydantic import (
-    AliasChoices,
+    AfterValidator,
+    AnyHttpUrl,
+    BeforeValidator,
     Field,
+    Secret,
     SecretStr,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -30,11 +43,10 @@ from sqlalchemy.exc import ArgumentError
 from invoiceflow import cron
 from invoiceflow.paths import default_database_path, default_database_url
 
+ENV_PREFIX = "INVOICEFLOW_"
 # Key prefixes Stripe issues. Anything else is a typo or a publishable key (pk_…),
 # which cannot create invoices.
-_TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
 _LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
-
 _SUPPORTED_DB_BACKENDS = ("sqlite", "postgresql")
 # Stripe's documented global rate limits, calls a second.
 _STRIPE_RATE_PRESETS = {"test": 25.0, "live": 100.0}
@@ -45,6 +57,45 @@ MIN_TRIGGER_TOKEN_LENGTH = 16
 # bare prefix is public: whoever knows it could sign "paid" for any invoice.
 MIN_WEBHOOK_SECRET_CHARS = 24
 _WEBHOOK_SECRET = re.compile(rf"whsec_[A-Za-z0-9]{{{MIN_WEBHOOK_SECRET_CHARS},}}")
+_GENERATE = "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+
+T = TypeVar("T")
+
+
+def _entries(value: object) -> object:
+    """A list as people type it, `5,30,90`, or as JSON, `[5, 30, 90]`; pydantic then
+    checks each entry (and names it by its place in the error's `loc`)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text.startswith("["):
+        return [entry.strip() for entry in text.split(",")]
+    try:
+        return json.loads(text)  # "[" then valid JSON: a list
+    except json.JSONDecodeError:
+        raise ValueError("is not a valid JSON list") from None
+
+
+# `STRIPE_API_BASE=` (empty) means unset, as if the line were not there.
+BlankIsUnset = BeforeValidator(
+    lambda value: value.strip() or None if isinstance(value, str) else value
+)
+# NoDecode: pydantic-settings alone would read a list as JSON only.
+CommaList = Annotated[list[T], NoDecode, BeforeValidator(_entries)]
+StripeKey = Secret[Annotated[str, StringConstraints(pattern=r"^[sr]k_(test|live)_")]]
+StripeRate = Literal["test", "live", "off"] | Annotated[float, Field(gt=0)]
+if TYPE_CHECKING:  # callers get the plain strings they hand to the SDK and to Prefect
+    HttpUrlText = str
+    TimeZoneName = str
+else:  # checked by pydantic's types; the URL without the "/" AnyHttpUrl appends
+    HttpUrlText = Annotated[AnyHttpUrl, AfterValidator(lambda url: str(url).rstrip("/"))]
+    TimeZoneName = Annotated[ZoneInfo, AfterValidator(lambda zone: zone.key)]
+
+
+def _more(**extra: str) -> Any:
+    """A field's notes: `fix`, the end of its one-line error in place of pydantic's
+    message; `unit` of a list's entries; `shown_default`, the default the docs show."""
+    return {"json_schema_extra": extra}
 
 
 class SettingsError(ValueError):
@@ -53,171 +104,184 @@ class SettingsError(ValueError):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,  # fields with a validation_alias keep Stripe's names
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
         hide_input_in_errors=True,  # never echo a key back in an error
         allow_inf_nan=False,  # an infinite lease or timeout is a typo, not a wish
+        use_attribute_docstrings=True,  # the string under a field is its description
     )
 
-    stripe_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("STRIPE_API_KEY")
+    # --- Stripe -----------------------------------------------------------------
+    stripe_api_key: StripeKey | None = Field(
+        default=None,
+        validation_alias="STRIPE_API_KEY",
+        **_more(
+            fix="must be a secret or restricted key (sk_test_…, rk_test_…, sk_live_…, "
+            "rk_live_…); publishable keys (pk_…) cannot create invoices"
+        ),
     )
-    stripe_api_base: str | None = Field(
-        default=None, validation_alias=AliasChoices("STRIPE_API_BASE")
+    """Stripe secret or restricted key (`sk_test_…`, `rk_test_…`); live keys (`sk_live_…`,
+    `rk_live_…`) need `INVOICEFLOW_ALLOW_LIVE=1`. `invoiceflow demo` needs none."""
+    allow_live: bool = False
+    """Allow a live key, that is, bill real customers. Off, so that a live key pasted by
+    mistake is refused at start."""
+    stripe_api_base: Annotated[HttpUrlText | None, BlankIsUnset] = Field(
+        default=None,
+        validation_alias="STRIPE_API_BASE",
+        **_more(
+            fix="must be an http(s) URL such as http://127.0.0.1:12111 (leave it unset to "
+            "talk to Stripe itself)",
+            shown_default="Stripe itself",
+        ),
     )
+    """Where Stripe's API is, e.g. `http://127.0.0.1:12111` for the sandbox; unset: Stripe
+    itself."""
     stripe_webhook_secret: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("STRIPE_WEBHOOK_SECRET")
+        default=None, validation_alias="STRIPE_WEBHOOK_SECRET"
     )
-    # Bearer token of `invoiceflow serve`'s POST /invoices; the trigger refuses
-    # every request while it is unset.
+    """The webhook endpoint's signing secret, `whsec_` and at least 24 letters or digits as
+    Stripe shows it (anything shorter, empty or malformed is refused). While rotating: the
+    old and the new one separated by a comma, both accepted, each must be real. The webhook
+    receiver needs it."""
+    stripe_timeout_seconds: float = Field(default=30.0, gt=0)
+    """HTTP timeout of one Stripe call, in seconds. Shorter than the SDK's 80 s: a write that
+    times out is retried under the same idempotency key, so a short timeout costs nothing in
+    correctness and frees the worker sooner."""
+    stripe_test_clock: Annotated[str | None, BlankIsUnset] = Field(
+        default=None,
+        pattern=r"^clock_\S+$",
+        **_more(fix="must be a test clock id (clock_…), or unset"),
+    )
+    """Test mode only: new Stripe customers join this test clock (`clock_…`), so advancing
+    the clock moves their invoices through time."""
+
+    # --- the service and the ledger --------------------------------------------
     trigger_token: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("INVOICEFLOW_TRIGGER_TOKEN")
+        default=None,
+        min_length=MIN_TRIGGER_TOKEN_LENGTH,
+        **_more(
+            fix=f"must be at least {MIN_TRIGGER_TOKEN_LENGTH} characters; generate one "
+            f"with {_GENERATE}"
+        ),
     )
+    """Bearer token of `POST /invoices`, at least 16 characters (shorter ones can be guessed
+    over HTTP). `invoiceflow serve` needs it; the trigger refuses every request while it is
+    unset. Generate one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`."""
     database_url: str = Field(
         default_factory=default_database_url,
-        validation_alias=AliasChoices("INVOICEFLOW_DATABASE_URL"),
+        **_more(shown_default="`sqlite:///~/.local/share/invoiceflow/invoiceflow.db`"),
     )
-    allow_live: bool = Field(default=False, validation_alias=AliasChoices("INVOICEFLOW_ALLOW_LIVE"))
-    # How long a run holds a request before another run may take it over. Long
-    # enough for the slowest step plus retries; a crashed run blocks its request
-    # for at most this long.
-    lease_seconds: float = Field(
-        default=300.0, gt=0, validation_alias=AliasChoices("INVOICEFLOW_LEASE_SECONDS")
-    )
-    # Per-request HTTP timeout towards Stripe. Stripe's SDK default is 80 s; a
-    # write that times out is retried under the same idempotency key, so a shorter
-    # timeout costs nothing in correctness and frees the worker sooner.
-    stripe_timeout_seconds: float = Field(
-        default=30.0, gt=0, validation_alias=AliasChoices("INVOICEFLOW_STRIPE_TIMEOUT_SECONDS")
-    )
-    # In-task retries of one Stripe call (exponential backoff with jitter).
-    retry_attempts: int = Field(
-        default=6, ge=1, le=20, validation_alias=AliasChoices("INVOICEFLOW_RETRY_ATTEMPTS")
-    )
-    retry_base_delay_seconds: float = Field(
-        default=0.25, gt=0, validation_alias=AliasChoices("INVOICEFLOW_RETRY_BASE_DELAY_SECONDS")
-    )
-    retry_max_delay_seconds: float = Field(
-        default=8.0, gt=0, validation_alias=AliasChoices("INVOICEFLOW_RETRY_MAX_DELAY_SECONDS")
-    )
-    # Prefect task retries, after the in-task ones gave up: spread out to ride
-    # over a Stripe incident of a minute or two. Read as `5,30,90` or JSON
-    # `[5, 30, 90]` by `_delays` (NoDecode: not JSON-only, as lists would be).
-    task_retry_delays_seconds: Annotated[list[float], NoDecode] = Field(
+    """The ledger: `sqlite:///path` or `postgresql+psycopg://user@host/db`. The default is one
+    file per user (`$XDG_DATA_HOME/invoiceflow/…` when that is set), never the working
+    directory; `invoiceflow status` names it. A SQLite file in a directory that does not
+    exist is refused at start."""
+    lease_seconds: float = Field(default=300.0, gt=0)
+    """How long a run holds a request before another run may take it over, in seconds: long
+    enough for the slowest step plus retries. A live run renews its lease every third of
+    this; a crashed run blocks its request for at most this long."""
+    await_paid_seconds: float = Field(default=60.0, ge=0)
+    """How long `invoiceflow invoice` (without `--no-wait`) watches our database for the
+    payment the webhook receiver records, in seconds; then it reports `sent`."""
+    stale_run_seconds: float = Field(default=180.0, gt=0)
+    """A flow run still `Pending` this long after it was claimed (its process never came
+    up), or this long overdue in `Scheduled` with no worker (or `serve`) polling its
+    deployment for 60 s, is dead, in seconds: a billing run takes such a shard back, a
+    repeated `POST /invoices` starts the request again, and `serve` takes back such a run of
+    its own deployments (see [Scale-out](service.md#scale-out-one-billing-run-over-several-workers),
+    [Crashed runs](service.md#crashed-runs))."""
+
+    # --- retries ----------------------------------------------------------------
+    retry_attempts: int = Field(default=6, ge=1, le=20)
+    """Attempts of one Stripe call within its task, the first included (exponential backoff
+    with jitter between them)."""
+    retry_base_delay_seconds: float = Field(default=0.25, gt=0)
+    """First wait between those attempts, in seconds."""
+    retry_max_delay_seconds: float = Field(default=8.0, gt=0)
+    """Longest wait between those attempts, in seconds."""
+    task_retry_delays_seconds: CommaList[Annotated[float, Field(ge=0)]] = Field(
         default=[5.0, 30.0, 90.0],
-        validation_alias=AliasChoices("INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS"),
+        **_more(
+            fix="use seconds separated by commas, e.g. 5,30,90 (or JSON: [5, 30, 90]; [] for none)",
+            unit="seconds",
+        ),
     )
-    # How long `invoiceflow invoice` watches our database for the payment (which
-    # the webhook receiver records) before reporting the request still `sent`.
-    await_paid_seconds: float = Field(
-        default=60.0, ge=0, validation_alias=AliasChoices("INVOICEFLOW_AWAIT_PAID_SECONDS")
-    )
+    """Prefect task retries once the in-task ones gave up, the seconds before each: spread out
+    to ride over a Stripe incident of a minute or two. Also JSON `[5, 30, 90]`; `[]` for
+    none. Not for a Stripe that refuses the connection or never answers it (a wrong
+    `STRIPE_API_BASE`, no network): that is retried for at most 20 s plus one
+    `INVOICEFLOW_STRIPE_TIMEOUT_SECONDS`, then the run ends with exit 5 and one line naming
+    the address."""
 
-    # --- billing cycles (see docs/billing-cycles.md) -------------------------
-    # Cron expressions (5 fields, or @daily…) as Prefect parses them (`invoiceflow.cron`)
-    # in INVOICEFLOW_SCHEDULE_TIMEZONE; "off" serves the deployment without a schedule
-    # (runs only when triggered).
-    billing_cron: str = Field(
-        default="0 6 1 * *", validation_alias=AliasChoices("INVOICEFLOW_BILLING_CRON")
+    # --- billing cycles (see docs/billing-cycles.md) -----------------------------
+    billing_cron: str = "0 6 1 * *"
+    """When `invoiceflow serve` runs the billing run: a 5-field cron or an alias such as
+    `@monthly`, checked by Prefect's own parser, in `INVOICEFLOW_SCHEDULE_TIMEZONE`. One that
+    never fires, like `0 6 31 2 *`, is refused; `off` runs it only when triggered."""
+    dunning_cron: str = "0 7 * * *"
+    """When `invoiceflow serve` runs dunning; as above."""
+    reconcile_cron: str = "30 * * * *"
+    """When `invoiceflow serve` runs reconcile; as above."""
+    schedule_timezone: TimeZoneName = Field(
+        default="UTC", **_more(fix="is not an IANA time zone; use e.g. Europe/Berlin or UTC")
     )
-    dunning_cron: str = Field(
-        default="0 7 * * *", validation_alias=AliasChoices("INVOICEFLOW_DUNNING_CRON")
-    )
-    reconcile_cron: str = Field(
-        default="30 * * * *", validation_alias=AliasChoices("INVOICEFLOW_RECONCILE_CRON")
-    )
-    schedule_timezone: str = Field(
-        default="UTC", validation_alias=AliasChoices("INVOICEFLOW_SCHEDULE_TIMEZONE")
-    )
-    # What a scheduled billing run bills: "pending" (requests recorded in our
-    # database that are not sent yet), or a JSONL/CSV file or a directory of
-    # request files.
+    """The IANA time zone of those crons, e.g. `Europe/Berlin` (06:00 Berlin time, summer or
+    winter)."""
     billing_source: str = Field(
-        default="pending", min_length=1, validation_alias=AliasChoices("INVOICEFLOW_BILLING_SOURCE")
+        default="pending",
+        min_length=1,
+        **_more(fix="must be pending, a JSONL/CSV file or a directory of request files"),
     )
-    # Requests of one billing run in flight at once (threads of its flow run).
-    batch_workers: int = Field(
-        default=8, ge=1, le=64, validation_alias=AliasChoices("INVOICEFLOW_BATCH_WORKERS")
+    """What a scheduled billing run bills: `pending` (requests recorded in our database and
+    not sent yet), or a JSONL/CSV file or a directory of request files every worker can
+    read."""
+    batch_workers: int = Field(default=8, ge=1, le=64)
+    """Requests of one billing run in flight at once (threads of its flow run)."""
+    batch_chunk: int = Field(default=10, ge=1, le=250)
+    """Requests per Prefect task of a billing run: a chunk bills its requests as plain calls,
+    so Prefect's cost (a task run, its records, an artifact) is paid once per chunk; 1 keeps
+    a task per request."""
+    batch_shards: int = Field(default=1, ge=1, le=64)
+    """Shards a billing run is spread over: 1 bills in the run's own process; N starts N runs
+    of the `billing-shard` deployment on the work pool's workers (see
+    [Scale-out](service.md#scale-out-one-billing-run-over-several-workers))."""
+    dunning_reminder_days: CommaList[Annotated[int, Field(ge=0)]] = Field(
+        default=[1, 7, 14],
+        **_more(
+            fix="use days after the due date separated by commas, e.g. 1,7,14 (or '' for none)",
+            unit="days",
+        ),
     )
-    # Requests per Prefect task of a billing run: a chunk bills its requests as
-    # plain calls, so Prefect's cost (a task run, its records, an artifact) is
-    # paid once per chunk. 1 keeps a task per request.
-    batch_chunk: int = Field(
-        default=10, ge=1, le=250, validation_alias=AliasChoices("INVOICEFLOW_BATCH_CHUNK")
-    )
-    # Shards a billing run is spread over: 1 bills in the run's own process; N
-    # starts N runs of the `billing-shard` deployment on the work pool's workers.
-    batch_shards: int = Field(
-        default=1, ge=1, le=64, validation_alias=AliasChoices("INVOICEFLOW_BATCH_SHARDS")
-    )
-    # A flow run still Pending this long (claimed, its process never came up) or
-    # Scheduled this long past its time with no worker polling is dead: a billing
-    # run takes its shard back, a repeated POST /invoices starts the request again.
-    stale_run_seconds: float = Field(
-        default=180.0, gt=0, validation_alias=AliasChoices("INVOICEFLOW_STALE_RUN_SECONDS")
-    )
-    # Days after the due date on which an open invoice is emailed again.
-    dunning_reminder_days: Annotated[list[int], NoDecode] = Field(
-        default=[1, 7, 14], validation_alias=AliasChoices("INVOICEFLOW_DUNNING_REMINDER_DAYS")
-    )
-    # Days after the due date on which a still-open invoice is written off, and how.
-    dunning_final_days: int = Field(
-        default=30, ge=1, le=365, validation_alias=AliasChoices("INVOICEFLOW_DUNNING_FINAL_DAYS")
-    )
-    dunning_final_action: Literal["uncollectible", "void"] = Field(
-        default="uncollectible", validation_alias=AliasChoices("INVOICEFLOW_DUNNING_FINAL_ACTION")
-    )
-    # Test mode only: new Stripe customers are attached to this test clock
-    # (clock_…), so advancing the clock moves their invoices through time.
-    stripe_test_clock: str | None = Field(
-        default=None, validation_alias=AliasChoices("INVOICEFLOW_STRIPE_TEST_CLOCK")
-    )
+    """Days after the due date on which an open invoice is emailed again, in increasing order;
+    `''` for none."""
+    dunning_final_days: int = Field(default=30, ge=1, le=365)
+    """Days after the due date on which a still-open invoice is written off; later than the
+    last reminder."""
+    dunning_final_action: Literal["uncollectible", "void"] = "uncollectible"
+    """How it is written off: `uncollectible` (it can still be paid) or `void`."""
 
-    # --- the shared Stripe rate limit (see docs/design.md, "Rate limit") --------------
-    # test (25/s) | live (100/s) | a number of calls a second | off; unset:
-    # by the key's mode. Read through `stripe_rate_per_second()`.
-    stripe_rate: str | None = Field(
-        default=None, validation_alias=AliasChoices("INVOICEFLOW_STRIPE_RATE")
+    # --- the shared Stripe rate limit (see docs/design.md, "Rate limit") ---------
+    stripe_rate: Annotated[StripeRate | None, BlankIsUnset] = Field(
+        default=None,
+        **_more(
+            fix="must be test (25/s), live (100/s), a positive number of calls a second, or off",
+            shown_default="by the key: `test` (25/s), `live` (100/s)",
+        ),
     )
-    # memory | postgres | redis://host:port/db; unset: postgres when the
-    # database is PostgreSQL, else memory. Read through `rate_limit_store()`.
-    rate_limit_backend: str | None = Field(
-        default=None, validation_alias=AliasChoices("INVOICEFLOW_RATE_LIMIT_BACKEND")
+    """Stripe calls a second, shared by every process that calls Stripe with this key (see
+    [Rate limit](design.md#rate-limit)): `test` (25/s), `live` (100/s), a positive number, or
+    `off`; unset: by the key's mode."""
+    rate_limit_backend: Annotated[str | None, BlankIsUnset] = Field(
+        default=None,
+        pattern=r"^(memory|postgres|rediss?://\S+)$",
+        **_more(
+            fix="must be memory, postgres or a redis://host:port/db URL",
+            shown_default="`postgres` with a PostgreSQL database, else `memory`",
+        ),
     )
-
-    @field_validator("stripe_api_key")
-    @classmethod
-    def _known_key_prefix(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        key = value.get_secret_value()
-        if not key.startswith(_TEST_KEY_PREFIXES + _LIVE_KEY_PREFIXES):
-            raise ValueError(
-                "STRIPE_API_KEY must be a secret or restricted key (sk_test_…, rk_test_…, "
-                "sk_live_…, rk_live_…); publishable keys (pk_…) cannot create invoices"
-            )
-        return value
-
-    @field_validator("stripe_api_base")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        assert value is not None
-        if not value.startswith(("http://", "https://")) or value[-3:] == "://":
-            raise ValueError(
-                "STRIPE_API_BASE must be an http(s) URL such as http://127.0.0.1:12111 "
-                "(leave it unset to talk to Stripe itself)"
-            )
-        return value.rstrip("/")
-
-    @field_validator("task_retry_delays_seconds", mode="before")
-    @classmethod
-    def _delays(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        return _parse_delays(value)
+    """Where the shared limit lives: `memory` (this process only), `postgres` (our database,
+    which must then be PostgreSQL), or `redis://host:port/db`."""
 
     @field_validator("stripe_webhook_secret")
     @classmethod
@@ -250,18 +314,6 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("trigger_token")
-    @classmethod
-    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
-        # Short tokens can be guessed over HTTP; say how to make a good one.
-        if value is not None and len(value.get_secret_value()) < MIN_TRIGGER_TOKEN_LENGTH:
-            raise ValueError(
-                f"INVOICEFLOW_TRIGGER_TOKEN must be at least {MIN_TRIGGER_TOKEN_LENGTH} "
-                "characters; generate one with `python3 -c 'import secrets; "
-                "print(secrets.token_urlsafe(32))'`"
-            )
-        return value
-
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -284,132 +336,52 @@ class Settings(BaseSettings):
     @classmethod
     def _cron(cls, value: str, info: ValidationInfo) -> str:
         value = " ".join(value.split())
-        if value == "off":
-            return value
-        variable = f"INVOICEFLOW_{(info.field_name or '').upper()}"
-        # Checked by the parser that runs the schedule (Prefect's), not another one.
-        why = cron.problem(value)
+        # Checked by the parser that runs the schedule (Prefect's, imported only for
+        # an expression that is not a default), not another one.
+        why = None if value == "off" else cron.problem(value)
         if why is not None:
             raise ValueError(
-                f"{variable} {value!r} {why}; use e.g. '0 6 1 * *' (06:00 on the 1st), "
-                "'@monthly', or 'off' for no schedule"
+                f"{variable(info.field_name or '')} {value!r} {why}; use e.g. '0 6 1 * *' "
+                "(06:00 on the 1st), '@monthly', or 'off' for no schedule"
             )
-        return value
-
-    @field_validator("schedule_timezone")
-    @classmethod
-    def _timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"INVOICEFLOW_SCHEDULE_TIMEZONE {value!r} is not an IANA time zone; "
-                "use e.g. Europe/Berlin or UTC"
-            ) from None
         return value
 
     @field_validator("dunning_reminder_days", mode="before")
     @classmethod
-    def _reminder_days(cls, value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        hint = "use days after the due date separated by commas, e.g. 1,7,14 (or '' for none)"
-        days = []
-        for entry in (part.strip() for part in value.split(",") if value.strip()):
-            if not entry.isdigit():
-                raise ValueError(f"INVOICEFLOW_DUNNING_REMINDER_DAYS: {entry!r}: {hint}")
-            days.append(int(entry))
-        return days
+    def _no_reminders(cls, value: object) -> object:
+        return [] if isinstance(value, str) and not value.strip() else value
 
     @field_validator("dunning_reminder_days")
     @classmethod
     def _increasing(cls, value: list[int]) -> list[int]:
-        if any(day < 0 for day in value) or value != sorted(set(value)):
+        if value != sorted(set(value)):
             raise ValueError(
                 "INVOICEFLOW_DUNNING_REMINDER_DAYS must be distinct days >= 0 in increasing "
                 "order, e.g. 1,7,14"
             )
         return value
 
-    @field_validator("stripe_test_clock")
-    @classmethod
-    def _clock_id(cls, value: str | None) -> str | None:
-        if value in (None, ""):
-            return None
-        assert value is not None
-        if not value.startswith("clock_"):
-            raise ValueError(
-                "INVOICEFLOW_STRIPE_TEST_CLOCK must be a test clock id (clock_…), or unset"
-            )
-        return value
-
-    @field_validator("stripe_rate")
-    @classmethod
-    def _stripe_rate(cls, value: str | None) -> str | None:
-        if value is None or value.strip() == "":
-            return None
-        value = value.strip().lower()
-        if value in _STRIPE_RATE_PRESETS or value == "off":
-            return value
-        try:
-            rate = float(value)
-        except ValueError:
-            rate = float("nan")
-        if not 0 < rate < float("inf"):
-            raise ValueError(
-                "INVOICEFLOW_STRIPE_RATE must be test (25/s), live (100/s), a positive "
-                "number of calls a second, or off"
-            )
-        return value
-
-    @field_validator("rate_limit_backend")
-    @classmethod
-    def _rate_limit_backend(cls, value: str | None) -> str | None:
-        if value is None or value.strip() == "":
-            return None
-        value = value.strip()
-        if value in ("memory", "postgres") or value.startswith(("redis://", "rediss://")):
-            return value
-        raise ValueError(
-            "INVOICEFLOW_RATE_LIMIT_BACKEND must be memory, postgres or a redis://host:port/db URL"
-        )
-
     @model_validator(mode="after")
-    def _postgres_limit_needs_postgres(self) -> Settings:
+    def _consistent(self) -> Settings:
+        """The checks across fields; each names the variables to change."""
+        live = self.stripe_mode() == "live"
+        if live and not self.allow_live:
+            raise ValueError(
+                "STRIPE_API_KEY is a live key; set INVOICEFLOW_ALLOW_LIVE=1 to bill real customers"
+            )
+        if live and self.stripe_test_clock:
+            raise ValueError(
+                "INVOICEFLOW_STRIPE_TEST_CLOCK works only with a test key; unset it for live mode"
+            )
         if self.rate_limit_backend == "postgres" and not self._database_is_postgres():
             raise ValueError(
                 "INVOICEFLOW_RATE_LIMIT_BACKEND=postgres needs INVOICEFLOW_DATABASE_URL to be "
                 "PostgreSQL; use memory (one process) or redis://host:port/db"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _refuse_live_key_by_default(self) -> Settings:
-        if (
-            self.stripe_api_key is not None
-            and self.stripe_api_key.get_secret_value().startswith(_LIVE_KEY_PREFIXES)
-            and not self.allow_live
-        ):
-            raise ValueError(
-                "STRIPE_API_KEY is a live key; set INVOICEFLOW_ALLOW_LIVE=1 to bill real customers"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _dunning_ends_after_reminders(self) -> Settings:
         if self.dunning_reminder_days and self.dunning_reminder_days[-1] >= self.dunning_final_days:
             raise ValueError(
                 "INVOICEFLOW_DUNNING_FINAL_DAYS must be later than the last of "
                 "INVOICEFLOW_DUNNING_REMINDER_DAYS"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _test_clock_only_in_test_mode(self) -> Settings:
-        key = self.stripe_api_key.get_secret_value() if self.stripe_api_key else ""
-        if self.stripe_test_clock and key.startswith(_LIVE_KEY_PREFIXES):
-            raise ValueError(
-                "INVOICEFLOW_STRIPE_TEST_CLOCK works only with a test key; unset it for live mode"
             )
         return self
 
@@ -422,11 +394,10 @@ class Settings(BaseSettings):
 
     def stripe_rate_per_second(self) -> float | None:
         """Stripe calls a second for the shared limiter; None when it is off."""
-        if self.stripe_rate == "off":
+        rate = self.stripe_mode() if self.stripe_rate is None else self.stripe_rate
+        if rate == "off":
             return None
-        if self.stripe_rate is None:
-            return _STRIPE_RATE_PRESETS[self.stripe_mode()]
-        return _STRIPE_RATE_PRESETS.get(self.stripe_rate) or float(self.stripe_rate)
+        return _STRIPE_RATE_PRESETS[rate] if isinstance(rate, str) else rate
 
     def rate_limit_store(self) -> str:
         """memory, postgres, or the Redis URL where the shared limit lives."""
@@ -446,7 +417,7 @@ class Settings(BaseSettings):
         if self.trigger_token is None:
             raise SettingsError(
                 "INVOICEFLOW_TRIGGER_TOKEN is not set; it guards POST /invoices (generate "
-                "one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                f"one with {_GENERATE})"
             )
         return self.trigger_token.get_secret_value()
 
@@ -460,36 +431,6 @@ class Settings(BaseSettings):
     def require_webhook_secrets(self) -> list[str]:
         """Every signing secret accepted now (one, or the old and new ones while rotating)."""
         return [secret.strip() for secret in self.require_webhook_secret().split(",")]
-
-
-_DELAYS_HINT = "use seconds separated by commas, e.g. 5,30,90 (or JSON: [5, 30, 90]; [] for none)"
-
-
-def _parse_delays(text: str) -> list[float]:
-    """INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS as `5,30,90` or `[5, 30, 90]`."""
-    name = "INVOICEFLOW_TASK_RETRY_DELAYS_SECONDS"
-    text = text.strip()
-    if text.startswith("["):
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError:
-            raise ValueError(f"{name} is not a valid JSON list; {_DELAYS_HINT}") from None
-        if not isinstance(entries, list):
-            raise ValueError(f"{name}: {_DELAYS_HINT}")
-    else:
-        entries = [entry.strip() for entry in text.split(",")]
-    delays = []
-    for position, entry in enumerate(entries, start=1):
-        if entry == "" or entry is None or isinstance(entry, bool):
-            raise ValueError(f"{name}: entry {position} is empty; {_DELAYS_HINT}")
-        try:
-            delay = float(entry)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: entry {position} is not a number; {_DELAYS_HINT}") from None
-        if not 0 <= delay < float("inf"):
-            raise ValueError(f"{name}: entry {position} must be 0 or more seconds; {_DELAYS_HINT}")
-        delays.append(delay)
-    return delays
 
 
 def _require_sqlite_directory(backend: str, database: str | None) -> None:
@@ -509,30 +450,59 @@ def _require_sqlite_directory(backend: str, database: str | None) -> None:
         )
 
 
-def _field_error(exc: pydantic_settings.SettingsError) -> str:
-    """pydantic-settings' own parse errors name the field; we name the variable."""
-    match = re.search(r'field "(\w+)"', str(exc))
-    field = Settings.model_fields.get(match.group(1)) if match else None
-    alias = field.validation_alias if field is not None else None
-    if isinstance(alias, AliasChoices):
-        return f"{alias.choices[0]} cannot be parsed; check its format"
-    return "a setting cannot be parsed; check the INVOICEFLOW_* and STRIPE_* variables"
+def variable(field_name: str) -> str:
+    """The environment variable a field is read from."""
+    alias = Settings.model_fields[field_name].validation_alias
+    return alias if isinstance(alias, str) else ENV_PREFIX + field_name.upper()
+
+
+def extra(field: FieldInfo, key: str) -> str | None:
+    """One of the `_more` notes of a field."""
+    notes = field.json_schema_extra
+    value = notes.get(key) if isinstance(notes, dict) else None
+    return value if isinstance(value, str) else None
+
+
+# An error's `loc` starts with the field's alias when it has one, else its name.
+_FIELDS_BY_LOC = {
+    (field.validation_alias if isinstance(field.validation_alias, str) else name): name
+    for name, field in Settings.model_fields.items()
+}
+# What is wrong with an entry of a list, by the first word of pydantic's error type;
+# any other is its constraint (every list's entries are numbers >= 0).
+_ENTRY_PROBLEMS = {"float": "is not a number", "int": "is not a whole number"}
+
+
+def _one_line(error: ErrorDetails) -> str:
+    """pydantic's error as one line naming the variable and the fix (never the input)."""
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a check across fields names its variables
+        return message
+    name = _FIELDS_BY_LOC[str(error["loc"][0])]
+    field, where = Settings.model_fields[name], variable(name)
+    fix = extra(field, "fix")
+    if where in message:  # our validators name the variable and the fix
+        return message
+    if len(error["loc"]) > 1 and isinstance(error["loc"][1], int):  # an entry of a list
+        empty = error.get("input") in ("", None)
+        kind = error["type"].split("_")[0]
+        problem = _ENTRY_PROBLEMS.get(kind, f"must be 0 or more {extra(field, 'unit')}")
+        problem = "is empty" if empty else problem
+        return f"{where}: entry {error['loc'][1] + 1} {problem}; {fix}"
+    if error["type"] == "value_error":  # the list's own parse
+        return f"{where} {message}; {fix}"
+    return f"{where} {fix}" if fix else f"{where}: {message}"
 
 
 def load_settings() -> Settings:
     """Read settings, turning pydantic's report into one line per bad variable."""
     try:
         return Settings()
-    except pydantic_settings.SettingsError as exc:
-        raise SettingsError(_field_error(exc)) from None
+    except pydantic_settings.SettingsError as exc:  # a source could not read a value
+        raise SettingsError(f"{exc}; check the INVOICEFLOW_* and STRIPE_* variables") from None
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-            variable = ".".join(str(part) for part in err.get("loc", ())).upper()
-            if variable and variable not in message:
-                message = f"{variable}: {message}"
-            problems.append(message)
+        # A union (the Stripe rate) reports each of its members: one line is enough.
+        problems = dict.fromkeys(_one_line(error) for error in exc.errors())
         raise SettingsError("; ".join(problems)) from None
 
 

@@ -199,3 +199,64 @@ def test_trigger_token_is_secret_and_long_enough(monkeypatch: pytest.MonkeyPatch
     settings = load_settings()
     assert settings.require_trigger_token() == token
     assert token not in repr(settings) and token not in str(settings)
+
+
+def test_a_dotenv_file_is_read_and_the_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    # clean_env runs each test in its own empty directory: this .env is the only one.
+    Path(".env").write_text(
+        "STRIPE_API_KEY=sk_test_fromdotenv\nINVOICEFLOW_LEASE_SECONDS=45\n"
+        "INVOICEFLOW_BATCH_WORKERS=3\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("INVOICEFLOW_BATCH_WORKERS", "5")
+    settings = load_settings()
+    assert settings.require_stripe_key() == "sk_test_fromdotenv"
+    assert (settings.lease_seconds, settings.batch_workers) == (45.0, 5)
+
+
+@pytest.mark.parametrize(
+    "variable", ["STRIPE_API_BASE", "INVOICEFLOW_STRIPE_RATE", "INVOICEFLOW_STRIPE_TEST_CLOCK"]
+)
+def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    monkeypatch.setenv(variable, " ")
+    settings = load_settings()
+    assert (settings.stripe_api_base, settings.stripe_rate, settings.stripe_test_clock) == (
+        None,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "outcome"),
+    [
+        ("1, 7 ,14", [1, 7, 14]),
+        ("[2, 9]", [2, 9]),
+        ("", []),
+        ("1,,7", "INVOICEFLOW_DUNNING_REMINDER_DAYS: entry 2 is empty; use days"),
+        ("1,-7", "INVOICEFLOW_DUNNING_REMINDER_DAYS: entry 2 must be 0 or more days; use days"),
+        ("1.5", "INVOICEFLOW_DUNNING_REMINDER_DAYS: entry 1 is not a whole number; use days"),
+        ("7,1", "INVOICEFLOW_DUNNING_REMINDER_DAYS must be distinct days >= 0 in increasing"),
+    ],
+)
+def test_reminder_days_read_like_the_retry_delays(
+    monkeypatch: pytest.MonkeyPatch, value: str, outcome: list[int] | str
+) -> None:
+    monkeypatch.setenv("INVOICEFLOW_DUNNING_REMINDER_DAYS", value)
+    if isinstance(outcome, list):
+        assert load_settings().dunning_reminder_days == outcome
+        return
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value).startswith(outcome), str(refused.value)
+
+
+def test_a_time_zone_is_checked_and_kept_as_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INVOICEFLOW_SCHEDULE_TIMEZONE", "Europe/Berlin")
+    assert load_settings().schedule_timezone == "Europe/Berlin"
+    monkeypatch.setenv("INVOICEFLOW_SCHEDULE_TIMEZONE", "Mars/Olympus")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value) == (
+        "INVOICEFLOW_SCHEDULE_TIMEZONE is not an IANA time zone; use e.g. Europe/Berlin or UTC"
+    )
