@@ -1,14 +1,12 @@
 """All configuration, read once from the environment (or a `.env` file).
 
-pydantic-settings reads it: `INVOICEFLOW_<FIELD>` for ours, Stripe's own names
-(`STRIPE_API_KEY`, …) for Stripe's. Types and `Field` constraints check the values;
-what no type can say stays a validator (webhook secrets while rotating, the database
-URL, cron as Prefect reads it, the checks across fields). Each field's `description`
-is its reference: docs/configuration.md is generated from them
-(`python -m invoiceflow.settings_doc`).
-
-Secrets are held as secrets so that a settings object printed, logged or put into an
-exception never shows them; validation errors never echo the input.
+pydantic-settings reads it: `INVOICEFLOW_<FIELD>`, and Stripe's own names for Stripe's.
+Types and `Field` constraints check the values; what no type says stays a validator
+(webhook secrets while rotating, the database URL, cron as Prefect reads it, the checks
+across fields). The string under each field is its description, the reference that
+docs/configuration.md is generated from (`python -m invoiceflow.settings_doc`).
+Secrets stay secret: a settings object printed, logged or put into an exception never
+shows them, and validation errors never echo the input.
 """
 
 from __future__ import annotations
@@ -138,9 +136,7 @@ class Settings(BaseSettings):
     )
     """Where Stripe's API is, e.g. `http://127.0.0.1:12111` for the sandbox; unset: Stripe
     itself."""
-    stripe_webhook_secret: SecretStr | None = Field(
-        default=None, validation_alias="STRIPE_WEBHOOK_SECRET"
-    )
+    stripe_webhook_secret: SecretStr | None = Field(None, validation_alias="STRIPE_WEBHOOK_SECRET")
     """The webhook endpoint's signing secret, `whsec_` and at least 24 letters or digits as
     Stripe shows it (anything shorter, empty or malformed is refused). While rotating: the
     old and the new one separated by a comma, both accepted, each must be real. The webhook
@@ -436,11 +432,10 @@ class Settings(BaseSettings):
 def _require_sqlite_directory(backend: str, database: str | None) -> None:
     """SQLite creates the file but not its directory: name a missing one now rather
     than fail later with 'unable to open database file'."""
-    if backend != "sqlite" or not database or database == ":memory:":
+    # Not a file, a URI filename (SQLite's to interpret), or ours (made on first use).
+    if backend != "sqlite" or database in (None, "", ":memory:") or database.startswith("file:"):
         return
-    if database.startswith("file:"):  # a URI filename: SQLite's to interpret
-        return
-    if Path(database) == default_database_path():  # ours: made on first use
+    if Path(database) == default_database_path():
         return
     directory = Path(database).expanduser().parent
     if not directory.is_dir():
