@@ -51,6 +51,30 @@ class Card(StrEnum):
         }[self]
 
 
+class Method(StrEnum):
+    """How the customer pays: a card answers at once, a bank debit processes first."""
+
+    CARD = "card"
+    BANK_DEBIT = "bank-debit"
+
+
+class Outcome(StrEnum):
+    """What the bank answers a debit with, later (`pending`: it never answers)."""
+
+    PAID = "paid"
+    FAILED = "failed"
+    PENDING = "pending"
+
+    @property
+    def payment_method(self) -> str:
+        # Stripe's ACH Direct Debit test payment methods (stripe_sandbox/resources/bank_debits.py).
+        return {
+            Outcome.PAID: "pm_usBankAccount_success",
+            Outcome.FAILED: "pm_usBankAccount_insufficientFunds",
+            Outcome.PENDING: "pm_usBankAccount_processing",
+        }[self]
+
+
 sandbox_app = typer.Typer(
     help="The Stripe sandbox: serve it, or use a running one.",
     rich_markup_mode=None,  # plain help: full option names at 80 columns (see invoiceflow.cli)
@@ -105,6 +129,13 @@ def sandbox(
     invoice_overdue_days: Annotated[
         int, typer.Option(help="Days after the due date that invoice.overdue fires.")
     ] = 0,
+    bank_debit_settle_ms: Annotated[
+        float,
+        typer.Option(
+            help="How long a bank debit processes before its outcome (invoices on no test "
+            "clock; on a clock: 4 days of clock time).",
+        ),
+    ] = 2_000.0,
 ) -> None:
     """Serve a stateful Stripe API sandbox (test keys only), one log line per request.
 
@@ -135,6 +166,7 @@ def sandbox(
             allow_remote_webhooks=allow_remote_webhooks,
             invoice_will_be_due_days=invoice_will_be_due_days,
             invoice_overdue_days=invoice_overdue_days,
+            bank_debit_settle_ms=bank_debit_settle_ms,
         )
     except ConfigError as exc:
         _refuse(str(exc))
@@ -186,27 +218,49 @@ def pay(
         typer.Argument(help="A Stripe invoice id (in_…) or a request id from `status`."),
     ],
     card: Annotated[Card, typer.Option(help="The test card the customer pays with.")] = Card.VISA,
+    method: Annotated[
+        Method, typer.Option(help="card: paid or declined now; bank-debit: processing first.")
+    ] = Method.CARD,
+    outcome: Annotated[
+        Outcome | None,
+        typer.Option(help="With --method bank-debit: what the bank answers later."),
+    ] = None,
 ) -> None:
     """Pay an open invoice in the sandbox, as its customer would.
 
     The sandbox then sends the signed event (invoice.paid, or
-    invoice.payment_failed for a declined card) to its webhook endpoints. Exit 0
-    paid, 4 declined, 2 an invoice that cannot be paid (unknown, paid, void).
+    invoice.payment_failed for a declined card) to its webhook endpoints. A bank
+    debit answers at once with payment_intent.processing, the invoice still open;
+    invoice.paid or invoice.payment_failed follows when the sandbox settles it.
+    Exit 0 paid or processing, 4 declined, 2 an invoice that cannot be paid
+    (unknown, paid, void, processing).
     """
     import stripe
 
     from invoiceflow.money import format_minor_units
 
+    if outcome is not None and method is not Method.BANK_DEBIT:
+        _refuse("--outcome is what a bank answers: pass it with --method bank-debit")
+    if method is Method.BANK_DEBIT and card is not Card.VISA:
+        _refuse("--card is for --method card; a bank debit's result is --outcome")
     client = _client()
     invoice_id = invoice if invoice.startswith("in_") else _invoice_of_request(invoice)
+    bank_debit = (outcome or Outcome.PAID) if method is Method.BANK_DEBIT else None
+    payment_method = bank_debit.payment_method if bank_debit else card.payment_method
     try:
-        paid = client.v1.invoices.pay(invoice_id, {"payment_method": card.payment_method})
+        paid = client.v1.invoices.pay(invoice_id, {"payment_method": payment_method})
     except stripe.CardError as exc:
         typer.echo(f"error: {invoice_id} declined: {exc.user_message or exc}", err=True)
         raise typer.Exit(4) from None
     except stripe.StripeError as exc:
         _stripe_failed(exc)
-    amount = format_minor_units(paid.amount_paid, paid.currency)
+    amount = format_minor_units(paid.amount_remaining or paid.amount_paid, paid.currency)
+    if bank_debit is not None:
+        typer.echo(
+            f"{invoice_id} ({paid.number}): payment processing, {amount} by bank debit "
+            f"(the bank will answer: {bank_debit.value})"
+        )
+        return
     typer.echo(f"{invoice_id} ({paid.number}): {paid.status}, {amount} by {card.value} card")
 
 
