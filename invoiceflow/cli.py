@@ -20,13 +20,12 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from invoiceflow.cli_common import HELP_SETTINGS, database_errors, fail
 from invoiceflow.outcomes import Exit, classify
 
 if TYPE_CHECKING:
@@ -34,9 +33,6 @@ if TYPE_CHECKING:
     from invoiceflow.settings import Settings
     from invoiceflow.status import RequestStatus
 
-# Click's plain help, not Rich's panels: at 80 columns those cut option names
-# off and label every flag `<bool>`; this one wraps the help text instead.
-HELP_SETTINGS = {"max_content_width": 100}
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -51,31 +47,6 @@ db_app = typer.Typer(
     context_settings=HELP_SETTINGS,
 )
 app.add_typer(db_app, name="db")
-
-
-@contextmanager
-def database_errors() -> Iterator[None]:
-    """An unreachable or locked database is a temporary failure with a one-line reason;
-    one that does not exist is configuration."""
-    from sqlalchemy.exc import OperationalError
-
-    from invoiceflow.outcomes import missing_database
-
-    try:
-        yield
-    except OperationalError as exc:
-        missing = missing_database(exc)
-        if missing:
-            raise fail(
-                Exit.BAD_INPUT, f"{missing}; create it or fix INVOICEFLOW_DATABASE_URL"
-            ) from None
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        raise fail(Exit.TEMPORARY, f"database unreachable: {reason}") from None
-
-
-def fail(code: Exit, message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(int(code))
 
 
 @app.command()
@@ -263,12 +234,17 @@ def db_upgrade() -> None:
 def demo() -> None:
     """Run realistic requests end to end against an in-process Stripe sandbox. Needs no setup."""
     from invoiceflow.demo import run_demo
+    from invoiceflow.sandbox_command import NOT_INSTALLED, sandbox_missing
     from invoiceflow.settings import SettingsError
 
     try:  # the demo brings its own key, sandbox and database; the rest is the environment's
         code = run_demo()
     except SettingsError as exc:
         raise fail(Exit.BAD_INPUT, str(exc)) from None
+    except ModuleNotFoundError as exc:
+        if not sandbox_missing(exc):
+            raise
+        raise fail(Exit.BAD_INPUT, NOT_INSTALLED) from None
     raise typer.Exit(code)
 
 
@@ -381,7 +357,7 @@ def _register_subcommands() -> None:
     from invoiceflow.batch.cli import register as register_batch
     from invoiceflow.dunning.cli import register as register_dunning
     from invoiceflow.reconcile.cli import register as register_reconcile
-    from stripe_sandbox.cli import register as register_sandbox
+    from invoiceflow.sandbox_command import register as register_sandbox
 
     register_sandbox(app)
     register_batch(app)

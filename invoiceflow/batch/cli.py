@@ -49,7 +49,7 @@ def submit(
     invoicing them now; all of them, or none if any is invalid or conflicting."""
     from invoiceflow.batch.source import PENDING, SourceError, read_source
     from invoiceflow.batch.submit import SubmitRefused, submit_source
-    from invoiceflow.cli import database_errors, fail
+    from invoiceflow.cli_common import database_errors, fail
     from invoiceflow.runtime import get_runtime
     from invoiceflow.settings import SettingsError
 
@@ -99,7 +99,7 @@ def batch(
     from invoiceflow.batch import manifest
     from invoiceflow.batch.shards import ShardingError, check_shards
     from invoiceflow.batch.source import PENDING, SourceError, read_source
-    from invoiceflow.cli import database_errors, fail
+    from invoiceflow.cli_common import database_errors, fail
     from invoiceflow.runtime import get_runtime
     from invoiceflow.settings import SettingsError, get_settings
 
@@ -156,7 +156,7 @@ def _billable(read: Source, given: str) -> Source:
 def _run(read: Source, run_id: str, shards: int) -> BatchReport:
     from invoiceflow import progress
     from invoiceflow.batch.shards import ShardingError
-    from invoiceflow.cli import fail
+    from invoiceflow.cli_common import fail
     from invoiceflow.prefect_env import configure_prefect
     from invoiceflow.retry import describe
 

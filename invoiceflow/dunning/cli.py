@@ -38,7 +38,7 @@ def dunning(
     ] = False,
 ) -> None:
     """Send the reminders that are due for overdue invoices, and write off the ones past grace."""
-    from invoiceflow.cli import database_errors, fail
+    from invoiceflow.cli_common import database_errors, fail
     from invoiceflow.outcomes import Exit, classify
     from invoiceflow.settings import SettingsError, get_settings
 

@@ -33,7 +33,7 @@ def reconcile_command(
     since: Annotated[str | None, typer.Option("--since", help=SINCE_HELP)] = None,
     stale_minutes: Annotated[float, typer.Option("--stale-minutes", help=STALE_HELP)] = 10.0,
 ) -> None:
-    from invoiceflow.cli import database_errors, fail
+    from invoiceflow.cli_common import database_errors, fail
     from invoiceflow.reconcile.window import BadSince, parse_since
     from invoiceflow.settings import SettingsError, get_settings
 
