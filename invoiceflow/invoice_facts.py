@@ -18,36 +18,15 @@ answer never replaces a newer one, whichever commits last.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
-
-import stripe
 
 from invoiceflow.db.models import BillingRequestRow, utcnow
-
-# An invoice as Stripe answered it (the SDK's object) or as an event carried it (JSON).
-Snapshot = Mapping[str, Any] | stripe.StripeObject
+from invoiceflow.settlement import Snapshot, field, paid_at
 
 # How far along Stripe's status machine each status stands. Paid and void are
 # final and exclude each other, so they share the last rank.
 _RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
 _FINAL = ("paid", "void")
-
-
-def field(snapshot: Snapshot | None, name: str) -> Any:
-    """`snapshot[name]`, or None when the snapshot does not carry it."""
-    if snapshot is None or name not in snapshot:
-        return None
-    return snapshot[name]
-
-
-def paid_at(invoice: Snapshot) -> datetime | None:
-    """When Stripe says the invoice was paid (`status_transitions.paid_at`), if it says."""
-    stamp = field(field(invoice, "status_transitions"), "paid_at")
-    if isinstance(stamp, int) and not isinstance(stamp, bool):
-        return datetime.fromtimestamp(stamp, UTC)
-    return None
 
 
 def moves_forward(cached: str | None, status: object) -> bool:

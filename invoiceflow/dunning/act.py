@@ -20,7 +20,7 @@ reads the invoice's status.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import stripe
 from sqlalchemy.engine import Engine
@@ -33,6 +33,7 @@ from invoiceflow.dunning.plan import Cadence, days_overdue, is_reminder, latest_
 from invoiceflow.dunning.report import Outcome, StepLine
 from invoiceflow.runtime import Runtime
 from invoiceflow.settings import Settings
+from invoiceflow.settlement import settled_point
 from invoiceflow.stripe_keys import request_step_key
 from invoiceflow.stripe_write import write_once
 
@@ -41,16 +42,6 @@ log = logging.getLogger(__name__)
 # Dunning never waits long for a request another run is working on: the
 # request is simply taken by the next scheduled run.
 LEASE_PATIENCE_SECONDS = 2.0
-PAGE_SIZE = 100
-# Stripe keeps events for 30 days; past this margin a missing `invoice.sent`
-# proves nothing, and a reminder whose outcome is unknown is not sent again.
-EVENT_RETENTION = timedelta(days=29)
-# Stripe statuses past `open`, and the recovery point each one means.
-SETTLED = {
-    "paid": RecoveryPoint.PAID,
-    "void": RecoveryPoint.VOID,
-    "uncollectible": RecoveryPoint.UNCOLLECTIBLE,
-}
 
 
 class EventsExpired(RuntimeError):
@@ -260,7 +251,7 @@ class _Unit:
         self._finish(step, done.get(invoice.status or "", not_sent))
 
     def _settle(self, invoice: stripe.Invoice) -> None:
-        point = SETTLED.get(invoice.status or "")
+        point = settled_point(invoice.status)
         if point is None:
             raise RuntimeError(f"invoice {invoice.id} is {invoice.status}; expected it settled")
         invoicing.record_settlement(self.rt, self.request_id, self.owner, invoice, point)

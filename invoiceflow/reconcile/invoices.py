@@ -23,11 +23,10 @@ from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, RequestLine
 from invoiceflow.reconcile.report import ReconcileReport
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
+from invoiceflow.settlement import settled_point
 from invoiceflow.stripe_keys import META_LINE, META_REQUEST_ID, metadata_of
 from invoiceflow.stripe_paging import every
 from invoiceflow.webhooks.apply import settle_from_invoice
-
-_SETTLED_STATUSES = ("paid", "void", "uncollectible")
 
 
 @dataclass
@@ -85,7 +84,7 @@ def _check(
     if problems:
         sweep.drifted.add(request_id)
         report.drift += [f"{request_id}: {problem}; left alone" for problem in problems]
-    if invoice is not None and invoice.status in _SETTLED_STATUSES:
+    if invoice is not None and settled_point(invoice.status) is not None:
         outcome = settle_from_invoice(rt.engine, invoice.to_dict(for_json=True))
         if outcome.kind == "applied":  # else the events (or the receiver) got there first
             report.settled += 1

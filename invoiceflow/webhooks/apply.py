@@ -31,6 +31,7 @@ from sqlmodel import Session, select
 from invoiceflow import invoice_facts, ledger
 from invoiceflow.db.engine import insert_if_absent, transaction
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, utcnow
+from invoiceflow.settlement import settled_point
 from invoiceflow.stripe_keys import META_REQUEST_ID
 from invoiceflow.webhooks.inbox import InboxEvent
 
@@ -45,11 +46,6 @@ _SETTLING = {
     "invoice.payment_succeeded": "paid",
     "invoice.voided": "void",
     "invoice.marked_uncollectible": "uncollectible",
-}
-_POINT = {
-    "paid": RecoveryPoint.PAID,
-    "void": RecoveryPoint.VOID,
-    "uncollectible": RecoveryPoint.UNCOLLECTIBLE,
 }
 # Every event type this module acts on (reconciliation sweeps Stripe's event log for these).
 HANDLED_TYPES = (*_SETTLING, "invoice.payment_failed")
@@ -142,7 +138,7 @@ def receive(
             invoice, reread = dict(read), True
             current = invoice.get("status")
             if status is not None:
-                status = current if isinstance(current, str) and current in _POINT else None
+                status = current if settled_point(current) is not None else None
 
     with transaction(engine) as session:
         if not insert_if_absent(
@@ -181,13 +177,14 @@ def settle_from_invoice(engine: Engine, invoice: Mapping[str, Any]) -> Outcome:
     """Apply an invoice's settled status as read from Stripe (no event: reconciliation
     found it by listing), through the same forward-only move as an event."""
     status = invoice.get("status")
-    if not isinstance(status, str) or status not in _POINT:
+    point = settled_point(status)
+    if point is None:
         return Outcome("unchanged", f"invoice {invoice.get('id')} is {status}")
     with transaction(engine) as session:
         row = _locked_request(session, invoice)
         if row is None or row.stripe_invoice_id != invoice.get("id"):
             return Outcome("ignored", f"{invoice.get('id')} is not the invoice of a request")
-        return _settle(session, row, None, "invoice read", invoice, _POINT[status], True)
+        return _settle(session, row, None, "invoice read", invoice, point, True)
 
 
 def _request_id_of(invoice: Mapping[str, Any]) -> str | None:
@@ -260,8 +257,9 @@ def _apply(
         reason = f"{invoice_id} is not recorded for the request, and Stripe does not confirm it"
         ledger.note(session, row, "Stripe event for an unconfirmed invoice", event=event_id)
         return Outcome("ignored", reason)
-    if status is not None:
-        return _settle(session, row, event_id, type_, invoice, _POINT[status], reread)
+    point = settled_point(status)
+    if point is not None:
+        return _settle(session, row, event_id, type_, invoice, point, reread)
     if type_ == "invoice.payment_failed":
         if row.point.is_terminal:
             return Outcome("unchanged", f"payment failure after {row.point.value}")
