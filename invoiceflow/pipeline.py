@@ -12,6 +12,10 @@ after another inside its single task, so a batch of thousands does not pay for
 thousands of task runs per request. Each step retries transient Stripe
 failures itself (`invoiceflow.retry`); the order, the lease, the failure
 bookkeeping and the story live here once.
+
+`bill` opens the request's `Attempt` (`invoiceflow.attempt`) and keeps it live
+while it runs; a step, however it is run, is handed the request id and the
+lease owner, and works in the attempt they name.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from functools import partial
 from sqlmodel import Session
 
 from invoiceflow import catalog, customers, invoicing, lease, ledger
+from invoiceflow.attempt import Attempt, attempt_of, running
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint
 from invoiceflow.invoicing import DraftGone
 from invoiceflow.request import BillingRequest
@@ -74,6 +79,7 @@ def bill(
     steps: Steps,
     log: Log = _log,
     patience_seconds: float | None = None,
+    attempt: Attempt | None = None,
 ) -> Billed:
     """Take the request from wherever it stands to sent (or refresh a sent one), under its lease.
 
@@ -82,9 +88,13 @@ def bill(
     so this path runs, and is tested, without Prefect. Another run holding the
     lease is waited for up to `patience_seconds` (None: one lease TTL, so a
     second run of one request finds the first one's work done), then
-    `ledger.RequestBusy` is raised.
+    `ledger.RequestBusy` is raised. `attempt`: how this attempt runs (e.g.
+    `quiet`); None, a new one for `owner`.
     """
     request_id = request.request_id
+    attempt = attempt if attempt is not None else Attempt(owner, request_id)
+    if (attempt.owner, attempt.request_id) != (owner, request_id):
+        raise ValueError(f"attempt of {attempt.owner}/{attempt.request_id} passed for {owner}")
     ttl = rt.settings.lease_seconds
     patience = ttl if patience_seconds is None else patience_seconds
     started: list[BillingRequestRow] = []
@@ -95,7 +105,10 @@ def bill(
 
     # The lease is renewed for as long as this attempt lives; one that loses it
     # anyway (paused past it, taken over) stops before its next Stripe write.
-    with lease.held(rt.engine, request_id, owner, ttl, patience, on_take=start_attempt):
+    with (
+        lease.held(rt.engine, request_id, owner, ttl, patience, on_take=start_attempt),
+        running(attempt),
+    ):
         try:
             row = started[-1]
             if row.attempts > 1 or row.point is not RecoveryPoint.PLANNED:
@@ -153,12 +166,19 @@ def in_sequence(rt: Runtime) -> Steps:
     """The steps as plain calls, one after another in the caller's thread."""
     return Steps(
         prepare=partial(prepare_in_sequence, rt),
-        create_invoice=partial(invoicing.create_invoice, rt),
-        add_items=partial(invoicing.add_items, rt),
-        finalize=partial(invoicing.finalize, rt),
-        send=partial(invoicing.send, rt),
-        refresh_settlement=partial(invoicing.refresh_settlement, rt),
+        create_invoice=partial(_in_attempt, invoicing.create_invoice, rt),
+        add_items=partial(_in_attempt, invoicing.add_items, rt),
+        finalize=partial(_in_attempt, invoicing.finalize, rt),
+        send=partial(_in_attempt, invoicing.send, rt),
+        refresh_settlement=partial(_in_attempt, invoicing.refresh_settlement, rt),
     )
+
+
+def _in_attempt(
+    step: Callable[[Runtime, str, Attempt], object], rt: Runtime, request_id: str, owner: str
+) -> object:
+    """A step called as a `Step` is: with the request id and owner of the live attempt."""
+    return step(rt, request_id, attempt_of(owner, request_id))
 
 
 def prepare_in_sequence(rt: Runtime, request: BillingRequest, owner: str) -> None:
@@ -181,4 +201,4 @@ def prepare_in_sequence(rt: Runtime, request: BillingRequest, owner: str) -> Non
             catalog.ensure_price(
                 rt, sku, request.currency, unit_amount, product_ids[sku], request_id
             )
-    invoicing.mark_catalog_ready(rt, request_id, owner, customer=known)
+    invoicing.mark_catalog_ready(rt, request_id, attempt_of(owner, request_id), customer=known)

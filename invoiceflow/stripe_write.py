@@ -3,7 +3,8 @@
 Every step that writes to Stripe goes through `write_once`:
 
 1. record the intent (the idempotency key) in our database before calling Stripe
-   (the step before may have recorded it with its own commit: `precounted`);
+   (the step before may have recorded it with its own commit, and noted it on
+   the attempt: `Attempt.recorded`);
 2. if an earlier attempt recorded the same intent it may have reached Stripe
    without our database hearing back, so look the result up first (`find`);
 3. write under the key, retrying transient failures with the same key;
@@ -26,7 +27,6 @@ the ghost.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
@@ -34,6 +34,7 @@ from typing import TypeVar
 import stripe
 
 from invoiceflow import fresh, lease, ledger
+from invoiceflow.attempt import Attempt
 from invoiceflow.retry import call_with_retries, is_transient
 from invoiceflow.runtime import Runtime
 
@@ -55,30 +56,13 @@ def outcome_unknown(exc: BaseException) -> bool:
     )
 
 
-# Intents a step recorded for the next step's write in its own commit, by
-# (lease owner, key). Taken once, by the run that recorded them: a retry, a
-# rerun or another run records (and counts) the intent itself as before.
-_precounted: dict[tuple[str, str], ledger.Intent] = {}
-_precounted_lock = threading.Lock()
-PRECOUNTED_KEPT = 10_000  # intents recorded for a write that never came (a step skipped)
-
-
-def precounted(owner: str, intent: ledger.Intent) -> None:
-    """Note an intent recorded (`ledger.intend_in`) in a transaction that has committed."""
-    with _precounted_lock:
-        if len(_precounted) >= PRECOUNTED_KEPT:
-            _precounted.clear()
-        _precounted[owner, intent.key] = intent
-
-
-def _intend(rt: Runtime, key: str, step: str, request_id: str | None) -> ledger.Intent:
-    owner = lease.current_owner()
-    if owner is not None:
-        with _precounted_lock:
-            intent = _precounted.pop((owner, key), None)
-        if intent is not None:
-            return intent
-    return ledger.intend(rt.engine, key, step, request_id)
+def _intend(
+    rt: Runtime, key: str, step: str, request_id: str | None, attempt: Attempt | None
+) -> ledger.Intent:
+    # Recorded by the step before, in its own commit, in this very attempt: taken
+    # once. A retry, a rerun or another run records (and counts) the intent itself.
+    recorded = attempt.take_recorded(key) if attempt is not None else None
+    return recorded if recorded is not None else ledger.intend(rt.engine, key, step, request_id)
 
 
 def write_once(
@@ -93,8 +77,12 @@ def write_once(
     look_first: bool = False,
     find_first: Callable[[], T | None] | None = None,
     recheck_replays: bool = False,
+    attempt: Attempt | None = None,
 ) -> tuple[T, str]:
     """The written (or found) object and the key it was finally written under.
+
+    `attempt`: the billing attempt this write belongs to, whose step before may
+    have recorded this write's intent already (None: shared objects, dunning).
 
     `find_first`, when given, is the `look_first` lookup instead of `find`: one
     that need only find what Stripe's key window no longer covers (older than
@@ -102,7 +90,7 @@ def write_once(
     key, and those are checked with `find` (consistent) as always.
     """
     for _ in range(MAX_KEYS_PER_WRITE):
-        intent = _intend(rt, key, step, request_id)
+        intent = _intend(rt, key, step, request_id, attempt)
         if intent.seen_before or (look_first and find_first is None):
             found = find(intent)
             if found is not None:

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 
 from invoiceflow import catalog, customers, invoicing
+from invoiceflow.attempt import attempt_of
 from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.retry import is_transient, is_unreachable
 from invoiceflow.runtime import get_runtime
@@ -81,34 +82,39 @@ def ensure_customer(request_id: str, owner: str) -> str:
     return customers.ensure_customer(get_runtime(), request_id, owner)
 
 
+# The invoice's steps take plain strings (Prefect hashes and stores a task's
+# parameters) and work in the attempt `pipeline.bill` keeps live for them
+# (`invoiceflow.attempt`).
 @stripe_step("catalog-ready")
 def mark_catalog_ready(request_id: str, owner: str) -> None:
-    invoicing.mark_catalog_ready(get_runtime(), request_id, owner)
+    invoicing.mark_catalog_ready(get_runtime(), request_id, attempt_of(owner, request_id))
 
 
 @stripe_step("create-invoice")
 def create_invoice(request_id: str, owner: str) -> str:
-    return invoicing.create_invoice(get_runtime(), request_id, owner)
+    return invoicing.create_invoice(get_runtime(), request_id, attempt_of(owner, request_id))
 
 
 @stripe_step("add-items")
 def add_items(request_id: str, owner: str) -> None:
-    invoicing.add_items(get_runtime(), request_id, owner)
+    invoicing.add_items(get_runtime(), request_id, attempt_of(owner, request_id))
 
 
 @stripe_step("finalize")
 def finalize(request_id: str, owner: str) -> None:
-    invoicing.finalize(get_runtime(), request_id, owner)
+    invoicing.finalize(get_runtime(), request_id, attempt_of(owner, request_id))
 
 
 @stripe_step("send")
 def send(request_id: str, owner: str) -> None:
-    invoicing.send(get_runtime(), request_id, owner)
+    invoicing.send(get_runtime(), request_id, attempt_of(owner, request_id))
 
 
 @stripe_step("refresh-settlement")
 def refresh_settlement(request_id: str, owner: str) -> str:
-    point: RecoveryPoint = invoicing.refresh_settlement(get_runtime(), request_id, owner)
+    point: RecoveryPoint = invoicing.refresh_settlement(
+        get_runtime(), request_id, attempt_of(owner, request_id)
+    )
     return point.value
 
 

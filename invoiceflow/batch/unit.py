@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from invoiceflow import invoicing, ledger, pipeline
+from invoiceflow import ledger, pipeline
+from invoiceflow.attempt import Attempt
 from invoiceflow.batch import manifest
 from invoiceflow.batch.outcome import Outcome, of_exit, of_point
 from invoiceflow.db.models import BillingRequestRow
@@ -49,8 +50,7 @@ def bill_entry(
     log: pipeline.Log = _log,
 ) -> UnitResult:
     """Submit the request, take it as far as sent, and record the outcome in the manifest."""
-    with invoicing.quiet_steps():  # one line per request, below, not one per step
-        result = _bill(rt, request, owner, log)
+    result = _bill(rt, request, owner, log)
     manifest.record(rt.engine, run_id, position, result.outcome, result.reason)
     if result.reason is None:
         log.info("Request %s: %s, invoice %s", request.request_id, result.outcome, result.invoice)
@@ -62,8 +62,10 @@ def bill_entry(
 def _bill(rt: Runtime, request: BillingRequest, owner: str, log: pipeline.Log) -> UnitResult:
     try:
         ledger.submit(rt.engine, request)
+        # Quiet steps: one line per request (below), not one per step.
+        attempt = Attempt(owner, request.request_id, quiet=True)
         billed = pipeline.bill(
-            rt, request, owner, pipeline.in_sequence(rt), log, LEASE_PATIENCE_SECONDS
+            rt, request, owner, pipeline.in_sequence(rt), log, LEASE_PATIENCE_SECONDS, attempt
         )
     except Exception as exc:  # never got to work on it: conflict, busy, database down
         return failed(exc)
