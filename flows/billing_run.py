@@ -1,15 +1,25 @@
-"""The billing run: every request of a source, each its own unit of work.
+"""The billing run: every request of a source, billed in chunks of Prefect work.
 
-    read source → open manifest (new, or resume) ─┬─ invoice-<request 1> ─┐
-                                                   ├─ invoice-<request 2> ─┼─ report
+    read source → open manifest (new, or resume) ─┬─ bill requests 1-10 ──┐
+                                                   ├─ bill requests 11-20 ─┼─ report
                                                    └─ …                    ┘
 
-One Prefect task per request, on a thread pool of INVOICEFLOW_BATCH_WORKERS:
-never a flow run or subflow per request (each costs up to a second of
-heartbeat join), and each task runs the request's steps as plain calls (a task
-per step would cost as much again). A unit records its own outcome in the
-manifest, so one bad request never stops the others and a rerun — after a
-crash, or to retry what failed for a while — resumes only what did not finish.
+One Prefect task per chunk of requests (INVOICEFLOW_BATCH_CHUNK, sized by
+`invoiceflow.batch.chunks` so every thread gets several), on a thread pool of
+INVOICEFLOW_BATCH_WORKERS: never a flow run or subflow per request (each costs
+up to a second of heartbeat join), and a chunk bills its requests one after
+the other as plain calls (a task per request costs the Prefect server as much
+CPU as the invoicing; a task per step as much again). Each chunk publishes one
+table artifact (request, customer, amount, invoice, outcome, link). With
+INVOICEFLOW_BATCH_CHUNK=1 it is a task per request (`invoice-<request id>`)
+with each request's story artifact, as before chunks.
+
+A unit records its own outcome in the manifest, so one bad request never stops
+the others and a rerun — after a crash, or to retry what failed for a while —
+resumes only what did not finish. A run with failed or unfinished requests
+ends Failed (its message names them; calling the flow raises
+`report.RequestsFailed`, `run_billing` returns the report either way), and
+carries tags like an invoice run's (`invoiceflow.batch.console`).
 
 The parameters are references (a path, "pending", a run id), never the
 requests themselves: Prefect refuses parameters over 512 KiB.
@@ -21,7 +31,7 @@ same run is spread over workers of a process work pool:
       → billing-shard 1/N ‖ … ‖ billing-shard N/N (deployment runs, children of this one)
       → wait, with progress → report
 
-each shard running its share of the manifest with the same per-request tasks
+each shard running its share of the manifest in chunks the same way
 (`flows/billing_shard.py`, `invoiceflow.batch.shards`).
 """
 
@@ -29,23 +39,25 @@ from __future__ import annotations
 
 import queue
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from prefect import flow, get_run_logger, task
+from prefect import State, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run, task_run
+from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from invoiceflow import lease, progress, story
-from invoiceflow.batch import dispatch, manifest, report, unit
+from invoiceflow.batch import chunks, console, dispatch, manifest, report, unit
 from invoiceflow.batch import shards as sharding
 from invoiceflow.batch import source as source_module
 from invoiceflow.batch.outcome import Outcome
 from invoiceflow.request import BillingRequest
+from invoiceflow.retry import describe
 from invoiceflow.runtime import get_runtime
 from invoiceflow.settings import get_settings
 
@@ -77,23 +89,100 @@ def invoice_entry(run_id: str, position: int, request: BillingRequest) -> str:
     return result.outcome.value
 
 
-def bill_entries(run_id: str, entries: Iterable[tuple[int, BillingRequest]]) -> None:
-    """One `invoice-<request id>` task per entry on the flow's thread pool; wait for all.
+@task(
+    name="bill-chunk",
+    task_run_name="{label}",  # `bill requests 1-10` (`invoiceflow.batch.chunks.label`)
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=0,
+)
+def bill_chunk(
+    run_id: str, label: str, entries: Sequence[tuple[int, BillingRequest]]
+) -> list[str | None]:
+    """Bill a chunk's requests one after the other; each one's outcome (None: unrecorded).
 
-    Each task records its entry's outcome in the manifest itself. An entry that
+    A request's failure is its outcome, and the chunk goes on with the next
+    one: even an error the unit could not record (the database went away)
+    only leaves that entry unfinished in the manifest for a rerun.
+    """
+    logger = get_run_logger()
+    rt = get_runtime()
+    this_task = task_run.id or uuid.uuid4().hex
+    outcomes: list[str | None] = []
+    rows: list[dict[str, str]] = []
+    for position, request in entries:
+        owner = lease.new_owner(f"{this_task}/{position}")
+        try:
+            result = unit.bill_entry(rt, run_id, position, request, owner, logger)
+        except Exception as exc:
+            logger.warning("Request %s: not recorded: %s", request.request_id, describe(exc))
+            outcomes.append(None)
+            rows.append(report.chunk_row(request, "unfinished", reason=describe(exc)))
+            continue
+        outcomes.append(result.outcome.value)
+        link = result.row.hosted_invoice_url if result.row is not None else None
+        rows.append(
+            report.chunk_row(request, result.outcome.value, result.invoice, link, result.reason)
+        )
+    _publish_chunk(run_id, label, rows)
+    return outcomes
+
+
+def _publish_chunk(run_id: str, label: str, rows: list[dict[str, str]]) -> None:
+    """The chunk's table artifact, on its task run (no key: a 10,000-request run
+    would fill the UI's artifact catalogue with a thousand). Never fails the chunk."""
+    try:
+        create_table_artifact(
+            table=rows, description=f"Billing run {run_id}: {label}, one row per request"
+        )
+    except Exception as exc:  # the table is for people; the manifest has every outcome
+        get_run_logger().warning("Could not publish the table of %s: %s", label, describe(exc))
+
+
+def bill_entries(run_id: str, entries: Sequence[tuple[int, BillingRequest]]) -> None:
+    """Bill `entries` in chunks on the flow's thread pool (a task per entry with
+    INVOICEFLOW_BATCH_CHUNK=1); wait for all.
+
+    Each unit records its entry's outcome in the manifest itself. An entry that
     another run was holding (`busy`: its unit waited only briefly) is tried once
     more after all the others; still busy then, it stays `busy` for a rerun.
     """
     busy = _bill_window(run_id, entries)
     if busy:
         progress.note("%d request(s) held by another run: trying them again", len(busy))
-        _bill_window(run_id, busy)
+        _bill_window(run_id, busy, again=True)
 
 
 def _bill_window(
-    run_id: str, entries: Iterable[tuple[int, BillingRequest]]
+    run_id: str, entries: Sequence[tuple[int, BillingRequest]], again: bool = False
 ) -> list[tuple[int, BillingRequest]]:
     """Bill `entries` through the window; the ones that ended busy."""
+    settings = get_settings()
+    if settings.batch_chunk == 1:
+        return _bill_each(run_id, entries)
+    size = chunks.size(len(entries), settings.batch_workers, settings.batch_chunk)
+    submitted: dict[PrefectFuture[list[str | None]], Sequence[tuple[int, BillingRequest]]] = {}
+
+    def submit(chunk: Sequence[tuple[int, BillingRequest]]) -> PrefectFuture[list[str | None]]:
+        label = chunks.label([position for position, _ in chunk], again)
+        future = bill_chunk.submit(run_id, label, chunk)
+        submitted[future] = chunk
+        return future
+
+    busy = []
+    for done in in_window(submit, chunks.split(entries, size)):
+        chunk = submitted.pop(done)
+        outcomes = _outcome(done) or [None] * len(chunk)
+        busy += [
+            entry for entry, outcome in zip(chunk, outcomes, strict=True) if outcome == Outcome.BUSY
+        ]
+    return busy
+
+
+def _bill_each(
+    run_id: str, entries: Sequence[tuple[int, BillingRequest]]
+) -> list[tuple[int, BillingRequest]]:
+    """A task per entry (INVOICEFLOW_BATCH_CHUNK=1); the ones that ended busy."""
     submitted: dict[PrefectFuture[str], tuple[int, BillingRequest]] = {}
 
     def submit(entry: tuple[int, BillingRequest]) -> PrefectFuture[str]:
@@ -109,7 +198,7 @@ def _bill_window(
     return busy
 
 
-def _outcome(future: PrefectFuture[str]) -> str | None:
+def _outcome(future: PrefectFuture[R]) -> R | None:
     try:
         return future.result()
     except Exception:  # not the request's failure (the database?): the manifest shows it unfinished
@@ -166,13 +255,18 @@ def thread_pool() -> TaskRunner[PrefectFuture[Any]]:
 )
 def billing_run_flow(
     source: str = "pending", run_id: str | None = None, shards: int | None = None
-) -> report.BatchReport:
+) -> State[report.BatchReport]:
     """Invoice every request of `source` ("pending", a .jsonl/.csv file, or a directory).
 
     `run_id` names the run's manifest; by default it is derived from the
     source's name and content, so running the same source again resumes it.
     `shards` (default INVOICEFLOW_BATCH_SHARDS): 1 bills here; more spreads the
     run over that many `billing-shard` deployment runs.
+
+    Ends Completed with the report when every request is invoiced; else Failed,
+    its message naming the failed requests (Prefect's "Failed" filter, the
+    crashed-runs automation's final events and notifications all know it), with
+    `report.RequestsFailed` carrying the report.
     """
     logger = get_run_logger()
     rt = get_runtime()
@@ -181,6 +275,7 @@ def billing_run_flow(
         dispatch.require_deployment()
     read = source_module.read_source(source, rt.engine)
     run_id = manifest.check_run_id(run_id) if run_id else manifest.default_run_id(read)
+    console.tag_current_run(console.starting_tags(run_id))
     started = manifest.start(rt.engine, run_id, read)
     logger.info(
         "Billing run %s, attempt %d: %d of %d requests to do, %s",
@@ -199,8 +294,21 @@ def billing_run_flow(
     assert loaded is not None
     result = report.build(*loaded)
     publish(result)
+    console.tag_current_run(console.reported_tags(result))
     logger.info("%s", result.lines()[0])
-    return result
+    if result.ok:
+        return Completed(message=result.lines()[0], data=result)
+    return Failed(message=result.failed_line(), data=report.RequestsFailed(result))
+
+
+def run_billing(
+    source: str = "pending", run_id: str | None = None, shards: int | None = None
+) -> report.BatchReport:
+    """Run the billing run here and now; its report, whether or not requests failed."""
+    try:
+        return cast(report.BatchReport, billing_run_flow(source, run_id, shards))
+    except report.RequestsFailed as failed:
+        return failed.report
 
 
 def _billable(read: source_module.Source, positions: list[int]) -> list[tuple[int, BillingRequest]]:

@@ -1,9 +1,13 @@
-"""One shard of a billing run: its share of the run's manifest, one task per request.
+"""One shard of a billing run: its share of the run's manifest, in chunks.
 
-    the manifest's unfinished entries with position % shards == shard
-      ─┬─ invoice-<request 1> ─┐
-       ├─ invoice-<request 2> ─┼─ counts
-       └─ …                    ┘
+    the manifest's unfinished entries with position % shards == shard (shard 1 of 3 here)
+      ─┬─ bill requests 1-28 (10) ──┐
+       ├─ bill requests 31-58 (10) ─┼─ counts
+       └─ …                         ┘
+
+The chunks are the billing run's own (`flows.billing_run.bill_entries`): sized
+for this shard's share and threads, a table artifact each, a task per request
+with INVOICEFLOW_BATCH_CHUNK=1.
 
 Started by the billing run (`flows/billing_run.py`) as a run of the
 `billing-shard` deployment on a process work pool, so N workers on N machines

@@ -21,7 +21,7 @@ import pytest
 import stripe
 from sqlalchemy.engine import Engine
 
-from flows.billing_run import billing_run_flow
+from flows.billing_run import run_billing
 from invoiceflow import ledger
 from invoiceflow.batch import manifest
 from invoiceflow.batch.source import read_source
@@ -77,7 +77,7 @@ def test_a_busy_request_is_skipped_then_billed_once_after_the_others(
 
     holder = threading.Thread(target=let_go_once_skipped)
     holder.start()
-    result = billing_run_flow(str(source))
+    result = run_billing(str(source))
     holder.join()
 
     assert result.counts == {"invoiced": 3}, result.lines()
@@ -101,7 +101,7 @@ def test_a_request_still_busy_at_the_end_is_busy_for_a_rerun_never_billed_twice(
     source, requests = _source(tmp_path, "held")
     _held_by_another_run(engine, requests[1])
 
-    first = billing_run_flow(str(source))
+    first = run_billing(str(source))
 
     assert first.counts == {"invoiced": 2, "busy": 1}, first.lines()
     [busy] = first.failures
@@ -110,7 +110,7 @@ def test_a_request_still_busy_at_the_end_is_busy_for_a_rerun_never_billed_twice(
     assert held.stripe_invoice_id is None and held.lease_owner == OTHER_RUN
 
     ledger.release_lease(engine, "held-1", OTHER_RUN)
-    rerun = billing_run_flow(str(source))
+    rerun = run_billing(str(source))
 
     assert rerun.ok and rerun.counts == {"invoiced": 3}, rerun.lines()
     for request in requests:

@@ -424,7 +424,7 @@ def _write_csv(path: Path, prefix: str, *more_rows: str) -> Path:
 
 
 @pytest.mark.usefixtures("prefect_api")  # the billing run's orchestration contract
-def test_a_billing_run_reports_and_tells_each_invoice_story(
+def test_a_billing_run_of_chunks_of_one_reports_and_tells_each_invoice_story(
     sandbox: Any,
     stripe_client: stripe.StripeClient,
     sqlite_url: str,
@@ -432,13 +432,15 @@ def test_a_billing_run_reports_and_tells_each_invoice_story(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
-    """`invoiceflow batch` in process on the session's Prefect server: the report on
+    """`invoiceflow batch` in process on the session's Prefect server, with
+    INVOICEFLOW_BATCH_CHUNK=1 (a task per request, as before chunks): the report on
     stdout, exit 7 for the bad request, the run's table and summary artifacts, and a
     completed task run and a story artifact per invoice."""
     prefix = f"o{uuid.uuid4().hex[:6]}"
     zero = f"{prefix}-c3,acme,billing@acme.example,Acme,usd,seat,Seat,1200,,0,,"
     csv_file = _write_csv(tmp_path / "batch.csv", prefix, zero)
-    run_cli = configured_cli(monkeypatch, request, app_env(sandbox.url, sqlite_url))
+    env = app_env(sandbox.url, sqlite_url, INVOICEFLOW_BATCH_CHUNK="1")
+    run_cli = configured_cli(monkeypatch, request, env)
 
     result = run_cli("batch", str(csv_file))
 
@@ -458,6 +460,125 @@ def test_a_billing_run_reports_and_tells_each_invoice_story(
     _assert_invoiced_once(stripe_client, billed)
     _assert_table_artifact(run_id, invoiced=2, failures=1)
     _assert_each_invoice_has_its_story(billed)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_billing_run_bills_in_chunks_and_a_failed_request_fails_the_run_not_its_chunk(
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Seven requests in chunks of 3 on one thread (min(3, ceil(7 / (1 thread x 2))) = 3):
+    three tasks named by their range, each bills its requests once and publishes one
+    table of them. The second request, refused by Stripe, is its row's outcome: its
+    chunk bills the third. The run started from the CLI is named after its run id,
+    ends Failed saying which request failed, and is tagged like an invoice run."""
+    prefix = f"h{uuid.uuid4().hex[:6]}"
+    requests = _requests(prefix, 7)
+    refused = make_request(  # the sandbox, like many Stripe accounts, takes no leones
+        requests[1].request_id,
+        customer=f"{prefix}-sll",
+        currency="sll",
+        items=[{"sku": f"{prefix}-sll", "name": "Seat (SLL)", "unit_amount": 1200}],
+    )
+    requests[1] = refused
+    source = _jsonl(tmp_path / "chunked.jsonl", [_as_json(r) for r in requests])
+    env = app_env(
+        sandbox.url, sqlite_url, INVOICEFLOW_BATCH_CHUNK="3", INVOICEFLOW_BATCH_WORKERS="1"
+    )
+    run_cli = configured_cli(monkeypatch, request, env)
+
+    result = run_cli("batch", str(source))
+
+    assert result.exit_code == 7, (result.stdout, result.stderr[-3000:])
+    run_id = _run_id_of(source)
+    assert f"{run_id} (attempt 1): 7 requests: 6 invoiced, 1 refused" in result.stdout
+    assert f"failed {refused.request_id}: refused: create price " in result.stdout
+    good = [r for r in requests if r is not refused]
+    _assert_invoiced_once(stripe_client, good)
+    assert not _invoices_by_request(stripe_client).get(refused.request_id)
+    outcomes = [(item.request_id, item.outcome) for item in _items(sqlite_url, run_id)]
+    assert outcomes == [(r.request_id, "refused" if r is refused else "invoiced") for r in requests]
+    _assert_table_artifact(run_id, invoiced=6, failures=1)
+
+    run = _flow_run(f"billing-run-{run_id}")
+    assert run.state is not None and run.state.type.value == "FAILED"
+    assert run.state.name == "Failed"
+    assert run.state.message == f"1 of 7 requests failed ({refused.request_id})"
+    tags = {"trigger:cli", f"billing-run:{run_id}", "currency:usd", "failed:refused"}
+    assert tags <= set(run.tags), run.tags
+    tables = _chunk_tables(run.id, ["bill requests 1-3", "bill requests 4-6", "bill request 7"])
+    invoices = {r: found[0] for r, found in _invoices_by_request(stripe_client).items()}
+    chunks = [requests[0:3], requests[3:6], requests[6:7]]
+    for chunk, rows in zip(chunks, tables.values(), strict=True):
+        assert [row["request"] for row in rows] == [r.request_id for r in chunk]
+        for billing_request, row in zip(chunk, rows, strict=True):
+            assert row["customer"] == billing_request.customer.id
+            if billing_request is refused:
+                assert (row["outcome"], row["invoice"], row["link"]) == ("refused", "", "")
+                assert "sll" in row["reason"].lower()
+                continue
+            invoice = invoices[billing_request.request_id]
+            assert (row["amount"], row["outcome"]) == ("24.00 USD", "invoiced")
+            assert row["invoice"] == f"{invoice.id} ({invoice.number})"
+            assert row["link"] and row["link"] == invoice.hosted_invoice_url
+
+
+def _flow_run(name: str) -> Any:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+    return run
+
+
+def _chunk_tables(flow_run_id: Any, names: list[str]) -> dict[str, list[dict[str, str]]]:
+    """The completed task runs of a billing run, which must be `names`, and each one's
+    single table artifact: its rows, by task run name in the order of `names`."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterTaskRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    with get_client(sync_client=True) as client:
+
+        def task_runs() -> dict[str, Any] | None:  # recorded from events, a moment later
+            found = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            done = [run for run in found if run.state and run.state.is_completed()]
+            return {run.name: run for run in done} if len(done) >= len(names) else None
+
+        runs = wait_for(task_runs, "a completed task run per chunk")
+        assert sorted(runs) == sorted(names)
+
+        def tables() -> dict[str, list[Any]] | None:
+            by_task = {
+                name: client.read_artifacts(
+                    artifact_filter=ArtifactFilter(
+                        task_run_id=ArtifactFilterTaskRunId(any_=[runs[name].id])
+                    )
+                )
+                for name in names
+            }
+            return by_task if all(by_task.values()) else None
+
+        artifacts = wait_for(tables, "a table artifact per chunk")
+    out = {}
+    for name in names:
+        [table] = artifacts[name]
+        assert table.type == "table" and table.key is None
+        out[name] = json.loads(str(table.data))
+    return out
 
 
 @pytest.mark.usefixtures("configured")

@@ -169,11 +169,11 @@ def _run(read: Source, run_id: str, shards: int) -> BatchReport:
             "starting Prefect's temporary local server (about 10 s; "
             "set PREFECT_API_URL to use a running one)"
         )
-    from flows.billing_run import billing_run_flow
+    from flows.billing_run import run_billing
     from invoiceflow.outcomes import classify
 
     try:
-        return billing_run_flow(source=read.name, run_id=run_id, shards=shards)
+        return run_billing(source=read.name, run_id=run_id, shards=shards)
     except ShardingError as exc:  # no shard deployment to start: configuration, nothing billed
         raise fail(Exit.BAD_INPUT, str(exc)) from None
     except Exception as exc:  # the run itself failed (database gone): say so in one line

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from invoiceflow.batch.outcome import Outcome
 from invoiceflow.db.models import BillingRun, BillingRunItem
 from invoiceflow.money import format_minor_units
+from invoiceflow.request import BillingRequest
 
 
 class Failure(BaseModel):
@@ -35,6 +36,16 @@ class BatchReport(BaseModel):
     @property
     def ok(self) -> bool:
         return not self.failures and not self.counts.get("unfinished")
+
+    def failed_line(self) -> str:
+        """What did not go well, in one line (the flow run's Failed state says it)."""
+        failed = [f.request_id or f"entry {f.position}" for f in self.failures]
+        line = f"{len(failed)} of {self.total} requests failed"
+        if self.counts.get("unfinished"):
+            line += f", {self.counts['unfinished']} did not finish"
+        if failed:
+            line += f" ({', '.join(failed[:10])}{', …' if len(failed) > 10 else ''})"
+        return line
 
     def lines(self) -> list[str]:
         """The report as the CLI prints it."""
@@ -85,6 +96,38 @@ class BatchReport(BaseModel):
                 for f in self.failures
             ]
         return "\n".join(out) + "\n"
+
+
+class RequestsFailed(Exception):
+    """A billing run ended with failed or unfinished requests: what calling its flow
+    raises (its state is Failed), with the run's report."""
+
+    def __init__(self, report: BatchReport) -> None:
+        super().__init__(f"billing run {report.run_id}: {report.failed_line()}")
+        self.report = report
+
+    def __reduce__(self) -> tuple[type[RequestsFailed], tuple[BatchReport]]:
+        return type(self), (self.report,)  # pickles (Prefect may) with its report
+
+
+def chunk_row(
+    request: BillingRequest,
+    outcome: str,
+    invoice: str | None = None,
+    link: str | None = None,
+    reason: str | None = None,
+) -> dict[str, str]:
+    """One request's row in its chunk's table artifact. Business data only (the
+    reason is `retry.describe`'s: no key, no secret)."""
+    return {
+        "request": request.request_id,
+        "customer": request.customer.id,
+        "amount": format_minor_units(request.total_amount(), request.currency),
+        "invoice": invoice or "",
+        "outcome": outcome,
+        "link": link or "",
+        "reason": reason or "",
+    }
 
 
 def build(run: BillingRun, items: Sequence[BillingRunItem]) -> BatchReport:
