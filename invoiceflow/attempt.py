@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from invoiceflow import fresh
-from invoiceflow.ledger import Intent
+from invoiceflow.write_intents import Intent
 
 # Lines checked from the answer of the add_lines call this attempt made moments
 # ago are as current as a read right before finalizing would be; older, re-read.

@@ -43,6 +43,16 @@ from invoiceflow.money import (
     parse_decimal,
     to_minor_units,
 )
+from invoiceflow.request_input import (
+    MAX_JSON_DEPTH,
+    MAX_NUMBER_CHARS,
+    InvalidJson,
+    describe,
+    field_path,
+    path_part,
+    read_json,
+    read_yaml,
+)
 from invoiceflow.stripe_limits import (
     MAX_AMOUNT,
     MAX_ITEMS_PER_INVOICE,
@@ -50,6 +60,22 @@ from invoiceflow.stripe_limits import (
     METADATA_MAX_KEYS,
     METADATA_MAX_VALUE_LENGTH,
 )
+
+# What callers import from here; reading raw text lives in `request_input`.
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_NUMBER_CHARS",
+    "MAX_QUANTITY",
+    "BillingRequest",
+    "Customer",
+    "InvalidJson",
+    "Item",
+    "Problem",
+    "RequestError",
+    "load_request",
+    "parse_request",
+    "read_json",
+]
 
 # No real order has a million of one thing; a bigger number is nearly always an
 # amount typed into the quantity field. (The line cap, MAX_AMOUNT, is the hard limit.)
@@ -282,7 +308,7 @@ class BillingRequest(_Model):
                 )
             )
         for key, val in value.items():
-            where = _path_part(key)
+            where = path_part(key)
             if not isinstance(key, str) or not key:
                 problems.append((where, "keys must be non-empty strings"))
                 continue
@@ -305,7 +331,7 @@ class BillingRequest(_Model):
                     )
                 )
             if not isinstance(val, str):
-                problems.append((where, f"value must be a string, got {_describe(val)}; quote it"))
+                problems.append((where, f"value must be a string, got {describe(val)}; quote it"))
             elif not val:
                 problems.append(
                     (where, "value is empty; Stripe drops empty values, so omit the key instead")
@@ -406,7 +432,7 @@ def parse_request(data: object) -> BillingRequest:
                     "",
                     "a billing request must be a mapping of fields "
                     f"(request_id, customer, currency, items, ...), "
-                    f"got {_describe(data)}",
+                    f"got {describe(data)}",
                 )
             ]
         )
@@ -435,7 +461,7 @@ def load_request(path: str | Path) -> BillingRequest:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise RequestError([Problem("", f"{path}: cannot read: {reason}")]) from None
     try:
-        data = read_json(text) if suffix == ".json" else _read_yaml(text)
+        data = read_json(text) if suffix == ".json" else read_yaml(text)
     except InvalidJson as err:
         where = f"{path}, line {err.line} column {err.column}" if err.line else str(path)
         kind = "JSON" if suffix == ".json" else "YAML"
@@ -451,156 +477,11 @@ def load_request(path: str | Path) -> BillingRequest:
                 Problem(
                     "",
                     f"{path}: the top level must be a mapping of fields "
-                    f"(request_id, customer, ...), got {_describe(data)}",
+                    f"(request_id, customer, ...), got {describe(data)}",
                 )
             ]
         )
     return parse_request(data)
-
-
-# --- reading JSON (one parser for every way a request arrives) ------------------
-
-# A request is four levels deep (request → items → item → …); far deeper is not a
-# request, and Python's recursion limit must never be what decides.
-MAX_JSON_DEPTH = 32
-# No field takes a number this long (MAX_AMOUNT has 8 digits): refused by name,
-# before Python's 4300-digit limit of int() or a 500 KB number in a message.
-MAX_NUMBER_CHARS = 40
-_TOO_DEEP = f"nested more than {MAX_JSON_DEPTH} levels deep"
-
-
-class InvalidJson(ValueError):
-    """Not one JSON document as requests are read: why, and where when known."""
-
-    def __init__(self, reason: str, line: int | None = None, column: int | None = None) -> None:
-        self.reason = reason
-        self.line = line
-        self.column = column
-        super().__init__(reason if line is None else f"{reason} at line {line} column {column}")
-
-
-def read_json(raw: bytes | str) -> Any:
-    """Parse one JSON document exactly as every request source does: a request
-    file, a JSONL line, the HTTP trigger's body.
-
-    UTF-8 (a leading BOM allowed); each key once per object (a repeated key
-    would silently drop a value); fractions as Decimal, never float; no NaN or
-    Infinity; numbers of at most MAX_NUMBER_CHARS characters; at most
-    MAX_JSON_DEPTH levels. Anything else raises InvalidJson naming the field.
-    """
-    if isinstance(raw, bytes):
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            raise InvalidJson(
-                f"not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start}); send UTF-8"
-            ) from None
-    else:
-        text = raw.removeprefix("\ufeff")
-    try:
-        data = json.loads(
-            text,
-            object_pairs_hook=_json_object,
-            parse_int=_json_number,
-            parse_float=_json_number,
-            parse_constant=_json_constant,
-        )
-    except json.JSONDecodeError as err:
-        raise InvalidJson(err.msg, err.lineno, err.colno) from None
-    except RecursionError:
-        raise InvalidJson(_TOO_DEEP) from None
-    _check_tree(data)
-    return data
-
-
-def _read_yaml(text: str) -> Any:
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
-    except RecursionError:
-        raise InvalidJson(_TOO_DEEP) from None
-    _check_tree(data)
-    return data
-
-
-class _Repeated(dict[str, Any]):
-    """A JSON object that named a key twice; never returned (`_check_tree` refuses it)."""
-
-    repeated: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class _LongNumber:
-    """A number too long for any field; never returned (`_check_tree` refuses it)."""
-
-    length: int
-
-
-def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) == len(pairs):
-        return result
-    seen: set[str] = set()
-    twice: list[str] = []
-    for key, _ in pairs:
-        (twice.append if key in seen else seen.add)(key)
-    repeated = _Repeated(result)
-    repeated.repeated = tuple(twice)
-    return repeated
-
-
-def _json_number(text: str) -> int | Decimal | _LongNumber:
-    if len(text) > MAX_NUMBER_CHARS:
-        return _LongNumber(len(text))
-    return Decimal(text) if any(c in text for c in ".eE") else int(text)
-
-
-def _json_constant(name: str) -> object:
-    raise InvalidJson(f"{name} is not a JSON number; give a number or a quoted string")
-
-
-def _number_length(value: object) -> int | None:
-    if isinstance(value, _LongNumber):
-        return value.length
-    if isinstance(value, int) and value.bit_length() > 3 * MAX_NUMBER_CHARS:  # YAML's ints
-        return len(str(value))
-    return None
-
-
-def _check_tree(data: object) -> None:
-    """Refuse what the parsers only marked: a repeated key, a number too long, too deep."""
-    stack: list[tuple[object, tuple[int | str, ...]]] = [(data, ())]
-    while stack:
-        value, loc = stack.pop()
-        at = f" in {_path(loc)}" if loc else ""
-        if len(loc) > MAX_JSON_DEPTH:
-            raise InvalidJson(f"{_TOO_DEEP} in {_path(loc[:2])}…")
-        if isinstance(value, _Repeated):
-            raise InvalidJson(f"duplicate key {value.repeated[0]!r}{at}; give each key once")
-        length = _number_length(value)
-        if length is not None and length > MAX_NUMBER_CHARS:
-            raise InvalidJson(
-                f"the number at {_path(loc) or 'the top level'} is {length} characters long; "
-                f"no field takes one longer than {MAX_NUMBER_CHARS}"
-            )
-        if isinstance(value, Mapping):
-            stack.extend((v, (*loc, k)) for k, v in reversed(list(value.items())))
-        elif isinstance(value, list):
-            stack.extend((v, (*loc, i)) for i, v in reversed(list(enumerate(value))))
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses repeated mapping keys instead of keeping the last."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 # --- pydantic errors -> Problems ---------------------------------------------
@@ -608,37 +489,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 _MODELS: dict[str, type[BaseModel]] = {"customer": Customer, "items": Item}
 
 
-def _path_part(part: object) -> str:
-    if isinstance(part, int):
-        return f"[{part}]"
-    if isinstance(part, str) and part.isidentifier():
-        return f".{part}"
-    return f"[{part!r}]"
-
-
-def _path(loc: tuple[int | str, ...]) -> str:
-    return "".join(_path_part(p) for p in loc if p != "[key]").lstrip(".")
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if value is None:
-        return "null"
-    if isinstance(value, int | float | Decimal):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    return {"dict": "a mapping", "list": "a list"}.get(type(value).__name__, type(value).__name__)
-
-
 def _problems(error: ErrorDetails, within: tuple[int | str, ...] = ()) -> list[Problem]:
     """Problems for one pydantic error; `within` is where a nested validation ran."""
     loc = (*within, *error["loc"])
     cause = error.get("ctx", {}).get("error")
     if isinstance(cause, _Nested):
-        return [Problem((_path(loc) + sub).lstrip("."), msg) for sub, msg in cause.problems]
-    return [Problem(_path(loc), _message(error, loc))]
+        return [Problem((field_path(loc) + sub).lstrip("."), msg) for sub, msg in cause.problems]
+    return [Problem(field_path(loc), _message(error, loc))]
 
 
 def _message(error: ErrorDetails, loc: tuple[int | str, ...]) -> str:
@@ -657,18 +514,18 @@ def _message(error: ErrorDetails, loc: tuple[int | str, ...]) -> str:
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"unknown field; {hint}allowed here: {', '.join(fields)}"
     if kind == "int_type":
-        message = f"must be a whole number, got {_describe(value)}"
+        message = f"must be a whole number, got {describe(value)}"
         if loc[-1] == "unit_amount":
             message += "; it is in minor units (1234 = 12.34 USD); or give unit_price: '12.34'"
         elif isinstance(value, str):
             message += "; remove the quotes"
         return message
     if kind == "string_type":
-        return f"must be a string, got {_describe(value)}; put it in quotes"
+        return f"must be a string, got {describe(value)}; put it in quotes"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"must be a mapping of fields, got {_describe(value)}"
+        return f"must be a mapping of fields, got {describe(value)}"
     if kind == "list_type":
-        return f"must be a list, got {_describe(value)}"
+        return f"must be a list, got {describe(value)}"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "string_too_long":
