@@ -132,7 +132,7 @@ def _run(sandbox: Any) -> int:
     from invoiceflow.runtime import reset_runtime
     from invoiceflow.settings import get_settings
     from invoiceflow.webhooks.app import create_app
-    from invoiceflow.webhooks.server import running
+    from invoiceflow_testing.uvicorn_thread import running
 
     reset_runtime()
     with running(create_app(get_settings())) as receiver:

@@ -262,7 +262,7 @@ def test_the_printed_webhook_secret_verifies_the_payment_the_pay_command_makes(
     from invoiceflow.runtime import get_runtime, reset_runtime
     from invoiceflow.settings import get_settings
     from invoiceflow.webhooks.app import create_app
-    from invoiceflow.webhooks.server import running
+    from invoiceflow_testing.uvicorn_thread import running
     from tests.helpers import bill_plain, wait_for
 
     port = _free_port()

@@ -39,7 +39,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "invoiceflow.interrupt",  # the CLI's Ctrl-C guard
             "invoiceflow.service.*",
             "invoiceflow.webhooks.app",
-            "invoiceflow.webhooks.server",
             "invoiceflow.settings_doc",  # `python -m` writes docs/configuration.md
         ),
     ),

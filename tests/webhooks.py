@@ -20,7 +20,7 @@ from invoiceflow.db.engine import get_engine, reading
 from invoiceflow.settings import load_settings
 from invoiceflow.webhooks.app import create_app
 from invoiceflow.webhooks.inbox import InboxEvent
-from invoiceflow.webhooks.server import running
+from invoiceflow_testing.uvicorn_thread import running
 from stripe_sandbox.webhooks import sign
 
 PATH = "/webhooks/stripe"
