@@ -471,9 +471,9 @@ _ENTRY_PROBLEMS = {"float": "is not a number", "int": "is not a whole number"}
 def _one_line(error: ErrorDetails) -> str:
     """pydantic's error as one line naming the variable and the fix (never the input)."""
     message = error["msg"].removeprefix("Value error, ")
-    if not error["loc"]:  # a check across fields names its variables
+    name = _FIELDS_BY_LOC.get(str(error["loc"][0])) if error["loc"] else None
+    if name is None:  # a check across fields names its variables
         return message
-    name = _FIELDS_BY_LOC[str(error["loc"][0])]
     field, where = Settings.model_fields[name], variable(name)
     fix = extra(field, "fix")
     if where in message:  # our validators name the variable and the fix
