@@ -527,6 +527,49 @@ def test_a_billing_run_bills_in_chunks_and_a_failed_request_fails_the_run_not_it
             assert row["link"] and row["link"] == invoice.hosted_invoice_url
 
 
+@pytest.mark.usefixtures("prefect_api")
+def test_a_billing_run_with_every_request_invoiced_ends_completed_in_chunks_for_every_thread(
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Three requests on two threads: chunks of min(10, ceil(3 / (2 x 2))) = 1, so both
+    threads get work; the run ends Completed with its report's first line."""
+    requests = _requests(f"g{uuid.uuid4().hex[:6]}", 3)
+    source = _jsonl(tmp_path / "good.jsonl", [_as_json(r) for r in requests])
+    env = app_env(sandbox.url, sqlite_url, INVOICEFLOW_BATCH_WORKERS="2")
+    run_cli = configured_cli(monkeypatch, request, env)
+
+    result = run_cli("batch", str(source))
+
+    assert result.exit_code == 0, (result.stdout, result.stderr[-3000:])
+    _assert_invoiced_once(stripe_client, requests)
+    run_id = _run_id_of(source)
+    run = _flow_run(f"billing-run-{run_id}")
+    assert run.state is not None and run.state.is_completed() and run.state.name == "Completed"
+    assert run.state.message == f"billing run {run_id} (attempt 1): 3 requests: 3 invoiced"
+    assert {"trigger:cli", f"billing-run:{run_id}", "currency:usd"} <= set(run.tags)
+    assert not [tag for tag in run.tags if tag.startswith("failed:")]
+    tables = _chunk_tables(run.id, ["bill request 1", "bill request 2", "bill request 3"])
+    assert [rows[0]["outcome"] for rows in tables.values()] == ["invoiced"] * 3
+
+
+def test_chunks_are_capped_by_the_setting_and_shared_by_the_threads() -> None:
+    from invoiceflow.batch import chunks
+
+    assert chunks.size(7, workers=1, cap=3) == 3
+    assert chunks.size(300, workers=8, cap=10) == 10  # large runs: the cap
+    assert chunks.size(100, workers=8, cap=10) == 7  # 15 chunks: about two per thread
+    assert chunks.size(3, workers=8, cap=10) == 1
+    assert [list(c) for c in chunks.split(list(range(7)), 3)] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert chunks.label([0, 1, 2]) == "bill requests 1-3"
+    assert chunks.label([1, 4, 7]) == "bill requests 2-8 (3)"  # a shard's share
+    assert chunks.label([6], again=True) == "bill request 7 again"
+
+
 def _flow_run(name: str) -> Any:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
