@@ -275,7 +275,7 @@ def billing_run_flow(
         dispatch.require_deployment()
     read = source_module.read_source(source, rt.engine)
     run_id = manifest.check_run_id(run_id) if run_id else manifest.default_run_id(read)
-    console.tag_current_run(console.starting_tags(run_id))
+    console.tag_current_run([])  # trigger:<cli|ui|schedule>, while it runs
     started = manifest.start(rt.engine, run_id, read)
     logger.info(
         "Billing run %s, attempt %d: %d of %d requests to do, %s",

@@ -1,12 +1,13 @@
 """What the Prefect console shows of a billing run: its tags.
 
     trigger:<cli|ui|schedule>  how it was started (as on invoice runs, `invoiceflow.run_tags`)
-    billing-run:<run id>       the run's manifest; its shard runs carry the same tag
     currency:<ccy>             each currency it invoiced
     failed:<outcome>           each kind of failure it ended with (`refused`, `temporary`, …)
     unfinished                 entries with no outcome (the process died, the database went)
 
-The first two are added as the run starts, the rest once it is reported.
+The trigger is added as the run starts, the rest once it is reported. The run
+id is in the run's name (`billing-run-<run id>`); the tag `billing-run:<run id>`
+stays its shard runs' own (`dispatch.run_tag`: how a stop finds them to cancel).
 Tags are for finding runs, not for billing: a failure here is logged and ignored.
 """
 
@@ -15,17 +16,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from invoiceflow.batch.dispatch import run_tag
 from invoiceflow.batch.outcome import Outcome
 from invoiceflow.batch.report import BatchReport
 
 logger = logging.getLogger("invoiceflow.batch.console")
 
 _MAX_TAG = 100  # Prefect's limit on a tag's length
-
-
-def starting_tags(run_id: str) -> list[str]:
-    return [run_tag(run_id)]
 
 
 def reported_tags(report: BatchReport) -> list[str]:

@@ -33,8 +33,6 @@ from invoiceflow.batch.shards import SHARD_DEPLOYMENT, WORK_POOL, ShardEnd, not_
 POLL_SECONDS = 1.0
 # A progress line (manifest counts, shard states) this often.
 PROGRESS_EVERY_SECONDS = 5.0
-# The flow of the shard runs (`flows/billing_shard.py`).
-SHARD_FLOW = SHARD_DEPLOYMENT.split("/")[0]
 # A shard no worker picked up for this long is said out loud (then every as long again).
 UNCLAIMED_NOTE_SECONDS = 30.0
 # A shard that never started is scheduled again at most this often, then left
@@ -43,7 +41,7 @@ MAX_RESCHEDULES = 2
 
 
 def run_tag(run_id: str) -> str:
-    """The tag on billing run `run_id` and every shard run of it (to find them, in the UI too)."""
+    """The tag on every shard run of billing run `run_id` (to find them, in the UI too)."""
     return f"billing-run:{run_id}"[:100]
 
 
@@ -51,19 +49,12 @@ def cancel_shards(run_id: str) -> int:
     """Ask Prefect to cancel the shard runs of `run_id` still going (Ctrl-C of the parent):
     their workers stop them, and a rerun resumes what they did not finish. How many."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterTags,
-    )
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
     from prefect.states import Cancelling
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            # The billing run itself carries the tag too (`batch.console`): shards only.
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[SHARD_FLOW])),
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[run_tag(run_id)])),
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[run_tag(run_id)]))
         )
         going = [run for run in runs if run.state is not None and not run.state.is_final()]
         for run in going:
