@@ -13,7 +13,7 @@ rerun takes exactly the steps that are still due. Time is injectable
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from prefect import flow
@@ -21,7 +21,7 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from invoiceflow import lease, progress
+from invoiceflow import endings, lease, progress
 from invoiceflow.dunning import run
 from invoiceflow.dunning.report import DunningReport, StepLine
 from invoiceflow.runtime import get_runtime
@@ -36,9 +36,10 @@ ARTIFACT_KEY = "dunning"
 
 
 def _run_name() -> str:
-    # The day it runs as of (a datetime, or its ISO text once Prefect serialised it).
-    as_of = flow_run.parameters.get("as_of")
-    return f"dunning-{str(as_of)[:10]}" if as_of else "dunning"
+    # The day it runs as of (a datetime, or its ISO text once Prefect serialised
+    # it), or today (UTC): a run found by its day in the UI, never a random name.
+    as_of = flow_run.parameters.get("as_of") or datetime.now(UTC)
+    return f"dunning-{str(as_of)[:10]}"
 
 
 @flow(
@@ -71,6 +72,7 @@ def dunning_flow(as_of: datetime | None = None) -> DunningReport:
             progress.note("dunning: %d of %d request(s) done", done, len(futures))
     report = DunningReport(as_of=planned.now, candidates=len(request_ids), lines=lines)
     _publish(report)
+    _tell_endings(request_ids)
     return report
 
 
@@ -93,6 +95,18 @@ def _publish(report: DunningReport) -> None:
         )
     except Exception:
         progress.log.warning("Could not publish the dunning report", exc_info=True)
+
+
+def _tell_endings(request_ids: list[str]) -> None:
+    """The written-off (or meanwhile paid) requests' invoice runs say so in the UI
+    now, not only once their webhooks are swept. Never fails the run."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            endings.tell(client, get_runtime().engine, request_ids)
+    except Exception:
+        progress.log.warning("Could not tell the settled requests' endings", exc_info=True)
 
 
 def run_dunning(as_of: datetime | None = None) -> DunningReport:

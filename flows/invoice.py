@@ -26,7 +26,7 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from invoiceflow import lease, ledger, pipeline, story
-from invoiceflow.db.models import RecoveryPoint
+from invoiceflow.endings import AWAITING_PAYMENT, final_state_name, invoice_run_name
 from invoiceflow.outcomes import failure_message
 from invoiceflow.request import BillingRequest
 from invoiceflow.run_tags import tag_current_run
@@ -34,9 +34,12 @@ from invoiceflow.runtime import get_runtime
 from invoiceflow.status import RequestStatus
 from tasks import billing
 
-# The final state's name while the sent invoice is open: the UI shows which
-# runs are done with their part and wait for the customer, not for a worker.
-AWAITING_PAYMENT = "AwaitingPayment"
+# The final state is named after where the request stands: `AwaitingPayment`
+# while the sent invoice is open (the UI shows which runs are done with their
+# part and wait for the customer, not for a worker), `Paid`, `Void` or
+# `Uncollectible` once settled. A run left `AwaitingPayment` is renamed when the
+# invoice settles (`invoiceflow.endings`). AWAITING_PAYMENT is imported above.
+__all__ = ["AWAITING_PAYMENT", "invoice_flow", "run_invoice"]
 # Parallel Stripe calls of one run. Stripe allows 25 requests/s in test mode;
 # eight steps in flight, each a couple of calls long, stays under it.
 MAX_PARALLEL_STEPS = 8
@@ -47,7 +50,7 @@ def _run_name() -> str:
     request_id = (
         request.request_id if isinstance(request, BillingRequest) else request["request_id"]
     )
-    return f"invoice-{request_id}"
+    return invoice_run_name(request_id)
 
 
 @task(name="record-request", cache_policy=NO_CACHE, persist_result=False)
@@ -71,7 +74,8 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
 
     The run ends once the invoice is sent: `Completed(name="AwaitingPayment")`
     while it is open. The payment arrives later as a signed webhook, which the
-    receiver records; no worker waits for it, and Stripe is not polled.
+    receiver records; no worker waits for it, and Stripe is not polled. A run
+    of a request already settled ends `Paid`, `Void` or `Uncollectible`.
     """
     logger = get_run_logger()
     rt = get_runtime()
@@ -89,8 +93,9 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
 
     status = RequestStatus.from_row(billed.row)
     logger.info("%s", status.one_line())
-    if status.state is RecoveryPoint.SENT:
-        return Completed(name=AWAITING_PAYMENT, message=status.one_line(), data=status)
+    named = final_state_name(status.state)
+    if named is not None:
+        return Completed(name=named, message=status.one_line(), data=status)
     return Completed(message=status.one_line(), data=status)
 
 

@@ -257,7 +257,8 @@ def serve(
 
     Needs a real Prefect server (PREFECT_API_URL), STRIPE_API_KEY,
     INVOICEFLOW_TRIGGER_TOKEN and STRIPE_WEBHOOK_SECRET. Flow runs execute in
-    subprocesses of this one; a sweeper starts one `settle` run per payment event.
+    subprocesses of this one; a sweeper tells each payment's ending in the
+    Prefect UI (the invoice run's state, its story) without a run of its own.
     """
     import asyncio
 
@@ -299,7 +300,7 @@ def serve(
     def ready() -> None:
         base = f"http://{bound_host}:{bound_port}"
         typer.echo(
-            f"serving deployments invoice/invoice and settle/settle; "
+            f"serving deployment invoice/invoice; "
             f"POST {base}/invoices, POST {base}/webhooks/stripe",
             err=True,
         )

@@ -148,7 +148,7 @@ def test_a_rerun_picks_up_a_payment_no_webhook_brought(
     state = invoice_flow(request, return_state=True)
 
     status = state.result()
-    assert status.state is RecoveryPoint.PAID and state.name == "Completed"
+    assert status.state is RecoveryPoint.PAID and state.name == "Paid"  # the UI says so
     assert status.invoice_status == "paid"
     # The same cache the webhook receiver writes (the chaos soak found this path
     # had left amount_paid empty): Stripe's amounts and Stripe's time of payment.

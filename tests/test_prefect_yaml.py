@@ -77,7 +77,6 @@ def test_the_file_lists_what_serve_builds_on_the_worker_pool(clean_env: pytest.M
         assert (pool["name"], pool["job_variables"]) == ("invoiceflow", HEARTBEAT)
     assert {name: len(served[name].schedules or []) for name in served} == {
         "invoice": 0,
-        "settle": 0,
         "billing-run": 1,
         "billing-shard": 0,
         "dunning": 1,

@@ -1,8 +1,8 @@
 """The webhook receiver end to end: a request billed through the plain pipeline (the
 invoice flow runs the same steps as tasks), the sandbox signing and delivering to our
-receiver over HTTP, SQLite and PostgreSQL. No Prefect server: receiving an event is
-ours alone; the `settle` run the sweeper starts for it is proven with the served
-stack (tests/test_service.py)."""
+receiver over HTTP, SQLite and PostgreSQL. Receiving an event needs no Prefect
+server; telling its ending in the Prefect UI (serve's sweeper) runs against the
+session's Prefect server, in process."""
 
 from __future__ import annotations
 
@@ -79,8 +79,8 @@ def test_paid_out_of_band_applied_once_though_delivered_three_times(
     assert stored.request_id == request_id and stored.invoice_id == invoice_id
     assert stored.outcome.startswith("applied") and stored.needs_settle
     assert [e.event_id for e in inbox.pending_settles(receiver.engine)] == [stored.event_id]
-    assert inbox.mark_settle_started(receiver.engine, stored.event_id)
-    assert not inbox.mark_settle_started(receiver.engine, stored.event_id)
+    assert inbox.mark_told(receiver.engine, [stored.event_id]) == 1
+    assert inbox.mark_told(receiver.engine, [stored.event_id]) == 0
     assert inbox.pending_settles(receiver.engine) == []
     # Every event the sandbox emitted is kept exactly once, ours or not.
     emitted = {e.id for e in stripe_client.v1.events.list({"limit": 100}).auto_paging_iter()}
@@ -205,62 +205,108 @@ def test_a_storage_failure_answers_5xx_and_stripe_redelivers(
     assert moves_to(receiver.engine, request_id, "paid") == 1
 
 
-@pytest.mark.usefixtures("prefect_api")  # settle's orchestration contract
-def test_an_applied_payment_gets_one_settle_run_and_the_settle_flow_ends_the_story(
-    sandbox: Any, stripe_client: stripe.StripeClient, receiver: Receiver
-) -> None:
-    """The sweeper starts one `settle` deployment run per applied event, keyed by the
-    event however often it sweeps; the settle flow (run here, as a runner would)
-    completes saying how the request ended and publishes its story. The served stack
-    running that run itself is in the heavy tier (tests/test_service.py)."""
-    import asyncio
-
+def _flow_runs_since(since: datetime) -> list[Any]:
     from prefect import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterKey,
-        DeploymentFilter,
-        DeploymentFilterId,
-    )
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
 
-    from flows.settle import settle_flow
-    from invoiceflow import story
-    from invoiceflow.service.sweeper import sweep_once
-
-    request_id, invoice_id = _sent_invoice(stripe_client, "settle")
-    stripe_client.v1.invoices.pay(invoice_id, {"paid_out_of_band": True})
-    _wait_point(receiver, request_id, RecoveryPoint.PAID)
-    [event] = [e for e in inbox.events_for(receiver.engine, request_id) if e.type == "invoice.paid"]
-
-    async def register_settle() -> Any:  # as `invoiceflow serve` registers it
-        return await (await settle_flow.ato_deployment(name="settle")).apply()
-
-    deployment_id = asyncio.run(register_settle())
-    assert asyncio.run(sweep_once(receiver.engine)) == 1
-    assert asyncio.run(sweep_once(receiver.engine)) == 0  # claimed: never a second run
-    assert inbox.get(receiver.engine, event.event_id).settle_started_at is not None  # type: ignore[union-attr]
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-        )
-        [run] = [r for r in runs if r.parameters.get("event_id") == event.event_id]
-        # No runner serves this session's deployments: the run is made here, below.
-        client.delete_flow_run(run.id)
-    assert run.idempotency_key == f"settle:{event.event_id}"
-    customer = ledger.require(receiver.engine, request_id).customer_key
-    assert {"trigger:webhook", "event:invoice.paid", f"customer:{customer}"} <= set(run.tags)
-
-    state = settle_flow(event.event_id, return_state=True)
-
-    assert state.is_completed() and state.message is not None
-    assert state.message.startswith(f"{request_id}: paid"), state.message
-    with get_client(sync_client=True) as client:
-        stories = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[story.artifact_key(request_id)])
+        return list(
+            client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    expected_start_time=FlowRunFilterExpectedStartTime(after_=since)
+                )
             )
         )
-    assert stories and "**Status:** paid" in str(stories[-1].data)
+
+
+def _stories(request_id: str) -> list[Any]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from invoiceflow import story
+
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[story.artifact_key(request_id)])
+                )
+            )
+        )
+
+
+@pytest.mark.usefixtures("prefect_api")  # the ending told through Prefect's API
+def test_a_payment_turns_the_awaiting_invoice_run_paid_in_one_sweep_without_a_flow_run(
+    sandbox: Any, stripe_client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    """The invoice run ends `AwaitingPayment`; the customer pays; one sweep of serve's
+    sweeper turns that run `Paid` (read back from Prefect's API) and publishes the
+    story at `paid`, starting no flow run. A second sweep, or the same ending told
+    again, changes nothing."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    from flows.invoice import AWAITING_PAYMENT, invoice_flow
+    from invoiceflow import endings
+    from invoiceflow.service.sweeper import sweep_once
+
+    request = make_request(f"req-ending-{uuid.uuid4().hex[:8]}")
+    assert invoice_flow(request, return_state=True).name == AWAITING_PAYMENT
+    request_id = request.request_id
+    [invoice] = invoices_for(stripe_client, request_id)
+    stripe_client.v1.invoices.pay(invoice.id, {"paid_out_of_band": True})
+    _wait_point(receiver, request_id, RecoveryPoint.PAID)
+    [event] = [e for e in inbox.events_for(receiver.engine, request_id) if e.type == "invoice.paid"]
+    versions = len(_stories(request_id))
+    before = datetime.now(UTC)
+
+    assert sweep_once(receiver.engine) == 1
+    assert sweep_once(receiver.engine) == 0  # told: never twice
+
+    assert _flow_runs_since(before) == []  # the ending took no flow run
+    assert inbox.get(receiver.engine, event.event_id).settle_started_at is not None  # type: ignore[union-attr]
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"invoice-{request_id}"]))
+        )
+        assert run.state is not None and run.state.is_completed(), run.state
+        assert run.state.name == "Paid"
+        assert run.state.message is not None and run.state.message.startswith(f"{request_id}: paid")
+        stories = _stories(request_id)
+        assert len(stories) == versions + 1
+        assert "**Status:** paid" in str(stories[-1].data)
+        assert stories[-1].flow_run_id == run.id  # on the invoice run's page
+
+        again = endings.tell(client, receiver.engine, [request_id, request_id])
+        assert again.done == [request_id] and again.runs_updated == 0
+        assert again.stories_published == 0 and len(_stories(request_id)) == versions + 1
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_many_payments_are_told_in_one_sweep_in_seconds(
+    sandbox: Any, stripe_client: stripe.StripeClient, receiver: Receiver
+) -> None:
+    """Twenty write-offs' events (the issue's fifty, scaled to the default tier) are
+    told in one sweep of a few seconds, with no flow run; each event once."""
+    import time
+
+    from invoiceflow.service.sweeper import sweep_once
+
+    ids = [_sent_invoice(stripe_client, f"many{n}") for n in range(20)]
+    for _, invoice_id in ids:
+        stripe_client.v1.invoices.mark_uncollectible(invoice_id)
+    for request_id, _ in ids:
+        _wait_point(receiver, request_id, RecoveryPoint.UNCOLLECTIBLE)
+    before = datetime.now(UTC)
+    started = time.monotonic()
+
+    assert sweep_once(receiver.engine) == len(ids)
+
+    assert time.monotonic() - started < 15, "a sweep of twenty endings took too long"
+    assert _flow_runs_since(before) == []
+    assert sweep_once(receiver.engine) == 0
+    for request_id, _ in ids:
+        assert "**Status:** uncollectible" in str(_stories(request_id)[-1].data)
 
 
 @pytest.mark.heavy  # a real `invoiceflow invoice` process running the flow, awaiting payment

@@ -22,14 +22,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger("invoiceflow.service.automations")
 
 CRASHED_RUNS_AUTOMATION = "invoiceflow-crashed-runs"
-OUR_FLOWS = ["invoice", "settle", "billing-run", "billing-shard", "dunning", "reconcile"]
+OUR_FLOWS = ["invoice", "billing-run", "billing-shard", "dunning", "reconcile"]
 # A window of three heartbeats: one late or lost event is not a death.
 MISSED_HEARTBEATS = 3
 # The end of a run ends its heartbeats too; these events close the window so a
-# finished run is never marked Crashed. `AwaitingPayment` is our Completed state.
+# finished run is never marked Crashed. `AwaitingPayment`, `Paid`, `Void` and
+# `Uncollectible` are our Completed states (`invoiceflow.endings`).
 FINAL_EVENTS = [
     "prefect.flow-run.Completed",
     "prefect.flow-run.AwaitingPayment",
+    "prefect.flow-run.Paid",
+    "prefect.flow-run.Void",
+    "prefect.flow-run.Uncollectible",
     "prefect.flow-run.Failed",
     "prefect.flow-run.Cancelled",
     "prefect.flow-run.Crashed",

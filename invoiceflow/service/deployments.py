@@ -1,7 +1,7 @@
 """Every deployment `invoiceflow serve` registers, in one list.
 
-`invoice` runs on demand (UI form, POST /invoices); `settle` runs once per
-applied payment event (started by the sweeper). The billing cycle runs on
+`invoice` runs on demand (UI form, POST /invoices); a payment's ending needs
+no run (`invoiceflow.endings`, told by serve's sweeper). The billing cycle runs on
 cron schedules in one time zone (INVOICEFLOW_SCHEDULE_TIMEZONE): `billing-run`
 (invoice every pending request), `dunning` (remind, then write off, overdue
 invoices) and `reconcile` (apply what webhooks missed). Each schedule is
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 # "<flow name>/<deployment name>", as `run_deployment` and the CLI address it.
 INVOICE_DEPLOYMENT = "invoice/invoice"
-SETTLE_DEPLOYMENT = "settle/settle"
 BILLING_RUN_DEPLOYMENT = "billing-run/billing-run"
 DUNNING_DEPLOYMENT = "dunning/dunning"
 RECONCILE_DEPLOYMENT = "reconcile/reconcile"
@@ -54,7 +53,6 @@ async def build_deployments() -> list[RunnerDeployment]:
     from flows.dunning import dunning_flow
     from flows.invoice import invoice_flow
     from flows.reconcile import reconcile_flow
-    from flows.settle import settle_flow
     from invoiceflow.settings import get_settings
 
     settings = get_settings()
@@ -64,12 +62,6 @@ async def build_deployments() -> list[RunnerDeployment]:
     invoice = await invoice_flow.ato_deployment(
         name="invoice",
         description="One billing request → one sent Stripe invoice. Runs on demand.",
-        entrypoint_type=module,
-    )
-    settle = await settle_flow.ato_deployment(
-        name="settle",
-        description="The end of a request's story, after Stripe's payment event. "
-        "Started by the webhook sweeper, once per event.",
         entrypoint_type=module,
     )
     billing_run = await billing_run_flow.ato_deployment(
@@ -97,4 +89,4 @@ async def build_deployments() -> list[RunnerDeployment]:
         schedules=cycle_schedule(settings.reconcile_cron, settings, "reconcile"),
         entrypoint_type=module,
     )
-    return [invoice, settle, billing_run, billing_shard, dunning, reconcile]
+    return [invoice, billing_run, billing_shard, dunning, reconcile]

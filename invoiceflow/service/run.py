@@ -23,7 +23,7 @@ from invoiceflow import stale_runs
 from invoiceflow.batch.shards import SHARD_DEPLOYMENT
 from invoiceflow.service.automations import ensure_crashed_runs_automation
 from invoiceflow.service.deployments import build_deployments
-from invoiceflow.service.sweeper import sweep_forever
+from invoiceflow.service.sweeper import last_sweep, sweep_forever
 
 logger = logging.getLogger("invoiceflow.service")
 
@@ -107,6 +107,7 @@ async def serve(
         done, _ = await asyncio.wait({served, web}, return_when=asyncio.FIRST_COMPLETED)
         stop()
         await asyncio.gather(served, web, sweeper, rescuer, *stopping, return_exceptions=True)
+        await last_sweep(engine)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]

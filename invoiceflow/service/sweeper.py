@@ -1,12 +1,13 @@
-"""The settle sweeper: a `settle` run for every applied payment event, exactly once.
+"""The settle sweeper: each applied payment event's ending told in the Prefect UI, once.
 
 The receiver records an event in our inbox before it answers Stripe, so an
-event is never lost, even while Prefect is down. The sweeper turns each inbox
-row that still needs its run (`inbox.pending_settles`) into a `settle`
-deployment run: created with the event id as Prefect's idempotency key (a
-retry after a crash gets the same run, never a second), and only then claimed
-(`inbox.mark_settle_started`). While Prefect is unreachable it says so and
-tries again next round; nothing is skipped.
+event is never lost, even while Prefect is down. Each round the sweeper takes
+the inbox rows still to tell (`inbox.pending_settles`), tells their requests'
+endings in one batch through Prefect's API (`endings.tell`: the invoice runs'
+state, the story artifact; no flow run, no subprocess), and only then marks
+them told (`inbox.mark_told`). A crash between the two tells again, which
+changes nothing. While Prefect is unreachable it says so and tries again next
+round; nothing is skipped.
 """
 
 from __future__ import annotations
@@ -16,44 +17,39 @@ import logging
 
 from sqlalchemy.engine import Engine
 
-from invoiceflow import ledger
-from invoiceflow.service.deployments import SETTLE_DEPLOYMENT
+from invoiceflow import endings
 from invoiceflow.webhooks import inbox
 
 logger = logging.getLogger("invoiceflow.service.sweeper")
 
 SWEEP_SECONDS = 2.0
+# How long a stop waits for the last round.
+LAST_SWEEP_SECONDS = 10.0
 
 
-async def sweep_once(engine: Engine) -> int:
-    """Start the missing settle runs; how many were started."""
-    from prefect.deployments import arun_deployment
+def sweep_once(engine: Engine) -> int:
+    """Tell the endings of the pending events' requests; how many events were told.
 
-    started = 0
-    for event in await asyncio.to_thread(inbox.pending_settles, engine):
-        tags = ["trigger:webhook", f"event:{event.type}"]
-        if event.request_id is not None:
-            row = await asyncio.to_thread(ledger.load, engine, event.request_id)
-            if row is not None:
-                tags += [f"customer:{row.customer_key}", f"currency:{row.currency}"]
-        await arun_deployment(
-            name=SETTLE_DEPLOYMENT,
-            parameters={"event_id": event.event_id},
-            timeout=0,  # start it; the runner executes it
-            idempotency_key=f"settle:{event.event_id}",
-            tags=tags,
-        )
-        if await asyncio.to_thread(inbox.mark_settle_started, engine, event.event_id):
-            started += 1
-    return started
+    An event whose request still has an invoice run going stays pending: that
+    run may yet end `AwaitingPayment`, and the next round corrects it.
+    """
+    from prefect.client.orchestration import get_client
+
+    events = inbox.pending_settles(engine)
+    if not events:
+        return 0
+    with get_client(sync_client=True) as client:
+        told = endings.tell(client, engine, [e.request_id for e in events if e.request_id])
+    later = set(told.later)
+    return inbox.mark_told(engine, [e.event_id for e in events if e.request_id not in later])
 
 
 async def sweep_forever(engine: Engine, every: float = SWEEP_SECONDS) -> None:
-    """Sweep until cancelled; an unreachable Prefect only delays the runs."""
+    """Sweep until cancelled; an unreachable Prefect only delays the telling."""
     failing = False
     while True:
         try:
-            await sweep_once(engine)
+            await asyncio.to_thread(sweep_once, engine)
             if failing:
                 logger.warning("settle sweeper: Prefect answers again; caught up")
             failing = False
@@ -64,3 +60,13 @@ async def sweep_forever(engine: Engine, every: float = SWEEP_SECONDS) -> None:
                 logger.warning("settle sweeper: %s; the events wait in the inbox", exc)
             failing = True
         await asyncio.sleep(every)
+
+
+async def last_sweep(engine: Engine, timeout: float = LAST_SWEEP_SECONDS) -> None:
+    """At a stop: tell what was received since the last round, so a payment recorded
+    just before the stop is not left `AwaitingPayment` until the next start.
+    Bounded, and never fails the stop (the events stay in the inbox)."""
+    try:
+        await asyncio.wait_for(asyncio.to_thread(sweep_once, engine), timeout)
+    except Exception as exc:
+        logger.warning("settle sweeper: %s at the stop; the events wait in the inbox", exc)

@@ -10,8 +10,10 @@ only ever moves it forward along Stripe's status machine, and when an event is
 ambiguous we re-read the invoice from Stripe rather than trust the snapshot.
 
 `settle_started_at` is the sweeper's to-do list: an event that settled a
-request (`needs_settle`) and has no `settle_started_at` still needs its Prefect
-`settle` run. Prefect being down never loses that: the event is already here.
+request (`needs_settle`) and has no `settle_started_at` still needs its ending
+told in the Prefect UI (`invoiceflow.endings`; the column's name is from when
+that took a `settle` flow run). Prefect being down never loses that: the event
+is already here.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def events_for(engine: Engine, request_id: str) -> list[InboxEvent]:
         return list(session.exec(statement).all())
 
 
-def pending_settles(engine: Engine, limit: int = 100) -> list[InboxEvent]:
-    """Events that settled a request and whose `settle` run was not started yet, oldest first."""
+def pending_settles(engine: Engine, limit: int = 500) -> list[InboxEvent]:
+    """Events that settled a request and whose ending was not told yet, oldest first."""
     with reading(engine) as session:
         statement = (
             select(InboxEvent)
@@ -75,18 +77,20 @@ def pending_settles(engine: Engine, limit: int = 100) -> list[InboxEvent]:
         return list(session.exec(statement).all())
 
 
-def mark_settle_started(engine: Engine, event_id: str) -> bool:
-    """Claim an event's `settle` run; False if someone else already started it.
+def mark_told(engine: Engine, event_ids: list[str]) -> int:
+    """Mark events' endings told; how many this call marked (not already marked).
 
-    A conditional UPDATE, so two sweepers never both start one (the run itself
-    is idempotent too: a settled request makes no further change).
+    A conditional UPDATE: two sweepers may both tell an ending (which changes
+    nothing the second time) but each event is counted once.
     """
+    if not event_ids:
+        return 0
     with transaction(engine) as session:
         result = session.execute(
             update(InboxEvent)
-            .where(col(InboxEvent.event_id) == event_id)
+            .where(col(InboxEvent.event_id).in_(event_ids))
             .where(col(InboxEvent.settle_started_at).is_(None))
             .values(settle_started_at=utcnow())
             .returning(col(InboxEvent.event_id))
         )
-        return result.first() is not None
+        return len(result.all())
