@@ -46,7 +46,9 @@ def send(rt: Runtime, request_id: str, attempt: Attempt) -> None:
             write=lambda k: rt.stripe.v1.invoices.send_invoice(
                 invoice_id, options={"idempotency_key": k}
             ),
-            find=lambda _intent: _sent_invoice(rt, invoice_id),
+            find=lambda _intent: _sent_invoice(
+                rt, invoice_id, confirmed_unsent=row.unsent_confirmed_invoice == invoice_id
+            ),
             what=f"send {invoice_id}",
             # Finalized by this process a moment ago: it cannot have been sent yet.
             look_first=not attempt.made_here(f"{invoice_id}:finalized"),
@@ -74,11 +76,15 @@ def send(rt: Runtime, request_id: str, attempt: Attempt) -> None:
         )
 
 
-def _sent_invoice(rt: Runtime, invoice_id: str) -> stripe.Invoice | None:
+def _sent_invoice(
+    rt: Runtime, invoice_id: str, confirmed_unsent: bool = False
+) -> stripe.Invoice | None:
     """The invoice if Stripe already emailed it, judged by Stripe's own clock.
 
     A resend under the same key is a harmless replay within Stripe's 24 h
     window, but past it would email the customer again; the event log tells.
+    Past its retention only a person can (`confirmed_unsent`: `invoiceflow
+    resolve --not-sent`).
     """
     invoice = retrieve_invoice(rt, invoice_id)
     if invoice.status == "draft":
@@ -87,11 +93,16 @@ def _sent_invoice(rt: Runtime, invoice_id: str) -> stripe.Invoice | None:
     def unverifiable(finalized: datetime) -> Exception:
         return SendUnverifiable(
             f"invoice {invoice_id} was finalized on {finalized:%Y-%m-%d}; Stripe no longer keeps "
-            "the events that would show whether it was emailed. Check it in the Dashboard and "
-            "send it from there if needed"
+            "the events that would show whether it was emailed. Check it in the Dashboard, then "
+            "record what you found: `invoiceflow resolve REQUEST --sent | --not-sent --note TEXT`"
         )
 
-    return invoice if times_emailed(rt, invoice, unverifiable) else None
+    try:
+        return invoice if times_emailed(rt, invoice, unverifiable) else None
+    except SendUnverifiable:
+        if confirmed_unsent:
+            return None
+        raise
 
 
 def times_emailed(
