@@ -357,6 +357,7 @@ def automations() -> None:
 def _register_subcommands() -> None:
     from invoiceflow.batch.cli import register as register_batch
     from invoiceflow.dunning.cli import register as register_dunning
+    from invoiceflow.invoicing.cli import register as register_invoice_controls
     from invoiceflow.reconcile.cli import register as register_reconcile
     from invoiceflow.sandbox_command import register as register_sandbox
 
@@ -364,6 +365,7 @@ def _register_subcommands() -> None:
     register_batch(app)
     register_dunning(app)
     register_reconcile(app)
+    register_invoice_controls(app)
 
 
 _register_subcommands()
