@@ -11,7 +11,8 @@ Printed per size: the batch process's peak RSS (the kernel's own maximum,
 `ru_maxrss` from wait4), its RSS as the run went (from /proc, at each tenth of
 the requests), wall time and time per request, and the Prefect server's RSS
 (its whole process tree) after the run; CPU per request of the batch, the
-Prefect server and the sandbox (on a loaded machine, what to compare: wall
+Prefect server (until it is idle again, its idle rate subtracted: `cpu_meter`)
+and the sandbox (on a loaded machine, what to compare: wall
 time is what the other loads leave over), and Stripe calls per request from
 the sandbox's request log. Then the ratios of the last size to the first:
 per-request time and CPU, and peak RSS. Goals: peak RSS under 1 GB, and the
