@@ -11,7 +11,7 @@ and leaves a markdown artifact of the report for the Prefect UI.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -24,7 +24,12 @@ from invoiceflow.runtime import get_runtime
 ARTIFACT_KEY = "reconciliation"
 
 
-@flow(name="reconcile", retries=0, persist_result=False, log_prints=False)
+def _run_name() -> str:
+    # The day it ran (UTC): a run found by its day in the UI, never a random name.
+    return f"reconcile-{datetime.now(UTC):%Y-%m-%d}"
+
+
+@flow(name="reconcile", flow_run_name=_run_name, retries=0, persist_result=False, log_prints=False)
 def reconcile_flow(since: datetime | None = None, stale_minutes: float = 10) -> ReconcileReport:
     """Apply what Stripe knows and we missed; report what we cannot repair.
 

@@ -656,7 +656,6 @@ def test_the_deployments_serve_registers(
 
     assert set(deployments) == {
         "invoice",
-        "settle",
         "billing-run",
         "billing-shard",
         "dunning",
@@ -673,7 +672,6 @@ def test_the_deployments_serve_registers(
     }
     assert schedules == {
         "invoice": [],
-        "settle": [],
         "billing-run": [("0 6 1 * *", "Europe/Berlin", "billing-cycle")],
         "billing-shard": [],
         "dunning": [("0 7 * * *", "Europe/Berlin", "dunning")],
