@@ -52,6 +52,7 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from invoiceflow import lease, progress, story
+from invoiceflow.approval import summary as approval_summary
 from invoiceflow.batch import chunks, console, dispatch, manifest, report, unit
 from invoiceflow.batch import shards as sharding
 from invoiceflow.batch import source as source_module
@@ -79,11 +80,11 @@ def _run_name() -> str:
     persist_result=False,
     retries=0,
 )
-def invoice_entry(run_id: str, position: int, request: BillingRequest) -> str:
+def invoice_entry(run_id: str, position: int, request: BillingRequest, hold: bool = False) -> str:
     """One request: submitted, taken to sent, its outcome recorded. Never raises for it."""
     owner = lease.new_owner(task_run.id or uuid.uuid4().hex)
     rt = get_runtime()
-    result = unit.bill_entry(rt, run_id, position, request, owner, get_run_logger())
+    result = unit.bill_entry(rt, run_id, position, request, owner, get_run_logger(), hold)
     if result.row is not None:
         story.publish(rt.engine, result.row)
     return result.outcome.value
@@ -97,7 +98,7 @@ def invoice_entry(run_id: str, position: int, request: BillingRequest) -> str:
     retries=0,
 )
 def bill_chunk(
-    run_id: str, label: str, entries: Sequence[tuple[int, BillingRequest]]
+    run_id: str, label: str, entries: Sequence[tuple[int, BillingRequest]], hold: bool = False
 ) -> list[str | None]:
     """Bill a chunk's requests one after the other; each one's outcome (None: unrecorded).
 
@@ -113,7 +114,7 @@ def bill_chunk(
     for position, request in entries:
         owner = lease.new_owner(f"{this_task}/{position}")
         try:
-            result = unit.bill_entry(rt, run_id, position, request, owner, logger)
+            result = unit.bill_entry(rt, run_id, position, request, owner, logger, hold)
         except Exception as exc:
             logger.warning("Request %s: not recorded: %s", request.request_id, describe(exc))
             outcomes.append(None)
@@ -139,7 +140,9 @@ def _publish_chunk(run_id: str, label: str, rows: list[dict[str, str]]) -> None:
         get_run_logger().warning("Could not publish the table of %s: %s", label, describe(exc))
 
 
-def bill_entries(run_id: str, entries: Sequence[tuple[int, BillingRequest]]) -> None:
+def bill_entries(
+    run_id: str, entries: Sequence[tuple[int, BillingRequest]], hold: bool = False
+) -> None:
     """Bill `entries` in chunks on the flow's thread pool (a task per entry with
     INVOICEFLOW_BATCH_CHUNK=1); wait for all.
 
@@ -147,25 +150,28 @@ def bill_entries(run_id: str, entries: Sequence[tuple[int, BillingRequest]]) -> 
     another run was holding (`busy`: its unit waited only briefly) is tried once
     more after all the others; still busy then, it stays `busy` for a rerun.
     """
-    busy = _bill_window(run_id, entries)
+    busy = _bill_window(run_id, entries, hold=hold)
     if busy:
         progress.note("%d request(s) held by another run: trying them again", len(busy))
-        _bill_window(run_id, busy, again=True)
+        _bill_window(run_id, busy, again=True, hold=hold)
 
 
 def _bill_window(
-    run_id: str, entries: Sequence[tuple[int, BillingRequest]], again: bool = False
+    run_id: str,
+    entries: Sequence[tuple[int, BillingRequest]],
+    again: bool = False,
+    hold: bool = False,
 ) -> list[tuple[int, BillingRequest]]:
     """Bill `entries` through the window; the ones that ended busy."""
     settings = get_settings()
     if settings.batch_chunk == 1:
-        return _bill_each(run_id, entries)
+        return _bill_each(run_id, entries, hold)
     size = chunks.size(len(entries), settings.batch_workers, settings.batch_chunk)
     submitted: dict[PrefectFuture[list[str | None]], Sequence[tuple[int, BillingRequest]]] = {}
 
     def submit(chunk: Sequence[tuple[int, BillingRequest]]) -> PrefectFuture[list[str | None]]:
         label = chunks.label([position for position, _ in chunk], again)
-        future = bill_chunk.submit(run_id, label, chunk)
+        future = bill_chunk.submit(run_id, label, chunk, hold)
         submitted[future] = chunk
         return future
 
@@ -180,13 +186,13 @@ def _bill_window(
 
 
 def _bill_each(
-    run_id: str, entries: Sequence[tuple[int, BillingRequest]]
+    run_id: str, entries: Sequence[tuple[int, BillingRequest]], hold: bool = False
 ) -> list[tuple[int, BillingRequest]]:
     """A task per entry (INVOICEFLOW_BATCH_CHUNK=1); the ones that ended busy."""
     submitted: dict[PrefectFuture[str], tuple[int, BillingRequest]] = {}
 
     def submit(entry: tuple[int, BillingRequest]) -> PrefectFuture[str]:
-        future = invoice_entry.submit(run_id, *entry)
+        future = invoice_entry.submit(run_id, *entry, hold)
         submitted[future] = entry
         return future
 
@@ -254,14 +260,19 @@ def thread_pool() -> TaskRunner[PrefectFuture[Any]]:
     log_prints=False,
 )
 def billing_run_flow(
-    source: str = "pending", run_id: str | None = None, shards: int | None = None
+    source: str = "pending",
+    run_id: str | None = None,
+    shards: int | None = None,
+    hold: bool = False,
 ) -> State[report.BatchReport]:
     """Invoice every request of `source` ("pending", a .jsonl/.csv file, or a directory).
 
     `run_id` names the run's manifest; by default it is derived from the
     source's name and content, so running the same source again resumes it.
     `shards` (default INVOICEFLOW_BATCH_SHARDS): 1 bills here; more spreads the
-    run over that many `billing-shard` deployment runs.
+    run over that many `billing-shard` deployment runs. `hold`: take every request to
+    a filled draft and stop, for a person to approve or reject (`invoiceflow.approval`);
+    the run publishes what it held (`…-approval`).
 
     Ends Completed with the report when every request is invoiced; else Failed,
     its message naming the failed requests (Prefect's "Failed" filter, the
@@ -272,6 +283,8 @@ def billing_run_flow(
     rt = get_runtime()
     shard_count = sharding.check_shards(rt.settings.batch_shards if shards is None else shards)
     if shard_count > 1:  # before anything is recorded: a misconfiguration creates nothing
+        if hold:
+            raise sharding.ShardingError("hold runs in one process for now; drop --shards")
         dispatch.require_deployment()
     read = source_module.read_source(source, rt.engine)
     run_id = manifest.check_run_id(run_id) if run_id else manifest.default_run_id(read)
@@ -286,7 +299,7 @@ def billing_run_flow(
         f"in {shard_count} shards" if shard_count > 1 else "here",
     )
     if shard_count == 1:
-        bill_entries(run_id, _billable(read, started.todo))
+        bill_entries(run_id, _billable(read, started.todo), hold)
     else:
         bill_in_shards(run_id, read, started, shard_count)
     manifest.finish(rt.engine, run_id)
@@ -294,6 +307,8 @@ def billing_run_flow(
     assert loaded is not None
     result = report.build(*loaded)
     publish(result)
+    if hold:
+        publish_held(run_id)
     console.tag_current_run(console.reported_tags(result))
     logger.info("%s", result.lines()[0])
     if result.ok:
@@ -302,11 +317,14 @@ def billing_run_flow(
 
 
 def run_billing(
-    source: str = "pending", run_id: str | None = None, shards: int | None = None
+    source: str = "pending",
+    run_id: str | None = None,
+    shards: int | None = None,
+    hold: bool = False,
 ) -> report.BatchReport:
     """Run the billing run here and now; its report, whether or not requests failed."""
     try:
-        return cast(report.BatchReport, billing_run_flow(source, run_id, shards))
+        return cast(report.BatchReport, billing_run_flow(source, run_id, shards, hold))
     except report.RequestsFailed as failed:
         return failed.report
 
@@ -349,4 +367,15 @@ def publish(result: report.BatchReport) -> None:
     )
     create_markdown_artifact(
         markdown=result.markdown(), key=f"{key}-summary", description=result.lines()[0]
+    )
+
+
+def publish_held(run_id: str) -> None:
+    """What the run held, for the person who approves it: counts, totals per currency,
+    new customers, the largest drafts, failures, and the commands that decide."""
+    held = approval_summary.summarize(get_runtime(), run_id)
+    create_markdown_artifact(
+        markdown=held.markdown(),
+        key=f"{manifest.artifact_key(run_id)}-approval",
+        description=held.lines()[0],
     )

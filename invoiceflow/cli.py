@@ -355,6 +355,7 @@ def automations() -> None:
 
 
 def _register_subcommands() -> None:
+    from invoiceflow.approval.cli import register as register_approval
     from invoiceflow.batch.cli import register as register_batch
     from invoiceflow.dunning.cli import register as register_dunning
     from invoiceflow.invoicing.cli import register as register_invoice_controls
@@ -363,6 +364,7 @@ def _register_subcommands() -> None:
 
     register_sandbox(app)
     register_batch(app)
+    register_approval(app)
     register_dunning(app)
     register_reconcile(app)
     register_invoice_controls(app)

@@ -374,6 +374,23 @@ def rewind(
     _audit(session, row.request_id, previous, to, message, detail)
 
 
+def place(
+    session: Session,
+    row: BillingRequestRow,
+    to: RecoveryPoint,
+    message: str,
+    **detail: Any,
+) -> None:
+    """Put the request at `to` by a person's decision rather than a step's progress
+    (held for approval, approved, rejected; `invoiceflow.approval`), and audit who and why."""
+    previous = row.point
+    row.progress_point = row.recovery_point = to.value
+    row.last_error = None
+    row.updated_at = utcnow()
+    session.add(row)
+    _audit(session, row.request_id, previous, to, message, detail)
+
+
 # Stripe's invoice status machine past `open`: paid and void are final, an
 # uncollectible invoice may still be paid or voided.
 _SETTLES_FROM_UNCOLLECTIBLE = (RecoveryPoint.PAID, RecoveryPoint.VOID)

@@ -28,6 +28,7 @@ from functools import partial
 from sqlmodel import Session
 
 from invoiceflow import catalog, customers, invoicing, lease, ledger
+from invoiceflow.approval import hold as approval_hold
 from invoiceflow.attempt import Attempt, attempt_of, running
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint
 from invoiceflow.invoicing import DraftGone
@@ -80,6 +81,7 @@ def bill(
     log: Log = _log,
     patience_seconds: float | None = None,
     attempt: Attempt | None = None,
+    hold: bool = False,
 ) -> Billed:
     """Take the request from wherever it stands to sent (or refresh a sent one), under its lease.
 
@@ -90,6 +92,9 @@ def bill(
     second run of one request finds the first one's work done), then
     `ledger.RequestBusy` is raised. `attempt`: how this attempt runs (e.g.
     `quiet`); None, a new one for `owner`.
+
+    `hold`: stop at a filled draft, recorded `held` (`invoiceflow.approval`).
+    A held request goes no further, whoever runs it, until `approve` releases it.
     """
     request_id = request.request_id
     attempt = attempt if attempt is not None else Attempt(owner, request_id)
@@ -122,9 +127,12 @@ def bill(
                     row.recovery_point,
                     row.attempts,
                 )
-            if not row.progress.reached(RecoveryPoint.SENT):
+            if row.point is RecoveryPoint.HELD:
+                pass  # a filled draft waiting for a person: `invoiceflow approve` releases it
+            elif not row.progress.reached(RecoveryPoint.SENT):
                 steps.prepare(request, owner)
-                draft_to_sent(request_id, owner, steps)
+                stop = partial(_in_attempt, approval_hold.mark_held, rt) if hold else None
+                draft_to_sent(request_id, owner, steps, hold=stop)
             elif not row.point.is_terminal:
                 # A rerun of a sent request: settled while no webhook reached us?
                 steps.refresh_settlement(request_id, owner)
@@ -136,8 +144,8 @@ def bill(
     return Billed(ledger.require(rt.engine, request_id))
 
 
-def draft_to_sent(request_id: str, owner: str, steps: Steps) -> None:
-    """create invoice → add items → finalize → send.
+def draft_to_sent(request_id: str, owner: str, steps: Steps, hold: Step | None = None) -> None:
+    """create invoice → add items → finalize → send; or, with `hold`, → hold instead.
 
     A draft deleted in the Dashboard before it was finalized sends the request
     back to `catalog_ready` once, and a new draft is made.
@@ -146,6 +154,10 @@ def draft_to_sent(request_id: str, owner: str, steps: Steps) -> None:
         try:
             steps.create_invoice(request_id, owner)
             steps.add_items(request_id, owner)
+            # The stop point: a filled draft, nothing finalized (False: finalized
+            # by an earlier run already, too late to hold; it is sent as before).
+            if hold is not None and hold(request_id, owner):
+                return
             steps.finalize(request_id, owner)
             break
         except DraftGone:

@@ -54,7 +54,10 @@ class RequestStatus(BaseModel):
     @property
     def delivered(self) -> bool:
         """Sent or further along the happy path: the user's job is done."""
-        return self.state.reached(RecoveryPoint.SENT) and self.state is not RecoveryPoint.FAILED
+        return self.state.reached(RecoveryPoint.SENT) and self.state not in (
+            RecoveryPoint.FAILED,
+            RecoveryPoint.REJECTED,  # a held draft deleted: never billed
+        )
 
     def one_line(self) -> str:
         amount = format_minor_units(self.total_amount, self.currency)

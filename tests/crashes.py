@@ -11,6 +11,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from invoiceflow import fresh, lease, ledger, pipeline
@@ -48,6 +49,13 @@ EXPECTED_EXECUTED_WRITES = {
     "/finalize$": 1,
     "/send$": 1,
 }
+# Every Stripe write of deciding a held run (`invoiceflow approve` / `reject`): method, path.
+DECISION_WRITES = {
+    "finalize": ("POST", "/finalize$"),
+    "send": ("POST", "/send$"),
+    "delete": ("DELETE", "^/v1/invoices/in_[^/]+$"),
+}
+
 # More tries than any retry policy makes: the write fails for the whole attempt.
 ALWAYS = 1000
 
@@ -109,3 +117,20 @@ def set_lease(request_id: str, owner: str, expires_at: float) -> None:
         assert row is not None
         row.lease_owner, row.lease_expires_at = owner, expires_at
         session.add(row)
+
+
+def crash_during(
+    sandbox: Any, request_id: str, method: str, path: str, when: str, act: Callable[[], object]
+) -> None:
+    """`crash_at` for any act (approving or rejecting a held run): stop it at the first
+    `method` write to `path`, as a SIGKILL would, while it works on `request_id`."""
+    sandbox.configure(stall_ms=600, faults=[{"method": method, "path": path, "when": when}])
+    thread = threading.Thread(target=act)
+    thread.start()
+    wait_for(lambda: stalled(sandbox, when), f"the {method} {path} write to stall")
+    set_lease(request_id, "crashed-run", time.time() + 3600)
+    thread.join(timeout=120)
+    wait_for(lambda: stalled(sandbox, when)["status"] is not None, "the stalled write to end")
+    sandbox.configure(faults=[])
+    set_lease(request_id, "crashed-run", time.time() - 1)  # it lapsed
+    assert not thread.is_alive(), "the act never ended"

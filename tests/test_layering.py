@@ -57,6 +57,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "invoiceflow.endings",  # a request's story's end, told in the Prefect UI
             "invoiceflow.run_tags",
             "invoiceflow.batch.*",
+            "invoiceflow.approval.*",
             "invoiceflow.dunning.*",
             "invoiceflow.reconcile.*",
             "invoiceflow.webhooks.*",

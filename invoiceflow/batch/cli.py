@@ -94,6 +94,14 @@ def batch(
             "workers (default INVOICEFLOW_BATCH_SHARDS, 1 = bill in this process).",
         ),
     ] = None,
+    hold: Annotated[
+        bool,
+        typer.Option(
+            "--hold",
+            help="Stop every request at a filled draft, for `invoiceflow approve RUN` "
+            "(or `reject RUN`); nothing is finalized or sent.",
+        ),
+    ] = False,
 ) -> None:
     """Invoice every request of SOURCE, each on its own; a rerun resumes what did not finish."""
     from invoiceflow.batch import manifest
@@ -131,9 +139,11 @@ def batch(
         _on_interrupt(engine, run_id, rerun, shards > 1),
         _progress(engine, run_id, total),
     ):
-        result = _run(read, run_id, shards)
+        result = _run(read, run_id, shards, hold)
     for line in result.lines():
         typer.echo(line)
+    if hold:
+        _tell_held(engine, run_id)
     if result.ok:
         raise typer.Exit(int(Exit.OK))
     failed = [f.request_id or f"entry {f.position}" for f in result.failures]
@@ -153,7 +163,20 @@ def _billable(read: Source, given: str) -> Source:
     return read
 
 
-def _run(read: Source, run_id: str, shards: int) -> BatchReport:
+def _tell_held(engine: Engine, run_id: str) -> None:
+    """What was held and how to decide; a held run's failures still exit 7 below."""
+    from invoiceflow.approval.summary import approve_command, reject_command, summarize
+    from invoiceflow.runtime import get_runtime
+
+    for line in summarize(get_runtime(), run_id).lines()[1:]:
+        typer.echo(line)
+    typer.echo(
+        f"billing run {run_id} is held: `{approve_command(run_id)}` finalizes and sends "
+        f"the drafts, `{reject_command(run_id)}` deletes them"
+    )
+
+
+def _run(read: Source, run_id: str, shards: int, hold: bool = False) -> BatchReport:
     from invoiceflow import progress
     from invoiceflow.batch.shards import ShardingError
     from invoiceflow.cli_common import fail
@@ -173,7 +196,7 @@ def _run(read: Source, run_id: str, shards: int) -> BatchReport:
     from invoiceflow.outcomes import classify
 
     try:
-        return run_billing(source=read.name, run_id=run_id, shards=shards)
+        return run_billing(source=read.name, run_id=run_id, shards=shards, hold=hold)
     except ShardingError as exc:  # no shard deployment to start: configuration, nothing billed
         raise fail(Exit.BAD_INPUT, str(exc)) from None
     except Exception as exc:  # the run itself failed (database gone): say so in one line

@@ -14,6 +14,10 @@ class Outcome(StrEnum):
     PAID = "paid"
     VOID = "void"
     UNCOLLECTIBLE = "uncollectible"
+    # Done for this run, and not invoiced: a filled draft held for approval, or a
+    # held draft deleted (`invoiceflow.approval`).
+    HELD = "held"
+    REJECTED = "rejected"
     # Not done, and a rerun of the same source will not change that by itself.
     INVALID = "invalid"
     CONFLICT = "conflict"
@@ -33,7 +37,18 @@ class Outcome(StrEnum):
         return self in RETRYABLE
 
 
-DONE = frozenset({Outcome.INVOICED, Outcome.PAID, Outcome.VOID, Outcome.UNCOLLECTIBLE})
+DONE = frozenset(
+    {
+        Outcome.INVOICED,
+        Outcome.PAID,
+        Outcome.VOID,
+        Outcome.UNCOLLECTIBLE,
+        Outcome.HELD,
+        Outcome.REJECTED,
+    }
+)
+# Done without an invoice: what a run's invoiced totals leave out.
+NOT_INVOICED = frozenset({Outcome.HELD, Outcome.REJECTED})
 # Another run holding or taking over the request finishes it; the rerun then
 # only reads where it stands.
 RETRYABLE = frozenset({Outcome.TEMPORARY, Outcome.BUSY, Outcome.TAKEN_OVER})
@@ -51,6 +66,8 @@ _BY_POINT = {
     RecoveryPoint.PAID: Outcome.PAID,
     RecoveryPoint.VOID: Outcome.VOID,
     RecoveryPoint.UNCOLLECTIBLE: Outcome.UNCOLLECTIBLE,
+    RecoveryPoint.HELD: Outcome.HELD,
+    RecoveryPoint.REJECTED: Outcome.REJECTED,
 }
 
 
@@ -60,5 +77,5 @@ def of_exit(code: Exit) -> Outcome:
 
 
 def of_point(point: RecoveryPoint) -> Outcome | None:
-    """The outcome of a request that ended at `point`; None if it is not sent yet."""
+    """The outcome of a request that ended at `point`; None if it is not sent (or held) yet."""
     return _BY_POINT.get(point)

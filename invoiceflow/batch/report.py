@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from invoiceflow.batch.outcome import Outcome
+from invoiceflow.batch.outcome import NOT_INVOICED, Outcome
 from invoiceflow.db.models import BillingRun, BillingRunItem
 from invoiceflow.money import format_minor_units
 from invoiceflow.request import BillingRequest
@@ -141,7 +141,7 @@ def build(run: BillingRun, items: Sequence[BillingRunItem]) -> BatchReport:
         outcome = Outcome(item.outcome)
         counts[outcome.value] += 1
         if outcome.done:
-            if item.currency and item.total_amount is not None:
+            if item.currency and item.total_amount is not None and outcome not in NOT_INVOICED:
                 totals[item.currency] += item.total_amount
         else:
             failures.append(

@@ -48,9 +48,11 @@ def bill_entry(
     request: BillingRequest,
     owner: str,
     log: pipeline.Log = _log,
+    hold: bool = False,
 ) -> UnitResult:
-    """Submit the request, take it as far as sent, and record the outcome in the manifest."""
-    result = _bill(rt, request, owner, log)
+    """Submit the request, take it as far as sent (`hold`: a filled draft, held for
+    approval), and record the outcome in the manifest."""
+    result = _bill(rt, request, owner, log, hold)
     manifest.record(rt.engine, run_id, position, result.outcome, result.reason)
     if result.reason is None:
         log.info("Request %s: %s, invoice %s", request.request_id, result.outcome, result.invoice)
@@ -59,13 +61,15 @@ def bill_entry(
     return result
 
 
-def _bill(rt: Runtime, request: BillingRequest, owner: str, log: pipeline.Log) -> UnitResult:
+def _bill(
+    rt: Runtime, request: BillingRequest, owner: str, log: pipeline.Log, hold: bool = False
+) -> UnitResult:
     try:
         ledger.submit(rt.engine, request)
         # Quiet steps: one line per request (below), not one per step.
         attempt = Attempt(owner, request.request_id, quiet=True)
         billed = pipeline.bill(
-            rt, request, owner, pipeline.in_sequence(rt), log, LEASE_PATIENCE_SECONDS, attempt
+            rt, request, owner, pipeline.in_sequence(rt), log, LEASE_PATIENCE_SECONDS, attempt, hold
         )
     except Exception as exc:  # never got to work on it: conflict, busy, database down
         return failed(exc)

@@ -34,6 +34,11 @@ class RecoveryPoint(StrEnum):
     FAILED = "failed"
     VOID = "void"
     UNCOLLECTIBLE = "uncollectible"
+    # A person's decisions on a billing run held for approval (`invoiceflow.approval`):
+    # a filled draft waiting for `approve` (it ranks with lines_added), and a
+    # draft deleted by `reject`, final like void.
+    HELD = "held"
+    REJECTED = "rejected"
 
     @property
     def rank(self) -> int:
@@ -41,7 +46,12 @@ class RecoveryPoint(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        return self in (RecoveryPoint.PAID, RecoveryPoint.VOID, RecoveryPoint.UNCOLLECTIBLE)
+        return self in (
+            RecoveryPoint.PAID,
+            RecoveryPoint.VOID,
+            RecoveryPoint.UNCOLLECTIBLE,
+            RecoveryPoint.REJECTED,
+        )
 
     def reached(self, other: RecoveryPoint) -> bool:
         """True when this point is at or past `other` on the happy path."""
@@ -58,11 +68,13 @@ _RANK = {
     RecoveryPoint.CATALOG_READY: 2,
     RecoveryPoint.DRAFT_CREATED: 3,
     RecoveryPoint.LINES_ADDED: 4,
+    RecoveryPoint.HELD: 4,
     RecoveryPoint.FINALIZED: 5,
     RecoveryPoint.SENT: 6,
     RecoveryPoint.PAID: 7,
     RecoveryPoint.VOID: 7,
     RecoveryPoint.UNCOLLECTIBLE: 7,
+    RecoveryPoint.REJECTED: 7,
 }
 
 

@@ -59,6 +59,7 @@ def stuck_requests(
         for row in rows
         if started(row)
         and not row.progress.reached(RecoveryPoint.SENT)
+        and row.point is not RecoveryPoint.HELD  # waits for a person, not stuck
         and (row.point is not RecoveryPoint.FAILED or is_temporary(row.last_error))
         and not _leased(row)
         and as_utc(row.updated_at) <= cutoff

@@ -32,7 +32,7 @@ from invoiceflow.runtime import Runtime
 
 # Requests Stripe may still move: not yet settled, or uncollectible (which may yet
 # be paid or voided).
-_FINISHED = (RecoveryPoint.PAID.value, RecoveryPoint.VOID.value)
+_FINISHED = (RecoveryPoint.PAID.value, RecoveryPoint.VOID.value, RecoveryPoint.REJECTED.value)
 
 
 def reconcile(
