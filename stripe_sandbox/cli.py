@@ -21,13 +21,18 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 12111
 # What `serve`'s receiver acts on (docs/service.md).
 WebhookEvent = Literal[
-    "invoice.paid", "invoice.payment_failed", "invoice.voided", "invoice.marked_uncollectible"
+    "invoice.paid",
+    "invoice.payment_failed",
+    "invoice.voided",
+    "invoice.marked_uncollectible",
+    "payment_intent.processing",
 ]
 WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = (
     "invoice.paid",
     "invoice.payment_failed",
     "invoice.voided",
     "invoice.marked_uncollectible",
+    "payment_intent.processing",
 )
 _SANDBOX_HINT = (
     "STRIPE_API_BASE is not set; these commands talk to a running `invoiceflow sandbox`: "

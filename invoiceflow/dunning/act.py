@@ -127,6 +127,9 @@ class _Unit:
             self._cache_due_date(due_date)
         if invoice.status != "open":
             return self._settled(invoice)
+        if row.payment_pending_since is not None:  # the customer paid; the bank has yet to answer
+            self.line(None, Outcome.PAYMENT_PENDING)
+            return self.lines
         if due_date is None or due_date >= self.now:
             self.line(None, Outcome.NOT_DUE)
             return self.lines

@@ -22,6 +22,7 @@ class Outcome(StrEnum):
     SETTLED = "settled"  # the invoice is no longer open (paid…): the sequence stops
     NOT_DUE = "not due"
     NOTHING_DUE = "nothing due"
+    PAYMENT_PENDING = "payment pending"  # a bank debit is processing: no reminder meanwhile
     # The unit did not get through.
     BUSY = "busy"  # another run holds the request; the next run takes it
     FAILED = "failed"
@@ -37,6 +38,7 @@ TAKEN = frozenset(
         Outcome.UNVERIFIED,
         Outcome.STOPPED,
         Outcome.SETTLED,
+        Outcome.PAYMENT_PENDING,
         Outcome.BUSY,
         Outcome.FAILED,
     }

@@ -30,6 +30,7 @@ from invoiceflow.retry import RetryPolicy, call_with_retries
 from invoiceflow.settings import Settings
 from invoiceflow.stripe_api import make_client
 from invoiceflow.webhooks.apply import MalformedEvent, ReadInvoice, parse_event, receive
+from invoiceflow.webhooks.payments import invoice_of_payment_reader
 from invoiceflow.webhooks.signature import SignatureError, verify
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
     livemode = settings.stripe_mode() == "live"
     db = engine if engine is not None else get_engine(settings.database_url)
     read_invoice = _invoice_reader(settings)
+    invoice_of_payment = invoice_of_payment_reader(make_client(settings), _READ_ONCE)
 
     async def stripe_webhook(request: Request) -> JSONResponse:
         body = await read_capped(request, MAX_BODY_BYTES)
@@ -65,7 +67,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Starlette:
             return _refuse(request, "body is not valid JSON")
         try:
             outcome = await run_in_threadpool(
-                partial(receive, db, event, read_invoice, livemode=livemode)
+                partial(
+                    receive,
+                    db,
+                    event,
+                    read_invoice,
+                    livemode=livemode,
+                    invoice_of_payment=invoice_of_payment,
+                )
             )
         except Exception as exc:
             # Not committed: a non-2xx makes Stripe deliver it again later.

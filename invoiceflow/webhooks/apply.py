@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import stripe
@@ -34,6 +35,7 @@ from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, utcnow
 from invoiceflow.settlement import settled_point
 from invoiceflow.stripe_keys import META_REQUEST_ID
 from invoiceflow.webhooks.inbox import InboxEvent
+from invoiceflow.webhooks.payments import InvoiceOfPayment
 
 # Reads an invoice from Stripe, under our API key, as a plain dict. Without
 # one, snapshots of recorded invoices are trusted as they are, and an invoice
@@ -49,6 +51,12 @@ _SETTLING = {
 }
 # Every event type this module acts on (reconciliation sweeps Stripe's event log for these).
 HANDLED_TYPES = (*_SETTLING, "invoice.payment_failed")
+# A payment under way (a bank debit): the invoice shows "payment pending" until
+# Stripe says it failed or the invoice is paid. The event names a PaymentIntent,
+# not an invoice: Stripe's invoice payments, read under our key, say whose it is.
+PAYMENT_PENDING = "payment_intent.processing"
+# Every event type the receiver wants Stripe to send (a webhook endpoint's enabled_events).
+WANTED_TYPES = (*HANDLED_TYPES, PAYMENT_PENDING)
 
 
 class MalformedEvent(ValueError):
@@ -111,17 +119,26 @@ def receive(
     read_invoice: ReadInvoice | None = None,
     *,
     livemode: bool,
+    invoice_of_payment: InvoiceOfPayment | None = None,
 ) -> Outcome:
     """Store `event` once and apply it to its request, in one transaction.
 
     `livemode`: the mode of our API key; an event of the other mode is ignored.
+    `invoice_of_payment`: which invoice a PaymentIntent pays, read under our key;
+    without it a `payment_intent.*` event is never taken for ours.
     """
     event_id, type_, created, obj = parse_event(event)
     invoice = obj if type_.startswith("invoice.") and obj.get("object") == "invoice" else None
     invoice_id = invoice.get("id") if invoice else None
     foreign = not_ours(event, livemode)
     status = _SETTLING.get(type_)
-    reread = False
+    reread = still_processing = False
+    payment_intent = obj.get("id") if obj.get("object") == "payment_intent" else None
+    if type_ == PAYMENT_PENDING and foreign is None and invoice_of_payment and payment_intent:
+        paid = invoice_of_payment(str(payment_intent))  # outside the transaction, like a read
+        if paid is not None:
+            invoice, reread, still_processing = dict(paid.invoice), True, paid.processing
+            invoice_id = invoice.get("id")
     if (
         foreign is None
         and invoice
@@ -160,6 +177,11 @@ def receive(
             outcome = Outcome("ignored", foreign)
         elif row is None:
             outcome = Outcome("ignored", f"{type_} is not about an invoice of ours")
+        elif type_ == PAYMENT_PENDING:
+            at = datetime.fromtimestamp(created, UTC)
+            outcome = _payment_pending(
+                session, row, event_id, str(invoice_id), invoice or {}, still_processing, at
+            )
         else:
             outcome = _apply(
                 session, row, event_id, type_, str(invoice_id), invoice or {}, status, reread
@@ -266,6 +288,7 @@ def _apply(
         reason = decline_reason(invoice)
         if row.point is not RecoveryPoint.FAILED:  # keep a failed run's own reason in front
             row.last_error = reason[:2000]
+        row.payment_pending_since = None  # the payment under way ended: open again
         ledger.note(session, row, "payment failed", reason=reason, event=event_id)
         return Outcome("recorded", reason)
     return Outcome("unchanged", f"{type_} moves nothing")
@@ -310,6 +333,8 @@ def _settle(
         ledger.note(session, row, "Stripe payment not recorded", reason=problem, **detail)
         return Outcome("ignored", problem)
     moved = ledger.settle(session, row, to, f"invoice {to.value} ({source})", **detail)
+    if row.point.is_terminal:
+        row.payment_pending_since = None  # settled: nothing is pending any more
     # The cache moves forward only (`invoice_facts`): a late event's snapshot,
     # older than what a run or another event recorded, changes none of it.
     snapshot = invoice if invoice.get("status") else {**invoice, "status": to.value}
@@ -318,6 +343,30 @@ def _settle(
     if not moved:
         return Outcome("unchanged", f"request already {row.point.value}")
     return Outcome("applied", f"request {row.request_id} is {to.value}")
+
+
+def _payment_pending(
+    session: Session,
+    row: BillingRequestRow,
+    event_id: str,
+    invoice_id: str,
+    invoice: Mapping[str, Any],
+    still_processing: bool,
+    at: datetime,
+) -> Outcome:
+    """A payment of the request's invoice is processing (read from Stripe just now)."""
+    if row.stripe_invoice_id != invoice_id:
+        return Outcome("ignored", f"{invoice_id} is not the request's recorded invoice")
+    if row.point.is_terminal:
+        return Outcome("unchanged", f"payment processing after {row.point.value}")
+    if not still_processing:  # a late or redelivered event: the payment already ended
+        return Outcome("unchanged", f"the payment of {invoice_id} is no longer processing")
+    invoice_facts.merge_invoice(row, invoice)
+    if row.payment_pending_since is None:
+        row.payment_pending_since = at
+        ledger.note(session, row, "payment pending", invoice=invoice_id, event=event_id)
+    session.add(row)
+    return Outcome("recorded", f"request {row.request_id}: payment pending")
 
 
 def decline_reason(invoice: Mapping[str, Any]) -> str:
