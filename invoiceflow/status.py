@@ -31,6 +31,8 @@ class RequestStatus(BaseModel):
     # Stripe's due date of the sent invoice; days past it while still open.
     due_date: datetime | None = None
     days_overdue: int | None = None
+    # Stripe's time a payment of the open invoice began processing (a bank debit).
+    payment_pending_since: datetime | None = None
 
     @classmethod
     def from_row(cls, row: BillingRequestRow, now: datetime | None = None) -> RequestStatus:
@@ -49,7 +51,13 @@ class RequestStatus(BaseModel):
             customer=row.customer_key,
             due_date=as_utc(row.due_date),
             days_overdue=_days_overdue(row, now or datetime.now(UTC)),
+            payment_pending_since=as_utc(row.payment_pending_since),
         )
+
+    @property
+    def payment_pending(self) -> bool:
+        """A payment is processing: neither paid nor failed yet (a bank debit takes days)."""
+        return self.payment_pending_since is not None and self.state is RecoveryPoint.SENT
 
     @property
     def delivered(self) -> bool:
@@ -63,14 +71,16 @@ class RequestStatus(BaseModel):
         amount = format_minor_units(self.total_amount, self.currency)
         invoice = self.stripe_invoice_id or "no invoice yet"
         number = f" {self.invoice_number}" if self.invoice_number else ""
-        line = f"{self.request_id}: {self.state.value} — {invoice}{number}, {amount}"
+        state = "payment pending" if self.payment_pending else self.state.value
+        line = f"{self.request_id}: {state} — {invoice}{number}, {amount}"
         if self.hosted_invoice_url and self.delivered:
             line += f", {self.hosted_invoice_url}"
         if self.days_overdue is not None:
             line += f" — {_plural(self.days_overdue, 'day')} overdue"
         elif self.state is RecoveryPoint.SENT and self.due_date is not None:
             line += f" — due {self.due_date:%Y-%m-%d}"
-        if self.last_error and self.state is RecoveryPoint.FAILED:
+        # A failed run's reason; on a sent invoice, why its last payment failed.
+        if self.last_error and self.state in (RecoveryPoint.FAILED, RecoveryPoint.SENT):
             line += f" — {self.last_error}"
         return line
 

@@ -120,9 +120,7 @@ class BillingRequestRow(SQLModel, table=True):
     due_date: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     # Stripe's: a payment of the invoice is processing (a bank debit) since then;
     # None once it failed or the invoice settled (`payment_intent.processing`).
-    payment_pending_since: datetime | None = Field(
-        default=None, sa_type=DateTime(timezone=True)
-    )
+    payment_pending_since: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     # Ours: the invoice a person confirmed was never emailed (`invoiceflow resolve
     # --not-sent`), which its send step may then send past Stripe's event retention.
     unsent_confirmed_invoice: str | None = Field(default=None, max_length=255)
