@@ -17,12 +17,10 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -47,11 +45,13 @@ from invoiceflow.request_input import (
     MAX_JSON_DEPTH,
     MAX_NUMBER_CHARS,
     InvalidJson,
+    Problem,
+    RequestError,
     describe,
     field_path,
     path_part,
     read_json,
-    read_yaml,
+    read_request_file,
 )
 from invoiceflow.stripe_limits import (
     MAX_AMOUNT,
@@ -99,26 +99,12 @@ _EMAIL_MAX_LENGTH = 254
 
 # The request's currency, for validators of nested items that cannot see it:
 # None outside a BillingRequest, "" inside one whose currency is invalid.
+# Set and reset around one validation (`_currency_for_items`): it lives as long
+# as that call and decides no read or write. Pydantic's validation context is
+# the alternative, but then every `BillingRequest.model_validate(payload)` (the
+# ledger's stored payloads, Prefect decoding a flow parameter) would have to
+# pass the currency in that the payload already holds.
 _CURRENCY: ContextVar[str | None] = ContextVar("invoiceflow_request_currency", default=None)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a request: where (`items[3].unit_price`) and how to fix it."""
-
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}" if self.field else self.message
-
-
-class RequestError(ValueError):
-    """A request cannot be billed. `problems` lists every violation, not just the first."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 class _Nested(ValueError):
@@ -444,44 +430,7 @@ def parse_request(data: object) -> BillingRequest:
 
 def load_request(path: str | Path) -> BillingRequest:
     """Read a .json, .yaml or .yml file and parse it; every failure is a RequestError."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".json", ".yaml", ".yml"):
-        raise RequestError(
-            [
-                Problem(
-                    "",
-                    f"{path}: unknown file type {suffix or '(none)'!r}; use .json, .yaml or .yml",
-                )
-            ]
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
-        raise RequestError([Problem("", f"{path}: cannot read: {reason}")]) from None
-    try:
-        data = read_json(text) if suffix == ".json" else read_yaml(text)
-    except InvalidJson as err:
-        where = f"{path}, line {err.line} column {err.column}" if err.line else str(path)
-        kind = "JSON" if suffix == ".json" else "YAML"
-        raise RequestError([Problem("", f"{where}: invalid {kind}: {err.reason}")]) from None
-    except (yaml.YAMLError, ValueError) as err:  # ValueError: e.g. a YAML date like 2024-13-01
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
-        detail = getattr(err, "problem", None) or str(err)
-        raise RequestError([Problem("", f"{where}: invalid YAML: {detail}")]) from None
-    if not isinstance(data, Mapping):
-        raise RequestError(
-            [
-                Problem(
-                    "",
-                    f"{path}: the top level must be a mapping of fields "
-                    f"(request_id, customer, ...), got {describe(data)}",
-                )
-            ]
-        )
-    return parse_request(data)
+    return parse_request(read_request_file(path))
 
 
 # --- pydantic errors -> Problems ---------------------------------------------

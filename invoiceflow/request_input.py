@@ -3,8 +3,8 @@ arrives (a request file, a JSONL line, the HTTP trigger's body), and YAML.
 
 Read strictly, so that nothing is silently lost before validation: each key
 once, fractions as Decimal, no NaN, bounded depth and number length. Also how
-messages name a place in that data (`items[0].sku`), shared with the request's
-validation (`invoiceflow.request`).
+messages name a place in that data (`items[0].sku`) and the problems they
+report, shared with the request's validation (`invoiceflow.request`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,30 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a request: where (`items[3].unit_price`) and how to fix it."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class RequestError(ValueError):
+    """A request cannot be billed. `problems` lists every violation, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
 
 # A request is four levels deep (request → items → item → …); far deeper is not a
 # request, and Python's recursion limit must never be what decides.
@@ -185,3 +206,46 @@ def describe(value: object) -> str:
     if isinstance(value, str):
         return f"the string {value!r}"
     return {"dict": "a mapping", "list": "a list"}.get(type(value).__name__, type(value).__name__)
+
+
+def read_request_file(path: str | Path) -> Mapping[str, Any]:
+    """The fields a .json, .yaml or .yml file holds, not yet validated; every failure
+    is a RequestError."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise RequestError(
+            [
+                Problem(
+                    "",
+                    f"{path}: unknown file type {suffix or '(none)'!r}; use .json, .yaml or .yml",
+                )
+            ]
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise RequestError([Problem("", f"{path}: cannot read: {reason}")]) from None
+    try:
+        data = read_json(text) if suffix == ".json" else read_yaml(text)
+    except InvalidJson as err:
+        where = f"{path}, line {err.line} column {err.column}" if err.line else str(path)
+        kind = "JSON" if suffix == ".json" else "YAML"
+        raise RequestError([Problem("", f"{where}: invalid {kind}: {err.reason}")]) from None
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: e.g. a YAML date like 2024-13-01
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        detail = getattr(err, "problem", None) or str(err)
+        raise RequestError([Problem("", f"{where}: invalid YAML: {detail}")]) from None
+    if not isinstance(data, Mapping):
+        raise RequestError(
+            [
+                Problem(
+                    "",
+                    f"{path}: the top level must be a mapping of fields "
+                    f"(request_id, customer, ...), got {describe(data)}",
+                )
+            ]
+        )
+    return data
