@@ -96,7 +96,11 @@ def test_a_payment_while_prefect_is_down_is_told_once_it_is_back(
             "the invoice run to say Paid",
             timeout=RUN_TIMEOUT,
         )
-        assert inbox.get(engine, event.event_id).settle_started_at is not None  # type: ignore[union-attr]
+        wait_for(  # marked told once the telling is done, just after
+            lambda: inbox.get(engine, event.event_id).settle_started_at is not None,  # type: ignore[union-attr]
+            "the event to be marked told",
+            timeout=30,
+        )
         assert "settle sweeper: Prefect answers again; caught up" in service.output()
 
         # Stop serve while its Prefect server is still up (the stack would stop it after).
