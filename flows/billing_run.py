@@ -51,6 +51,7 @@ from prefect.runtime import flow_run, task_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows import approval
 from invoiceflow import lease, progress, story
 from invoiceflow.approval import summary as approval_summary
 from invoiceflow.batch import chunks, console, dispatch, manifest, report, unit
@@ -272,7 +273,8 @@ def billing_run_flow(
     `shards` (default INVOICEFLOW_BATCH_SHARDS): 1 bills here; more spreads the
     run over that many `billing-shard` deployment runs. `hold`: take every request to
     a filled draft and stop, for a person to approve or reject (`invoiceflow.approval`);
-    the run publishes what it held (`…-approval`).
+    the run publishes what it held (`…-approval`); a deployment run then waits suspended
+    in the Prefect UI for the approve/reject form (`flows/approval.py`).
 
     Ends Completed with the report when every request is invoiced; else Failed,
     its message naming the failed requests (Prefect's "Failed" filter, the
@@ -281,6 +283,10 @@ def billing_run_flow(
     """
     logger = get_run_logger()
     rt = get_runtime()
+    if hold and (held_run := approval.held_before()) is not None:
+        # The rerun after the approval form was answered: decide, bill nothing again.
+        approval.wait_and_decide(rt, held_run, None)
+        return _ended(_reported(held_run))
     shard_count = sharding.check_shards(rt.settings.batch_shards if shards is None else shards)
     if shard_count > 1:  # before anything is recorded: a misconfiguration creates nothing
         if hold:
@@ -303,14 +309,28 @@ def billing_run_flow(
     else:
         bill_in_shards(run_id, read, started, shard_count)
     manifest.finish(rt.engine, run_id)
-    loaded = manifest.load(rt.engine, run_id)
+    result = _reported(run_id)
+    if hold:
+        held = publish_held(run_id)
+        if approval.waits_in_ui(held):  # a deployment run: the Prefect UI's form decides
+            approval.wait_and_decide(rt, run_id, held)  # suspends: this process ends here
+            result = _reported(run_id)
+    return _ended(result)
+
+
+def _reported(run_id: str) -> report.BatchReport:
+    """The run's report, from its manifest, published."""
+    loaded = manifest.load(get_runtime().engine, run_id)
     assert loaded is not None
     result = report.build(*loaded)
     publish(result)
-    if hold:
-        publish_held(run_id)
+    return result
+
+
+def _ended(result: report.BatchReport) -> State[report.BatchReport]:
+    """The run's final state, and its tags, from its report."""
     console.tag_current_run(console.reported_tags(result))
-    logger.info("%s", result.lines()[0])
+    get_run_logger().info("%s", result.lines()[0])
     if result.ok:
         return Completed(message=result.lines()[0], data=result)
     return Failed(message=result.failed_line(), data=report.RequestsFailed(result))
@@ -370,7 +390,7 @@ def publish(result: report.BatchReport) -> None:
     )
 
 
-def publish_held(run_id: str) -> None:
+def publish_held(run_id: str) -> approval_summary.HeldSummary:
     """What the run held, for the person who approves it: counts, totals per currency,
     new customers, the largest drafts, failures, and the commands that decide."""
     held = approval_summary.summarize(get_runtime(), run_id)
@@ -379,3 +399,4 @@ def publish_held(run_id: str) -> None:
         key=f"{manifest.artifact_key(run_id)}-approval",
         description=held.lines()[0],
     )
+    return held

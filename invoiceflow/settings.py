@@ -279,6 +279,27 @@ class Settings(BaseSettings):
     """Where the shared limit lives: `memory` (this process only), `postgres` (our database,
     which must then be PostgreSQL), or `redis://host:port/db`."""
 
+    # --- hold for approval and notifications (see docs/billing-cycles.md) -------
+    billing_hold: bool = Field(default=False, **_more(shown_default="`false`"))
+    """Whether `invoiceflow serve`'s billing-run deployment holds its runs for approval by
+    default (its `hold` parameter): every request a filled draft, the run suspended in the
+    Prefect UI with an approve/reject form."""
+    approval_timeout_days: float = Field(default=14.0, gt=0, le=365)
+    """How long a held billing run waits in the Prefect UI for its form. Then Prefect ends
+    the run Failed; its drafts stay held, and `invoiceflow approve RUN` or `reject RUN`
+    still decides."""
+    approval_remind_hours: float = Field(default=24.0, gt=0)
+    """Hours a held billing run may wait for a decision before `INVOICEFLOW_NOTIFY_BLOCK`
+    is told (once per wait)."""
+    notify_block: Annotated[str | None, BlankIsUnset] = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]+/[a-z0-9-]+$",
+        **_more(fix="must be a Prefect block's type slug and name, e.g. webhook/ops-alerts"),
+    )
+    """The Prefect block `invoiceflow automations` notifies through: `<type>/<name>`, e.g.
+    `webhook/ops-alerts` (a Webhook block, called with a JSON body) or a notification block
+    such as `slack-webhook/ops` or `email/ops`; unset: no notifications."""
+
     @field_validator("stripe_webhook_secret")
     @classmethod
     def _whsec(cls, value: SecretStr | None) -> SecretStr | None:

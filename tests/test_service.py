@@ -677,7 +677,7 @@ def test_the_deployments_serve_registers(
         "dunning": [("0 7 * * *", "Europe/Berlin", "dunning")],
         "reconcile": [],  # "off": runs only when triggered
     }
-    assert deployments["billing-run"].parameters == {"source": "pending"}
+    assert deployments["billing-run"].parameters == {"source": "pending", "hold": False}
 
 
 @pytest.mark.usefixtures("prefect_api", "configured")

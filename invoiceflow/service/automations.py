@@ -37,6 +37,9 @@ FINAL_EVENTS = [
     "prefect.flow-run.Failed",
     "prefect.flow-run.Cancelled",
     "prefect.flow-run.Crashed",
+    # A held billing run waiting for its approval form has no process (`flows/approval.py`).
+    "prefect.flow-run.Suspended",
+    "prefect.flow-run.Paused",
 ]
 
 

@@ -69,7 +69,7 @@ async def build_deployments() -> list[RunnerDeployment]:
         description="The billing cycle: invoice every pending request, each on its own.",
         schedules=cycle_schedule(settings.billing_cron, settings, "billing-cycle"),
         # A reference to the requests, never the requests: Prefect caps parameters.
-        parameters={"source": settings.billing_source},
+        parameters={"source": settings.billing_source, "hold": settings.billing_hold},
         entrypoint_type=module,
     )
     billing_shard = await billing_shard_flow.ato_deployment(
