@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import random
@@ -79,6 +80,9 @@ class SandboxApp:
         self.faults = FaultPlan(config, self.rng)
         self.limiter = RateLimiter(config)
         self.webhooks = Dispatcher(config, self.store, self.rng)
+        # Ends every stall now (`POST /_sandbox/stalls/release`): a test that
+        # stalls a write until it has seen what it waits for, not for a fixed time.
+        self._stalls_released = asyncio.Event()
         self.store.listeners.append(self.webhooks.on_event)
         self.request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
         # (method, path, status, body bytes), only while `record_responses` is on.
@@ -293,7 +297,8 @@ class SandboxApp:
 
     async def _stall(self, entry: dict[str, Any]) -> None:
         self.request_log.append(entry)  # visible (status null) while the request hangs
-        await asyncio.sleep(self.config.stall_ms / 1000)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stalls_released.wait(), self.config.stall_ms / 1000)
 
     async def _latency(self) -> None:
         delay = self.config.latency_ms
@@ -329,6 +334,10 @@ class SandboxApp:
             return Response.json(200, {"in_flight": self.webhooks.in_flight()})
         if (method, path) == ("POST", "/_sandbox/idempotency/expire"):
             return Response.json(200, {"expired": self.idempotency.expire()})
+        if (method, path) == ("POST", "/_sandbox/stalls/release"):
+            released, self._stalls_released = self._stalls_released, asyncio.Event()
+            released.set()
+            return Response.json(200, {"released": True})
         if (method, path) == ("POST", "/_sandbox/bank_debits/settle"):
             invoice = parse_qs(query).get("invoice", [None])[0]
             settled = bank_debits.settle_all(self.store, self.config, invoice)

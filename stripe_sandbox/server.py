@@ -117,6 +117,10 @@ class RunningSandbox:
         result: dict[str, Any] = response.json()
         return result
 
+    def release_stalls(self) -> None:
+        """End every stalled request now, as if its `stall_ms` had passed."""
+        self._control.post("/_sandbox/stalls/release").raise_for_status()
+
     def config(self) -> dict[str, Any]:
         result: dict[str, Any] = self._control.get("/_sandbox/config").json()
         return result

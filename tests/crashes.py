@@ -7,11 +7,13 @@ needs a run to die at a write (`crash_at`) before a rerun in a new process.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from invoiceflow import fresh, lease, ledger, pipeline
@@ -93,20 +95,15 @@ def crash_at(sandbox: Any, request: BillingRequest, path: str, when: str) -> pip
 
     The sandbox holds the write open before or after Stripe makes it; meanwhile
     the run's lease is taken from it (a dead run's lease lapsing, seen from the
-    other side), so the attempt stops before it commits anything more: our
-    ledger keeps the intent and not the answer. Then the lease lapses."""
+    other side) and the write is let go only once the attempt's lease keeper has
+    seen that, so the attempt stops before it writes or commits anything more:
+    our ledger keeps the intent and not the answer. Then the lease lapses."""
     rt = get_runtime()
     ledger.submit(rt.engine, request)
-    sandbox.configure(stall_ms=600, faults=[{"method": "POST", "path": path, "when": when}])
     outcome: list[pipeline.Billed] = []
-    attempt = threading.Thread(target=lambda: outcome.append(bill(request)))
-    attempt.start()
-    wait_for(lambda: stalled(sandbox, when), f"the {path} write to stall")
-    set_lease(request.request_id, "crashed-run", time.time() + 3600)
-    attempt.join(timeout=120)
-    wait_for(lambda: stalled(sandbox, when)["status"] is not None, "the stalled write to end")
-    sandbox.configure(faults=[])
-    set_lease(request.request_id, "crashed-run", time.time() - 1)  # it lapsed
+    _stop_at(
+        sandbox, request.request_id, "POST", path, when, lambda: outcome.append(bill(request))
+    )
     assert outcome, "the attempt never ended"
     return outcome[0]
 
@@ -124,13 +121,47 @@ def crash_during(
 ) -> None:
     """`crash_at` for any act (approving or rejecting a held run): stop it at the first
     `method` write to `path`, as a SIGKILL would, while it works on `request_id`."""
-    sandbox.configure(stall_ms=600, faults=[{"method": method, "path": path, "when": when}])
-    thread = threading.Thread(target=act)
-    thread.start()
-    wait_for(lambda: stalled(sandbox, when), f"the {method} {path} write to stall")
-    set_lease(request_id, "crashed-run", time.time() + 3600)
-    thread.join(timeout=120)
+    _stop_at(sandbox, request_id, method, path, when, act)
+
+
+# Long enough never to end on its own: the test lets the write go (`release_stalls`).
+_HOLD_MS = 120_000
+
+
+def _stop_at(
+    sandbox: Any, request_id: str, method: str, path: str, when: str, act: Callable[[], object]
+) -> None:
+    sandbox.configure(stall_ms=_HOLD_MS, faults=[{"method": method, "path": path, "when": when}])
+    with _lease_losses() as lost:
+        thread = threading.Thread(target=act)
+        thread.start()
+        wait_for(lambda: stalled(sandbox, when), f"the {method} {path} write to stall")
+        set_lease(request_id, "crashed-run", time.time() + 3600)
+        # Not a fixed wait: the keeper notices at its next renewal, whenever a busy
+        # machine schedules it. Until then a let-go write would be retried in time.
+        wait_for(lambda: request_id in lost, f"the attempt on {request_id} to see its lease go")
+        sandbox.release_stalls()
+        thread.join(timeout=120)
     wait_for(lambda: stalled(sandbox, when)["status"] is not None, "the stalled write to end")
     sandbox.configure(faults=[])
     set_lease(request_id, "crashed-run", time.time() - 1)  # it lapsed
     assert not thread.is_alive(), "the act never ended"
+
+
+@contextmanager
+def _lease_losses() -> Iterator[set[str]]:
+    """The requests whose lease keepers logged, while this block ran, that another run took
+    the lease (`invoiceflow.lease`'s warning)."""
+    lost: set[str] = set()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Lost the lease on "):
+                lost.add(str(record.args[0]) if isinstance(record.args, tuple) else "")
+
+    handler, logger = Seen(level=logging.WARNING), logging.getLogger(lease.__name__)
+    logger.addHandler(handler)
+    try:
+        yield lost
+    finally:
+        logger.removeHandler(handler)
