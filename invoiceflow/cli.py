@@ -331,7 +331,8 @@ def _cycle(settings: Settings) -> str:
 
 @app.command()
 def automations() -> None:
-    """Create or update the automation that marks dead flow runs Crashed.
+    """Create or update the automation that marks dead flow runs Crashed, and the ones that
+    notify INVOICEFLOW_NOTIFY_BLOCK (a billing run failed, a held run waits too long).
 
     `serve` does this at start; run it once when deploying with `prefect deploy`.
     Needs PREFECT_API_URL.
@@ -352,6 +353,28 @@ def automations() -> None:
     typer.echo(
         f"automation {CRASHED_RUNS_AUTOMATION} ({automation_id}): runs silent {seconds} s → Crashed"
     )
+    _notifications()
+
+
+def _notifications() -> None:
+    """The automations that notify INVOICEFLOW_NOTIFY_BLOCK (`invoiceflow.service.notify`)."""
+    import asyncio
+
+    from invoiceflow.service.notify import NotifyBlockMissing, ensure_notifications
+    from invoiceflow.settings import SettingsError, get_settings
+
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        raise fail(Exit.BAD_INPUT, str(exc)) from None
+    try:
+        installed = asyncio.run(ensure_notifications(settings))
+    except NotifyBlockMissing as exc:
+        raise fail(Exit.BAD_INPUT, str(exc)) from None
+    if not installed:
+        typer.echo("notifications: off (set INVOICEFLOW_NOTIFY_BLOCK to a Prefect block)")
+    for name, automation_id in installed.items():
+        typer.echo(f"automation {name} ({automation_id}): notifies {settings.notify_block}")
 
 
 def _register_subcommands() -> None:

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 
 from invoiceflow import stale_runs
 from invoiceflow.batch.shards import SHARD_DEPLOYMENT
+from invoiceflow.service import notify
 from invoiceflow.service.automations import ensure_crashed_runs_automation
 from invoiceflow.service.deployments import build_deployments
 from invoiceflow.service.sweeper import last_sweep, sweep_forever
@@ -77,6 +78,7 @@ async def serve(
         if f"{deployment.flow_name}/{deployment.name}" != SHARD_DEPLOYMENT:
             ours.append(deployment_id)
     await ensure_crashed_runs_automation()  # without it, a killed run stays Running
+    await notify.ensure_or_warn()  # INVOICEFLOW_NOTIFY_BLOCK's automations
     server = _Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
     served = asyncio.create_task(runner.start(), name="prefect-runner")
     web = asyncio.create_task(server.serve(sockets=[sock]), name="http")
