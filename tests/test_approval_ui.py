@@ -27,7 +27,8 @@ from typing import Any
 import httpx
 import pytest
 import stripe
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
+from websockets.sync.connection import Connection
 
 from invoiceflow_testing.local_prefect import local_prefect_server
 from tests.conftest import REPO
@@ -48,7 +49,7 @@ DOCS_PICTURE = REPO / "docs" / "img" / "approve-form.png"
 class Browser:
     """One headless Chromium page, driven over the DevTools protocol."""
 
-    def __init__(self, socket: ClientConnection) -> None:
+    def __init__(self, socket: Connection) -> None:
         self.socket = socket
         self.next_id = 0
 
