@@ -33,7 +33,7 @@ from invoiceflow.batch.source import read_source
 from invoiceflow.db.engine import get_engine
 from invoiceflow.db.models import RecoveryPoint
 from invoiceflow.request import BillingRequest
-from tests.helpers import assert_exactly_one_invoice, invoices_for, make_request
+from tests.helpers import assert_exactly_one_invoice, invoices_for, make_request, wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "configured")
 
@@ -161,3 +161,40 @@ def test_a_form_answer_after_the_cli_decided_the_other_way_fails_the_run_and_cha
     assert len(_writes(sandbox)) == writes_before
     for billing_request in requests:
         assert invoices_for(stripe_client, billing_request.request_id) == []
+
+
+def test_an_unanswered_form_times_out_failed_and_the_drafts_stay_held_for_the_cli(
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from invoiceflow.approval import decide
+    from invoiceflow.runtime import get_runtime, reset_runtime
+
+    monkeypatch.setenv("INVOICEFLOW_APPROVAL_TIMEOUT_DAYS", str(2 / 86400))  # two seconds
+    reset_runtime()
+    requests = _requests(f"t{uuid.uuid4().hex[:6]}")
+    source = _source(tmp_path, requests)
+    run_id = asyncio.run(_deployment_run(source))
+    _suspended(run_id)
+
+    # Prefect's pause-expirations service ends it; nothing of ours runs.
+    ended = wait_for(
+        lambda: (run := _read(run_id)).state is not None and run.state.is_failed() and run,
+        "the suspended run to time out",
+        120,
+    )
+    assert "never resumed" in (ended.state.message or ""), ended.state
+    engine = get_engine(database_url)
+    for billing_request in requests:
+        assert ledger.require(engine, billing_request.request_id).point is RecoveryPoint.HELD
+        [draft] = invoices_for(stripe_client, billing_request.request_id)
+        assert draft.status == "draft"
+
+    billing_run = manifest.default_run_id(read_source(str(source)))
+    approved = decide.approve(get_runtime(), billing_run, "alice")  # `invoiceflow approve RUN`
+    assert sorted(approved.decided) == sorted(r.request_id for r in requests)
+    for billing_request in requests:
+        assert assert_exactly_one_invoice(stripe_client, billing_request).status == "open"
