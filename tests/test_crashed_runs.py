@@ -59,6 +59,8 @@ def test_the_automation_marks_a_silent_run_of_ours_crashed_and_a_finished_one_ne
         "prefect.flow-run.Failed",
         "prefect.flow-run.Cancelled",
         "prefect.flow-run.Crashed",
+        "prefect.flow-run.Suspended",  # a held run waiting for its approval form
+        "prefect.flow-run.Paused",
     } == trigger.expect
     related = trigger.match_related
     assert not isinstance(related, list)
