@@ -70,7 +70,7 @@ def test_the_cycle_is_served_on_its_crons_in_the_configured_time_zone(
         ]
 
     assert schedules("billing-run") == [("0 6 1 * *", "Europe/Berlin", "billing-cycle")]
-    assert served["billing-run"].parameters == {"source": "pending"}
+    assert served["billing-run"].parameters == {"source": "pending", "hold": False}
     assert schedules("reconcile") == [("* * * * *", "Europe/Berlin", "reconcile")]
     assert schedules("dunning") == []  # "off": runs only when triggered
     # The date the server's scheduler makes of it: 06:00 Berlin time on the 1st.
@@ -101,7 +101,7 @@ def test_cron_deployments_fire_under_the_servers_scheduler(sandbox: Any, tmp_pat
         first = scheduled[0]
         assert first.auto_scheduled
         assert first.expected_start_time.astimezone(BERLIN) == next_cycle
-        assert first.parameters == {"source": "pending"}
+        assert first.parameters == {"source": "pending", "hold": False}
 
         def reconciled_by_schedule() -> Any:
             runs = _runs(RECONCILE_DEPLOYMENT)
