@@ -306,3 +306,32 @@ class SyncCursor(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     position: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class RequestVersion(SQLModel, table=True):
+    """One version of a sent request and the invoice it became (`invoiceflow amend`).
+
+    Trust: the content (`payload`, `fingerprint`, `total_amount`) is ours and
+    immutable once stored; the invoice ids are Stripe's, written in the commit
+    that reached `state`. Version 1 is the request as first sent, recorded at its
+    first amendment; version N+1 is a Stripe revision of version N's invoice,
+    made under a key of (request id, N+1). The request's row always carries the
+    latest version, so the latest version's live state is the row's; an older
+    version's `state` is `void` once Stripe voided it for its revision.
+    """
+
+    __tablename__ = "request_version"
+
+    request_id: str = Field(foreign_key="billing_request.request_id", primary_key=True)
+    version: int = Field(primary_key=True)
+    fingerprint: str = Field(max_length=64)
+    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    total_amount: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # The invoice this version revises (version N's), None for version 1.
+    revises_invoice: str | None = Field(default=None, max_length=255)
+    stripe_invoice_id: str | None = Field(default=None, max_length=255, unique=True)
+    invoice_number: str | None = Field(default=None, max_length=255)
+    # planned → revision_created → copies_removed → sent; `void` when superseded.
+    state: str = Field(max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
