@@ -29,6 +29,8 @@ from invoiceflow.cli_common import HELP_SETTINGS, database_errors, fail
 from invoiceflow.outcomes import Exit, classify
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from invoiceflow.request import BillingRequest
     from invoiceflow.settings import Settings
     from invoiceflow.status import RequestStatus
@@ -137,7 +139,25 @@ def _run_flow(
 
     rt = get_runtime()
     timeout = rt.settings.await_paid_seconds if await_seconds is None else await_seconds
-    return RequestStatus.from_row(awaiting.until_settled(rt.engine, request.request_id, timeout))
+    row = awaiting.until_settled(rt.engine, request.request_id, timeout)
+    if row.point.is_terminal or row.payment_pending_since is not None:
+        _tell_ending(rt.engine, request.request_id)
+    return RequestStatus.from_row(row)
+
+
+def _tell_ending(engine: Engine, request_id: str) -> None:
+    """The run ended `AwaitingPayment` before the payment came: its state and story
+    say where the invoice is now (no serve may be running to tell it). For people
+    only: a failure is one warning, never the command's outcome."""
+    from prefect.client.orchestration import get_client
+
+    from invoiceflow import endings, progress
+
+    try:
+        with get_client(sync_client=True) as client:
+            endings.tell(client, engine, [request_id])
+    except Exception as exc:
+        progress.log.warning("could not tell %s's ending in Prefect: %s", request_id, exc)
 
 
 @app.command()
@@ -378,6 +398,7 @@ def _notifications() -> None:
 
 
 def _register_subcommands() -> None:
+    from invoiceflow.amend.cli import register as register_amend
     from invoiceflow.approval.cli import register as register_approval
     from invoiceflow.batch.cli import register as register_batch
     from invoiceflow.dunning.cli import register as register_dunning
@@ -391,6 +412,7 @@ def _register_subcommands() -> None:
     register_dunning(app)
     register_reconcile(app)
     register_invoice_controls(app)
+    register_amend(app)
 
 
 _register_subcommands()

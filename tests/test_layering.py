@@ -58,6 +58,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "invoiceflow.run_tags",
             "invoiceflow.batch.*",
             "invoiceflow.approval.*",
+            "invoiceflow.amend.*",  # amend a sent invoice by Stripe revision
             "invoiceflow.dunning.*",
             "invoiceflow.reconcile.*",
             "invoiceflow.webhooks.*",
