@@ -31,6 +31,8 @@ from invoiceflow.outcomes import Exit, classify
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from invoiceflow.amend.versions import Link
+    from invoiceflow.db.models import BillingRequestRow as BillingRow
     from invoiceflow.request import BillingRequest
     from invoiceflow.settings import Settings
     from invoiceflow.status import RequestStatus
@@ -213,13 +215,14 @@ def status(
     if overdue:
         statuses = [one for one in statuses if one.days_overdue is not None]
     sums = totals_by_currency(statuses)
+    chains = _amended_chains(engine, [row for row in rows if row is not None])
     if as_json:
         if totals:
             payload: object = [one.model_dump(mode="json") for one in sums]
         elif request_id:
-            payload = statuses[0].model_dump(mode="json")
+            payload = _with_chain(statuses[0], chains)
         else:
-            payload = [one.model_dump(mode="json") for one in statuses]
+            payload = [_with_chain(one, chains) for one in statuses]
         typer.echo(json.dumps(payload, indent=2))
         return
     if not statuses:
@@ -228,9 +231,28 @@ def status(
     if not totals:
         for one in statuses:
             typer.echo(one.one_line())
+            for link in chains.get(one.request_id, []):  # an amended request's versions
+                typer.echo(f"  {link.words()}")
     if totals or request_id is None:  # one request listed has totals too: they must agree
         for line in sums:
             typer.echo(f"total {line.one_line()}")
+
+
+def _amended_chains(engine: Engine, rows: list[BillingRow]) -> dict[str, list[Link]]:
+    from invoiceflow.amend.versions import links_by_request
+
+    with database_errors():
+        return links_by_request(engine, rows)
+
+
+def _with_chain(status: RequestStatus, chains: dict[str, list[Link]]) -> dict[str, object]:
+    """The status as JSON, with `versions` (version, invoice, number, state) if amended."""
+    from dataclasses import asdict
+
+    payload = status.model_dump(mode="json")
+    if status.request_id in chains:
+        payload["versions"] = [asdict(link) for link in chains[status.request_id]]
+    return payload
 
 
 @db_app.command("upgrade")

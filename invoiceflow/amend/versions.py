@@ -66,6 +66,24 @@ def links(engine: Engine, row: BillingRequestRow) -> list[Link]:
     return [_link(version, row) for version in found]
 
 
+def links_by_request(engine: Engine, rows: list[BillingRequestRow]) -> dict[str, list[Link]]:
+    """`links` of each amended request among `rows`, in one read; the others have none."""
+    ids = [row.request_id for row in rows]
+    if not ids:
+        return {}
+    with reading(engine) as session:
+        found = session.exec(
+            select(RequestVersion)
+            .where(col(RequestVersion.request_id).in_(ids))
+            .order_by(col(RequestVersion.request_id), col(RequestVersion.version))
+        ).all()
+    by_id = {row.request_id: row for row in rows}
+    chains: dict[str, list[Link]] = {}
+    for version in found:
+        chains.setdefault(version.request_id, []).append(_link(version, by_id[version.request_id]))
+    return chains
+
+
 def _link(version: RequestVersion, row: BillingRequestRow) -> Link:
     if version.stripe_invoice_id is not None and version.stripe_invoice_id == row.stripe_invoice_id:
         state = "payment pending" if row.payment_pending_since and row.point == SENT else row.point
