@@ -233,3 +233,78 @@ def test_a_crash_at_any_write_of_amend_then_amend_again_makes_one_revision_sent_
     rerun_from = len(sandbox.requests())
     assert cli("amend", _file(tmp_path, changed)).exit_code == 0
     assert _stripe_writes(sandbox, rerun_from) == []
+
+
+def _post(app: Any, path: str, token: str | None, body: dict[str, Any]) -> Any:
+    """One request to the served app, in this process (httpx's ASGI transport)."""
+    import asyncio
+
+    import httpx
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post(path, headers=headers, json=body, timeout=120)
+
+    return asyncio.run(call())
+
+
+@pytest.mark.backend
+def test_post_invoices_amend_runs_the_same_amendment_with_the_same_token(
+    configured: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox: Any,
+    stripe_client: stripe.StripeClient,
+) -> None:
+    from invoiceflow.runtime import reset_runtime
+    from invoiceflow.service.app import build_app
+    from invoiceflow.settings import load_settings
+
+    token = "amend-token-0123456789abcdef"
+    monkeypatch.setenv("INVOICEFLOW_TRIGGER_TOKEN", token)
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "whsec_testAmendInProcess0123456789ab")
+    reset_runtime()
+    app = build_app(load_settings())
+    request = _sent(uuid.uuid4().hex[:8])
+    rid = request.request_id
+    original = str(ledger.require(get_runtime().engine, rid).stripe_invoice_id)
+    changed = _changed(request).model_dump(mode="json")
+
+    assert _post(app, "/invoices/amend", None, changed).status_code == 401
+    assert _post(app, "/invoices/amend", "wrong", changed).status_code == 401
+    done = _post(app, "/invoices/amend", token, changed)
+
+    assert done.status_code == 200, done.text
+    [revision] = _revisions_of(stripe_client, rid, original)
+    assert done.json() == {
+        "request_id": rid,
+        "version": 2,
+        "stripe_invoice_id": revision.id,
+        "invoice_number": revision.number,
+        "state": "sent",
+        "changed": True,
+    }
+    before = len(sandbox.requests())
+    again = _post(app, "/invoices/amend", token, changed)
+    assert (again.status_code, again.json()["changed"]) == (200, False)
+    assert _stripe_writes(sandbox, before) == []
+
+    stripe_client.v1.invoices.void_invoice(revision.id)
+    void = _post(
+        app,
+        "/invoices/amend",
+        token,
+        _changed(request, description="Third").model_dump(mode="json"),
+    )
+    assert void.status_code == 409
+    assert void.json() == {
+        "errors": [
+            f"{rid}: invoice {revision.id} is void; a paid or void invoice cannot be revised "
+            "— bill the change under a new request_id"
+        ]
+    }
+    unsent = make_request(f"amend-http-unsent-{uuid.uuid4().hex[:6]}")
+    ledger.submit(get_runtime().engine, unsent)
+    never = _post(app, "/invoices/amend", token, _changed(unsent).model_dump(mode="json"))
+    assert never.status_code == 409 and "invoiceflow invoice" in never.json()["errors"][0]

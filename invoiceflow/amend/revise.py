@@ -144,7 +144,7 @@ def _version_to_make(
     if row.stripe_invoice_id is None or not _row_at_or_past_sent(row):
         raise NeverSent(
             f"{request_id} was never sent ({row.recovery_point}); there is nothing to "
-            "revise — send it with `invoiceflow invoice FILE`"
+            "revise — send it with `invoiceflow invoice FILE` (or POST /invoices)"
         )
     if row.fingerprint == fingerprint:
         return None

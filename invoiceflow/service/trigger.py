@@ -9,6 +9,21 @@
          if that one is dead, a new run of the request was started after it)
 
 The run executes wherever the deployment is served, never in this process.
+
+POST /invoices/amend: amend a sent request to the body's content (`invoiceflow amend`),
+same token and body rules, answered when done. Unlike an invoice run it is a few
+Stripe calls under the request's lease, made in this process (in a worker thread),
+so the answer says how it ended:
+
+    200  {"request_id", "version", "stripe_invoice_id", "invoice_number", "state",
+         "changed"}: the version is sent (changed false: the body is the latest
+         version already, nothing was written)
+    404  no such request
+    409  the invoice is paid or void, the request was never sent (POST /invoices
+         sends it), another version is being made from other content, another run
+         holds the request, or Stripe refused: {"errors": [reason]}
+    400  not JSON, not a valid request, or another customer or currency
+    503  Stripe or the database unreachable: retry, it resumes
 """
 
 from __future__ import annotations
@@ -68,7 +83,61 @@ def create_trigger_app(settings: Settings) -> Starlette:
         payload = {"flow_run_id": run_id, "request_id": request.request_id, "state": state}
         return JSONResponse(payload, status_code=202)
 
-    return Starlette(routes=[Route("/invoices", start_invoice, methods=["POST"])])
+    async def amend_invoice(http: Request) -> JSONResponse:
+        if token is None or not _authorized(http, token.get_secret_value()):
+            _log_refusal(http, 401, _why_unauthorized(http, token is None))
+            return _errors(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        body = await read_capped(http, MAX_BODY_BYTES)
+        if body is None:
+            return _errors(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        try:
+            request = parse_request(read_json(body))
+        except InvalidJson as exc:
+            return _errors(400, f"body is not valid JSON: {exc}")
+        except RequestError as exc:
+            return JSONResponse({"errors": [str(p) for p in exc.problems]}, status_code=400)
+        return await run_in_threadpool(_amend, request)
+
+    return Starlette(
+        routes=[
+            Route("/invoices", start_invoice, methods=["POST"]),
+            Route("/invoices/amend", amend_invoice, methods=["POST"]),
+        ]
+    )
+
+
+def _amend(request: BillingRequest) -> JSONResponse:
+    """`invoiceflow amend`'s logic, answered with what became of it."""
+    from invoiceflow.amend.revise import AmendInProgress, AmendRefused, NeverSent, NotRevisable
+    from invoiceflow.amend.revise import amend as make_amendment
+    from invoiceflow.outcomes import Exit, classify
+    from invoiceflow.retry import describe
+    from invoiceflow.runtime import get_runtime
+
+    try:
+        amended = make_amendment(get_runtime(), request)
+    except ledger.RequestNotFound:
+        return _errors(404, f"no request {request.request_id!r}; POST /invoices sends it")
+    except (NotRevisable, AmendInProgress, NeverSent) as exc:
+        return _errors(409, str(exc))
+    except AmendRefused as exc:
+        return _errors(400, str(exc))
+    except Exception as exc:
+        code = classify(exc)
+        status = {Exit.TEMPORARY: 503, Exit.BUSY: 409, Exit.REFUSED: 409, Exit.BAD_INPUT: 400}
+        logger.warning("amending %s failed: %s", request.request_id, type(exc).__name__)
+        return _errors(status.get(code, 500), f"{request.request_id}: {describe(exc)}")
+    row = amended.row
+    logger.info("request %s: version %d %s", request.request_id, amended.version, row.point)
+    payload = {
+        "request_id": row.request_id,
+        "version": amended.version,
+        "stripe_invoice_id": row.stripe_invoice_id,
+        "invoice_number": row.invoice_number,
+        "state": row.recovery_point,
+        "changed": amended.changed,
+    }
+    return JSONResponse(payload, status_code=200)
 
 
 def _authorized(http: Request, token: str) -> bool:
