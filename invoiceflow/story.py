@@ -67,6 +67,28 @@ def markdown(row: BillingRequestRow, lines: list[RequestLine]) -> str:
     return "\n".join(out) + "\n"
 
 
+def versions(engine: Engine, row: BillingRequestRow) -> str:
+    """An amended request's chain (`invoiceflow amend`): each version, its invoice, its
+    state, oldest first; nothing for a request never amended."""
+    from invoiceflow.amend.versions import links
+
+    chain = links(engine, row)
+    if not chain:
+        return ""
+    out = [
+        "",
+        "**Versions:**",
+        "",
+        "| version | invoice | number | state |",
+        "| ---: | --- | --- | --- |",
+    ]
+    for link in chain:
+        out.append(
+            f"| {link.version} | `{link.invoice_id or '—'}` | {link.number or '—'} | {link.state} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def publish(engine: Engine, row: BillingRequestRow) -> None:
     """A new version of the request's artifact, from inside a flow run (which it
     is linked to). Never fails the run: the story is for people, not the ledger."""
@@ -74,7 +96,7 @@ def publish(engine: Engine, row: BillingRequestRow) -> None:
 
     try:
         create_markdown_artifact(
-            markdown=markdown(row, ledger.lines(engine, row.request_id)),
+            markdown=markdown(row, ledger.lines(engine, row.request_id)) + versions(engine, row),
             key=artifact_key(row.request_id),
             description=f"{row.request_id}: {row.recovery_point}",
         )

@@ -23,6 +23,7 @@ from invoiceflow import ledger
 from invoiceflow.amend import versions
 from invoiceflow.request import BillingRequest
 from invoiceflow.runtime import get_runtime
+from invoiceflow.story import versions as versions_story
 from tests.crashes import as_a_new_process, crash_during
 from tests.helpers import bill_plain, invoices_for, make_request, sent_events
 from tests.inprocess_cli import Invoke, configured_cli
@@ -150,6 +151,9 @@ def test_amend_revises_the_sent_invoice_once_and_again_revises_the_latest(
     assert status.exit_code == 0, status.stdout
     assert f"v1 {first.stripe_invoice_id} {first.invoice_number} void" in status.stdout
     assert f"v3 {latest.id} {latest.number} sent" in status.stdout
+    story = versions_story(get_runtime().engine, ledger.require(get_runtime().engine, rid))
+    assert f"| 2 | `{revision.id}` | {revision.number} | void |" in story
+    assert f"| 3 | `{latest.id}` | {latest.number} | sent |" in story
 
 
 @pytest.mark.backend
