@@ -37,8 +37,9 @@ from tasks import billing
 # The final state is named after where the request stands: `AwaitingPayment`
 # while the sent invoice is open (the UI shows which runs are done with their
 # part and wait for the customer, not for a worker), `Paid`, `Void` or
-# `Uncollectible` once settled. A run left `AwaitingPayment` is renamed when the
-# invoice settles (`invoiceflow.endings`). AWAITING_PAYMENT is imported above.
+# `Uncollectible` once settled (`PaymentPending` while a payment processes). A
+# run left `AwaitingPayment` is renamed as the invoice moves on
+# (`invoiceflow.endings`). AWAITING_PAYMENT is imported above.
 __all__ = ["AWAITING_PAYMENT", "invoice_flow", "run_invoice"]
 # Parallel Stripe calls of one run. Stripe allows 25 requests/s in test mode;
 # eight steps in flight, each a couple of calls long, stays under it.
@@ -93,7 +94,7 @@ def invoice_flow(request: BillingRequest) -> State[RequestStatus]:
 
     status = RequestStatus.from_row(billed.row)
     logger.info("%s", status.one_line())
-    named = final_state_name(status.state)
+    named = final_state_name(status)
     if named is not None:
         return Completed(name=named, message=status.one_line(), data=status)
     return Completed(message=status.one_line(), data=status)

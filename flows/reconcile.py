@@ -3,7 +3,7 @@
     sweep events since the cursor (applied like webhooks)
       → sweep the unfinished requests' invoices (settle; report drift)
       → finish stuck requests (the invoice flow, as a subflow each)
-      → publish what changed
+      → publish what changed; tell the settled requests' endings in the Prefect UI
 
 The work is plain functions in `invoiceflow.reconcile`; this flow runs them
 and leaves a markdown artifact of the report for the Prefect UI.
@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.invoice import run_invoice
+from invoiceflow import endings
 from invoiceflow.reconcile.report import ReconcileReport
 from invoiceflow.reconcile.sweep import reconcile
 from invoiceflow.runtime import get_runtime
@@ -44,4 +45,21 @@ def reconcile_flow(since: datetime | None = None, stale_minutes: float = 10) -> 
     create_markdown_artifact(
         markdown=report.markdown(), key=ARTIFACT_KEY, description=report.summary()
     )
+    _tell_endings(report.settled_ids)
     return report
+
+
+def _tell_endings(settled_ids: list[str]) -> None:
+    """What this run settled, the invoice runs and stories say now: the requests
+    settled by reading their invoice (no event), and the swept events' moves
+    (serve's sweeper would tell those, but serve may not be running). Idempotent,
+    so telling what serve told already changes nothing. Never fails the run."""
+    from prefect.client.orchestration import get_client
+
+    engine = get_runtime().engine
+    try:
+        with get_client(sync_client=True) as client:
+            endings.tell(client, engine, settled_ids)
+            endings.tell_inbox(client, engine)
+    except Exception:
+        get_run_logger().warning("Could not tell the settled requests' endings", exc_info=True)

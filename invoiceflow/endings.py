@@ -6,10 +6,13 @@ shows the request's invoice run `AwaitingPayment` and its story at `sent`.
 `tell` brings both up to the ledger through Prefect's API: each finished
 invoice run of the request gets the ending as its state (`Completed`, named
 `Paid`, `Void` or `Uncollectible`), and the request's story artifact a new
-version, linked to its latest run. What to say is read from the ledger, not
-from an event, so events may come in any order and any number of times: a
-second telling changes nothing. A few API calls per request and no flow run:
-fifty write-offs cost seconds, not fifty subprocesses of `serve`.
+version, linked to its latest run. A sent invoice whose payment is processing
+(a bank debit) is told the same way, `PaymentPending`, and back to
+`AwaitingPayment`, with the reason, when that payment fails. What to say is
+read from the ledger, not from an event, so events may come in any order and
+any number of times: a second telling changes nothing. A few API calls per
+request and no flow run: fifty write-offs cost seconds, not fifty subprocesses
+of `serve`.
 """
 
 from __future__ import annotations
@@ -23,19 +26,24 @@ from sqlalchemy.engine import Engine
 from invoiceflow import ledger, story
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint
 from invoiceflow.status import RequestStatus
+from invoiceflow.webhooks import inbox
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.objects import FlowRun
 
-# The invoice run's final state names (all `Completed`): while the sent invoice
-# is open, and once Stripe settled it.
+# The invoice run's final state names (all `Completed`, so never taken for a run
+# still going): while the sent invoice is open, while a payment of it is
+# processing, and once Stripe settled it. The crashed-runs automation counts
+# each as an end (`invoiceflow.service.automations.FINAL_EVENTS`).
 AWAITING_PAYMENT = "AwaitingPayment"
+PAYMENT_PENDING = "PaymentPending"
 ENDINGS = {
     RecoveryPoint.PAID: "Paid",
     RecoveryPoint.VOID: "Void",
     RecoveryPoint.UNCOLLECTIBLE: "Uncollectible",
 }
+STATE_NAMES = (AWAITING_PAYMENT, PAYMENT_PENDING, *ENDINGS.values())
 # Requests per round trip: their names fit one filter, their runs one page.
 _CHUNK = 50
 _RUNS_PER_PAGE = 200
@@ -46,11 +54,11 @@ def invoice_run_name(request_id: str) -> str:
     return f"invoice-{request_id}"
 
 
-def final_state_name(point: RecoveryPoint) -> str | None:
-    """The name of an invoice run's Completed state at `point` (None: plain Completed)."""
-    if point is RecoveryPoint.SENT:
-        return AWAITING_PAYMENT
-    return ENDINGS.get(point)
+def final_state_name(status: RequestStatus) -> str | None:
+    """The name of an invoice run's Completed state for `status` (None: plain Completed)."""
+    if status.state is RecoveryPoint.SENT:
+        return PAYMENT_PENDING if status.payment_pending else AWAITING_PAYMENT
+    return ENDINGS.get(status.state)
 
 
 @dataclass
@@ -66,19 +74,31 @@ class Told:
 
 
 def tell(client: SyncPrefectClient, engine: Engine, request_ids: Iterable[str]) -> Told:
-    """Bring the Prefect UI up to the ledger for each settled request of `request_ids`."""
+    """Bring the Prefect UI up to the ledger for each sent or settled request of `request_ids`."""
     told = Told()
-    settled: dict[str, BillingRequestRow] = {}
+    tellable: dict[str, BillingRequestRow] = {}
     for request_id in dict.fromkeys(request_ids):
         row = ledger.load(engine, request_id)
-        if row is not None and row.point in ENDINGS:
-            settled[request_id] = row
+        if row is not None and (row.point in ENDINGS or row.point is RecoveryPoint.SENT):
+            tellable[request_id] = row
         else:
-            told.done.append(request_id)  # not settled: nothing to tell (yet)
-    ids = list(settled)
+            told.done.append(request_id)  # not sent: its run tells its story itself
+    ids = list(tellable)
     for start in range(0, len(ids), _CHUNK):
-        _tell_chunk(client, engine, [settled[i] for i in ids[start : start + _CHUNK]], told)
+        _tell_chunk(client, engine, [tellable[i] for i in ids[start : start + _CHUNK]], told)
     return told
+
+
+def tell_inbox(client: SyncPrefectClient, engine: Engine) -> int:
+    """Tell the endings of the inbox's events still to tell, then mark them told; how
+    many were marked. An event whose request still has an invoice run going stays
+    to tell: that run may yet end `AwaitingPayment`, and the next call corrects it."""
+    events = inbox.pending_settles(engine)
+    if not events:
+        return 0
+    told = tell(client, engine, [e.request_id for e in events if e.request_id])
+    later = set(told.later)
+    return inbox.mark_told(engine, [e.event_id for e in events if e.request_id not in later])
 
 
 def _tell_chunk(
@@ -99,10 +119,13 @@ def _tell_chunk(
         if any(_going(run) for run in mine):
             told.later.append(row.request_id)
             continue
-        ending = ENDINGS[row.point]
-        message = RequestStatus.from_row(row).one_line()
+        status = RequestStatus.from_row(row)
+        ending, message = final_state_name(status), status.one_line()
         for run in mine:
-            if run.state is not None and run.state.is_completed() and run.state.name != ending:
+            state = run.state
+            if state is None or not state.is_completed():
+                continue  # failed, cancelled, crashed: that run's own end stays
+            if (state.name, state.message) != (ending, message):
                 client.set_flow_run_state(
                     run.id, Completed(name=ending, message=message), force=True
                 )
@@ -115,7 +138,7 @@ def _tell_chunk(
                     key=key,
                     type="markdown",
                     data=text,
-                    description=f"{row.request_id}: {row.recovery_point}",
+                    description=story.description(row),
                     flow_run_id=mine[0].id if mine else None,
                 )
             )

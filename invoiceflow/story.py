@@ -1,7 +1,9 @@
 """The invoice's story as the Prefect UI shows it: a markdown artifact per request.
 
-The artifact is keyed by the request, so each run (and, later, each `settle`)
-adds a version and the UI's artifact page shows the request's history. It
+The artifact is keyed by the request, so each run, and each later move of its
+invoice told without a run (a payment pending, failed, or settled:
+`invoiceflow.endings`), adds a version and the UI's artifact page shows the
+request's history. It
 holds business data only — customer, lines, totals, status, hosted link —
 never a key or a secret.
 """
@@ -15,7 +17,7 @@ import re
 from sqlalchemy.engine import Engine
 
 from invoiceflow import ledger
-from invoiceflow.db.models import BillingRequestRow, RequestLine
+from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, RequestLine
 from invoiceflow.money import format_minor_units
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,19 @@ def artifact_key(request_id: str) -> str:
     return f"invoice-{readable}-{digest}"
 
 
+def state_words(row: BillingRequestRow) -> str:
+    """Where the request stands, as a person says it: 'payment pending' while a
+    payment of its sent invoice processes (a bank debit), else its recovery point."""
+    if row.point is RecoveryPoint.SENT and row.payment_pending_since is not None:
+        return "payment pending"
+    return row.recovery_point
+
+
+def description(row: BillingRequestRow) -> str:
+    """The artifact's one line in the UI's list."""
+    return f"{row.request_id}: {state_words(row)}"
+
+
 def markdown(row: BillingRequestRow, lines: list[RequestLine]) -> str:
     """The request as finance reads it."""
     customer = row.payload["customer"]
@@ -43,10 +58,13 @@ def markdown(row: BillingRequestRow, lines: list[RequestLine]) -> str:
     invoice = row.stripe_invoice_id or "not created yet"
     number = f" ({row.invoice_number})" if row.invoice_number else ""
     link = f"[hosted invoice]({row.hosted_invoice_url})" if row.hosted_invoice_url else "—"
+    state = state_words(row)
+    if state != row.recovery_point and row.payment_pending_since is not None:
+        state += f" (since {row.payment_pending_since:%Y-%m-%d %H:%M} UTC)"
     out = [
         f"# Invoice for `{row.request_id}`",
         "",
-        f"**Status:** {row.recovery_point} · **Stripe invoice:** `{invoice}`{number} · {link}",
+        f"**Status:** {state} · **Stripe invoice:** `{invoice}`{number} · {link}",
         "",
         f"**Customer:** {customer['name']} <{customer['email']}> (`{row.customer_key}`)",
         "",
@@ -98,7 +116,7 @@ def publish(engine: Engine, row: BillingRequestRow) -> None:
         create_markdown_artifact(
             markdown=markdown(row, ledger.lines(engine, row.request_id)) + versions(engine, row),
             key=artifact_key(row.request_id),
-            description=f"{row.request_id}: {row.recovery_point}",
+            description=description(row),
         )
     except Exception:
         log.warning("Could not publish the story of %s", row.request_id, exc_info=True)

@@ -35,7 +35,8 @@ WINDOW = timedelta(seconds=40)
 def test_the_automation_marks_a_silent_run_of_ours_crashed_and_a_finished_one_never() -> None:
     """The spec the server gets: per flow run of our flows, a window opened by
     Running or a heartbeat, closed by the next heartbeat or any final state
-    (`AwaitingPayment`, `Paid`, `Void`, `Uncollectible` are our Completed), else
+    (`AwaitingPayment`, `PaymentPending`, `Paid`, `Void`, `Uncollectible` are our
+    Completed), else
     Crashed with a reason."""
     from prefect.automations import EventTrigger, Posture
     from prefect.client.schemas.objects import StateType
@@ -53,6 +54,7 @@ def test_the_automation_marks_a_silent_run_of_ours_crashed_and_a_finished_one_ne
         "prefect.flow-run.heartbeat",
         "prefect.flow-run.Completed",
         "prefect.flow-run.AwaitingPayment",
+        "prefect.flow-run.PaymentPending",  # a payment of its invoice processing
         "prefect.flow-run.Paid",  # an invoice run of a request already settled
         "prefect.flow-run.Void",
         "prefect.flow-run.Uncollectible",

@@ -88,6 +88,7 @@ def _check(
         outcome = settle_from_invoice(rt.engine, invoice.to_dict(for_json=True))
         if outcome.kind == "applied":  # else the events (or the receiver) got there first
             report.settled += 1
+            report.settled_ids.append(request_id)
             report.changes.append(f"settled {request_id}: invoice {invoice.id} is {invoice.status}")
 
 

@@ -12,7 +12,9 @@ class ReconcileReport(BaseModel):
     applied, a settlement recorded, a request finished); `drift` what differs
     between Stripe and our ledger and was left alone for a human; `failures`
     requests a resume could not finish; `notes` what the person should know
-    about the sweep itself (events past Stripe's retention).
+    about the sweep itself (events past Stripe's retention). `settled_ids`: the
+    requests the invoice sweep settled, with no event to tell their ending in
+    the Prefect UI (the flow tells it, `invoiceflow.endings`).
     """
 
     events_applied: int = 0
@@ -23,6 +25,7 @@ class ReconcileReport(BaseModel):
     drift: list[str] = Field(default_factory=list)
     failures: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    settled_ids: list[str] = Field(default_factory=list)
 
     @property
     def changed(self) -> bool:

@@ -26,11 +26,13 @@ OUR_FLOWS = ["invoice", "billing-run", "billing-shard", "dunning", "reconcile"]
 # A window of three heartbeats: one late or lost event is not a death.
 MISSED_HEARTBEATS = 3
 # The end of a run ends its heartbeats too; these events close the window so a
-# finished run is never marked Crashed. `AwaitingPayment`, `Paid`, `Void` and
-# `Uncollectible` are our Completed states (`invoiceflow.endings`).
+# finished run is never marked Crashed. `AwaitingPayment`, `PaymentPending`,
+# `Paid`, `Void` and `Uncollectible` are our Completed states
+# (`invoiceflow.endings.STATE_NAMES`): an invoice run may end with any of them.
 FINAL_EVENTS = [
     "prefect.flow-run.Completed",
     "prefect.flow-run.AwaitingPayment",
+    "prefect.flow-run.PaymentPending",
     "prefect.flow-run.Paid",
     "prefect.flow-run.Void",
     "prefect.flow-run.Uncollectible",

@@ -1,13 +1,13 @@
-"""The settle sweeper: each applied payment event's ending told in the Prefect UI, once.
+"""The settle sweeper: each payment event's move told in the Prefect UI, once.
 
 The receiver records an event in our inbox before it answers Stripe, so an
 event is never lost, even while Prefect is down. Each round the sweeper takes
 the inbox rows still to tell (`inbox.pending_settles`), tells their requests'
 endings in one batch through Prefect's API (`endings.tell`: the invoice runs'
 state, the story artifact; no flow run, no subprocess), and only then marks
-them told (`inbox.mark_told`). A crash between the two tells again, which
-changes nothing. While Prefect is unreachable it says so and tries again next
-round; nothing is skipped.
+them told (`inbox.mark_told`; both in `endings.tell_inbox`). A crash between
+the two tells again, which changes nothing. While Prefect is unreachable it
+says so and tries again next round; nothing is skipped.
 """
 
 from __future__ import annotations
@@ -35,13 +35,10 @@ def sweep_once(engine: Engine) -> int:
     """
     from prefect.client.orchestration import get_client
 
-    events = inbox.pending_settles(engine)
-    if not events:
-        return 0
+    if not inbox.pending_settles(engine, limit=1):
+        return 0  # most rounds: no client, no Prefect call
     with get_client(sync_client=True) as client:
-        told = endings.tell(client, engine, [e.request_id for e in events if e.request_id])
-    later = set(told.later)
-    return inbox.mark_told(engine, [e.event_id for e in events if e.request_id not in later])
+        return endings.tell_inbox(client, engine)
 
 
 async def sweep_forever(engine: Engine, every: float = SWEEP_SECONDS) -> None:

@@ -190,7 +190,13 @@ def receive(
         assert stored is not None
         stored.request_id = row.request_id if row else None
         stored.outcome = outcome.text[:2000]
-        stored.needs_settle = outcome.kind == "applied"
+        # To tell in the Prefect UI (`invoiceflow.endings`, idempotent): a settlement,
+        # a payment pending or failed, and a settling event finding its move made
+        # already (dunning's write-off, told by nobody if no dunning flow ran).
+        stored.needs_settle = row is not None and (
+            outcome.kind in ("applied", "recorded")
+            or (outcome.kind == "unchanged" and type_ in _SETTLING)
+        )
         session.add(stored)
         return outcome
 
