@@ -14,13 +14,12 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from invoiceflow import progress
-from invoiceflow.db.engine import reading, transaction
+from invoiceflow.db.engine import reading, table_of, transaction, upsert_into
 from invoiceflow.db.models import (
     AuditEvent,
     BillingRequestRow,
@@ -66,23 +65,58 @@ LEASE_WAIT_NOTE_SECONDS = 10.0
 def submit(engine: Engine, request: BillingRequest) -> BillingRequestRow:
     """Store a request as received, or return the stored one if it is the same request.
 
-    The UNIQUE primary key on request_id decides between two concurrent submits.
+    The UNIQUE primary key on request_id decides between two concurrent submits:
+    the row is inserted first (ON CONFLICT DO NOTHING) and read only when it was
+    there already, so a new request costs one transaction and no read.
     """
     fingerprint = request.fingerprint()
-    existing = load(engine, request.request_id)
-    if existing is None:
-        try:
-            with transaction(engine) as session:
-                return record_in(session, request, fingerprint)
-        except IntegrityError:
-            existing = load(engine, request.request_id)  # lost the race: compare with the winner
-    assert existing is not None
+    row = _new_row(request, fingerprint)
+    with transaction(engine) as session:
+        if _insert_row_if_absent(session, row):
+            _insert_lines(session, request)
+            _audit_received(session, row)
+            return row
+        existing = session.get(BillingRequestRow, request.request_id)
+    assert existing is not None  # the conflict was its primary key, and rows are never deleted
     if existing.fingerprint != fingerprint:
         raise RequestConflict(
             f"request_id {request.request_id!r} was already submitted with different content; "
             "resubmit the original content, or use a new request_id for a new invoice"
         )
     return existing
+
+
+def _insert_row_if_absent(session: Session, row: BillingRequestRow) -> bool:
+    """INSERT … ON CONFLICT (request_id) DO NOTHING RETURNING request_id: True if inserted."""
+    table = table_of(BillingRequestRow)
+    values = {column.name: getattr(row, column.name) for column in table.columns}
+    statement = (
+        upsert_into(session, table)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["request_id"])
+        .returning(table.c.request_id)
+    )
+    return session.connection().execute(statement).first() is not None
+
+
+def _insert_lines(session: Session, request: BillingRequest) -> None:
+    table = table_of(RequestLine)
+    rows = [
+        {column.name: getattr(line, column.name) for column in table.columns}
+        for line in _new_lines(request)
+    ]
+    session.connection().execute(table.insert(), rows)
+
+
+def _audit_received(session: Session, row: BillingRequestRow) -> None:
+    _audit(
+        session,
+        row.request_id,
+        None,
+        RecoveryPoint.PLANNED,
+        "request received",
+        {"fingerprint": row.fingerprint, "total_amount": row.total_amount},
+    )
 
 
 def record_in(
@@ -94,14 +128,7 @@ def record_in(
     session.add(row)
     session.flush()  # the request row first: lines reference it
     session.add_all(_new_lines(request))
-    _audit(
-        session,
-        row.request_id,
-        None,
-        RecoveryPoint.PLANNED,
-        "request received",
-        {"fingerprint": fingerprint, "total_amount": row.total_amount},
-    )
+    _audit_received(session, row)
     return row
 
 
@@ -451,11 +478,15 @@ def _audit(
     message: str,
     detail: dict[str, Any],
 ) -> None:
-    # A plain INSERT, not an ORM add: the log is append-only and never read back
-    # in the transaction, so it needs no identity map, no unit-of-work flush and
-    # no id fetched back (seven of them per invoice in a billing run).
-    session.execute(
-        insert(AuditEvent).values(
+    # A plain Core INSERT on the transaction's connection, not an ORM add nor
+    # `session.execute` (which autoflushes even a Core statement): the log is
+    # append-only and never read back in the transaction, so it needs no identity
+    # map, no id fetched back, and no flush of the row's pending changes — the
+    # row's UPDATE is flushed once, at commit, not once per audit or intent.
+    session.connection().execute(
+        table_of(AuditEvent)
+        .insert()
+        .values(
             request_id=request_id,
             at=utcnow(),
             from_point=from_point.value if from_point else None,

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, update
+from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from invoiceflow.db.engine import reading, transaction, upsert_into
+from invoiceflow.db.engine import reading, table_of, transaction, upsert_into
 from invoiceflow.db.models import StripeWrite, utcnow
 
 
@@ -50,13 +50,16 @@ def intend_in(session: Session, key: str, step: str, request_id: str | None) -> 
     (under the row lock on PostgreSQL, the write lock on SQLite), so of two runs
     recording the same first intent at once exactly one sees `calls` = 1.
     """
-    count = upsert_into(session, StripeWrite).values(
+    # Plain Core on the transaction's connection: no ORM insert path, and no
+    # autoflush of the row's pending changes (flushed once, at commit).
+    table = table_of(StripeWrite)
+    count = upsert_into(session, table).values(
         idempotency_key=key, step=step, request_id=request_id, calls=1, intended_at=utcnow()
     )
     count = count.on_conflict_do_update(
-        index_elements=["idempotency_key"], set_={"calls": col(StripeWrite.calls) + 1}
-    ).returning(col(StripeWrite.calls), col(StripeWrite.intended_at))
-    calls, intended_at = session.execute(count).one()
+        index_elements=["idempotency_key"], set_={"calls": table.c.calls + 1}
+    ).returning(table.c.calls, table.c.intended_at)
+    calls, intended_at = session.connection().execute(count).one()
     return Intent(key, seen_before=calls > 1, intended_at=intended_at)
 
 
@@ -65,14 +68,14 @@ def fulfil(session: Session, key: str, stripe_object_id: str) -> None:
 
     An object found in Stripe without a write of ours has no intent: nothing to close.
     """
-    session.execute(
-        update(StripeWrite)
-        .where(col(StripeWrite.idempotency_key) == key)
+    table = table_of(StripeWrite)  # plain Core on the connection, as in `intend_in`
+    session.connection().execute(
+        table.update()
+        .where(table.c.idempotency_key == key)
         .values(
             stripe_object_id=stripe_object_id,
-            completed_at=func.coalesce(col(StripeWrite.completed_at), utcnow()),
+            completed_at=func.coalesce(table.c.completed_at, utcnow()),
         )
-        .execution_options(synchronize_session=False)
     )
 
 

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Table, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlmodel import Session, create_engine
@@ -196,7 +196,15 @@ def reading(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def upsert_into(session: Session, model: type[Any]) -> Any:
+def table_of(model: type[Any]) -> Table:
+    """A model's Core table. A statement on it is plain Core: executed in a session it
+    skips the ORM's insert/update path and its autoflush (audit rows, write intents)."""
+    table = model.__table__
+    assert isinstance(table, Table), f"{model.__name__} is not a table model"
+    return table
+
+
+def upsert_into(session: Session, model: type[Any] | Table) -> Any:
     """An INSERT with ON CONFLICT clauses for the session's backend (both have them)."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
