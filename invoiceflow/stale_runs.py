@@ -20,8 +20,8 @@ INVOICEFLOW_STALE_RUN_SECONDS is the bound. A billing run's wait for its shards
 run that is not final yet with `end` (Crashed, the reason in its message)
 before anything takes its work over, so the UI tells what happened.
 
-Nobody waits on most of `serve`'s runs: a client that POSTed once, the settle
-run of a payment, a scheduled billing run. So `serve` also rescues its own
+Nobody waits on most of `serve`'s runs: a client that POSTed once, a
+scheduled billing, dunning or reconcile run. So `serve` also rescues its own
 deployments' runs (`rescue`, every `rescue_every`): one stranded Pending is
 ended and scheduled again, and its restarted runner takes it. Only Pending:
 a run that ended Crashed or Failed is the crashed-runs automation's verdict or

@@ -227,7 +227,7 @@ def _drive(stack: Stack, url: str, audit: AuditSecrets) -> None:
     token = audit.token.value
 
     # 1. POST /invoices with the token: a run, an invoice, a card payment whose
-    #    signed invoice.paid reaches serve's receiver (and starts a settle run).
+    #    signed invoice.paid reaches serve's receiver (its sweeper tells the run Paid).
     http_id = stack.observed.canary = f"audit-http-{tag}"
     body = make_request(http_id, f"cust-http-{tag}").model_dump(mode="json")
     posted = httpx.post(
