@@ -28,8 +28,8 @@ from functools import partial
 
 import stripe
 
-from invoiceflow import catalog, invoicing, lease, ledger, stripe_paging
-from invoiceflow.amend import versions
+from invoiceflow import catalog, invoicing, lease, ledger, stripe_paging, write_intents
+from invoiceflow.amend import settled, versions
 from invoiceflow.attempt import Attempt, running
 from invoiceflow.db.engine import reading
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, RequestVersion
@@ -62,6 +62,11 @@ class NotRevisable(AmendRefused):
     """The current invoice is paid or void: Stripe revises only open or uncollectible ones."""
 
 
+class SettledMeanwhile(NotRevisable):
+    """The invoice being revised was paid or voided while its revision was a draft: the
+    request stays that version, settled, and the revision is dropped."""
+
+
 class AmendInProgress(AmendRefused):
     """Another version of the request is being made; it must be finished first."""
 
@@ -77,6 +82,10 @@ class Amended:
 
 def revise_key(request_id: str, version: int) -> str:
     return request_step_key(request_id, f"invoice.revise.v{version}")
+
+
+def delete_key(request_id: str, invoice_id: str) -> str:
+    return request_step_key(request_id, f"invoice.delete.{invoice_id}")
 
 
 def remove_key(request_id: str, invoice_id: str, line_ids: list[str]) -> str:
@@ -102,7 +111,7 @@ def amend(rt: Runtime, request: BillingRequest) -> Amended:
                 return Amended(ledger.require(rt.engine, request_id), len(chain) or 1, False)
             try:
                 _make(rt, request, version, attempt)
-            except ledger.LeaseLost:
+            except (ledger.LeaseLost, SettledMeanwhile):
                 raise
             except Exception as exc:
                 _record_failure(rt, request_id, owner, exc, version.version)
@@ -141,6 +150,8 @@ def _version_to_make(
                 "content; run `invoiceflow amend` with that content to finish it first"
             )
         return latest
+    if latest is not None and latest.state == versions.DROPPED and latest.stripe_invoice_id:
+        _drop_draft_once(rt, request_id, latest.stripe_invoice_id, attempt)
     if row.stripe_invoice_id is None or not _row_at_or_past_sent(row):
         raise NeverSent(
             f"{request_id} was never sent ({row.recovery_point}); there is nothing to "
@@ -208,15 +219,112 @@ def _record_version(
 
 def _make(rt: Runtime, request: BillingRequest, version: RequestVersion, attempt: Attempt) -> None:
     request_id = request.request_id
-    if version.state == versions.PLANNED:
-        _create_revision(rt, version, attempt)
-    version = versions.chain(rt.engine, request_id)[-1]
-    if version.state == versions.REVISION_CREATED:
-        _remove_copies(rt, version, attempt)
-    invoicing.add_items(rt, request_id, attempt)
-    invoicing.finalize(rt, request_id, attempt)
-    invoicing.send(rt, request_id, attempt)
+    try:
+        if version.state == versions.PLANNED:
+            _create_revision(rt, version, attempt)
+        version = versions.chain(rt.engine, request_id)[-1]
+        if version.state == versions.REVISION_CREATED:
+            _remove_copies(rt, version, attempt)
+        # The row names the revision unless its original settled meanwhile (the
+        # webhook receiver put the request back): then the steps would find it
+        # finished, so it is checked before each.
+        for step in (invoicing.add_items, invoicing.finalize, invoicing.send):
+            _stop_if_revised_settled(rt, version, attempt, recorded_only=True)
+            step(rt, request_id, attempt)
+    except stripe.InvalidRequestError:
+        # Stripe refuses to finalize a revision whose original is paid or void.
+        _stop_if_revised_settled(rt, version, attempt, recorded_only=False)
+        raise
     _close(rt, request_id, attempt)
+
+
+def _stop_if_revised_settled(
+    rt: Runtime, version: RequestVersion, attempt: Attempt, *, recorded_only: bool
+) -> None:
+    """Raise NotRevisable, with the request back at the version before settled and the
+    draft revision deleted, if the invoice `version` revises was paid or voided while
+    the revision was a draft (`invoiceflow.amend.settled`). `recorded_only`: look only
+    at the ledger (the webhook receiver recorded it); else ask Stripe."""
+    request_id, number = version.request_id, version.version
+    row = ledger.require(rt.engine, request_id)
+    if row.stripe_invoice_id == version.stripe_invoice_id or version.stripe_invoice_id is None:
+        if recorded_only and version.stripe_invoice_id is not None:
+            return
+        original = invoicing.retrieve_invoice(rt, str(version.revises_invoice))
+        point = settled_point(original.status)
+        if point not in settled.SETTLES_A_DRAFT_REVISION:
+            return
+        snapshot = original.to_dict()
+        with ledger.locked(rt.engine, request_id, attempt.owner) as (session, row):
+            revised = settled.revised_version(session, row, original.id, snapshot)
+            if revised is None:
+                return
+            earlier, latest = revised
+            problem = settled.go_back(
+                session, row, earlier, latest, snapshot, point, "read from Stripe"
+            )
+        if problem is not None:
+            raise NotRevisable(f"{request_id}: {problem}; version {number} was not finalized")
+    if version.stripe_invoice_id is not None:
+        drop_draft(rt, request_id, version.stripe_invoice_id, attempt)
+    row = ledger.require(rt.engine, request_id)
+    raise SettledMeanwhile(
+        f"{request_id}: invoice {row.stripe_invoice_id} was {row.recovery_point} meanwhile, "
+        f"so version {number} was not made (its draft revision deleted) — the request stays "
+        f"as it was {row.recovery_point}; bill the change under a new request_id"
+    )
+
+
+def drop_draft(rt: Runtime, request_id: str, invoice_id: str, attempt: Attempt) -> None:
+    """Delete a dropped version's draft revision, once: read first (Stripe ignores
+    idempotency keys on DELETE), intent recorded before."""
+    key = delete_key(request_id, invoice_id)
+
+    def delete(_key: str) -> str:
+        try:
+            rt.stripe.v1.invoices.delete(invoice_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status != 404:
+                raise
+        return invoice_id
+
+    _, key = write_once(
+        rt,
+        key=key,
+        step="invoice.delete",
+        request_id=request_id,
+        write=delete,
+        find=lambda _intent: _gone(rt, invoice_id),
+        what=f"delete the draft revision {invoice_id}",
+        look_first=True,
+        attempt=attempt,
+    )
+    with ledger.locked(rt.engine, request_id, attempt.owner) as (session, row):
+        ledger.fulfil(session, key, invoice_id)
+        ledger.note(session, row, "dropped version's draft revision deleted", invoice=invoice_id)
+
+
+def _drop_draft_once(rt: Runtime, request_id: str, invoice_id: str, attempt: Attempt) -> None:
+    """A dropped version's draft revision, if no amendment deleted it yet (the webhook
+    receiver dropped the version, and makes no Stripe call)."""
+    key = delete_key(request_id, invoice_id)
+    done = any(
+        w.idempotency_key == key and w.completed_at is not None
+        for w in write_intents.writes_for(rt.engine, request_id)
+    )
+    if not done:
+        drop_draft(rt, request_id, invoice_id, attempt)
+
+
+def _gone(rt: Runtime, invoice_id: str) -> str | None:
+    """`invoice_id` if Stripe no longer has it (deleted)."""
+    try:
+        invoicing.retrieve_invoice(rt, invoice_id)
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            return invoice_id
+        raise
+    return None
 
 
 def _create_revision(rt: Runtime, version: RequestVersion, attempt: Attempt) -> None:
@@ -355,7 +463,7 @@ def _close(rt: Runtime, request_id: str, attempt: Attempt) -> None:
     with ledger.locked(rt.engine, request_id, attempt.owner) as (session, row):
         chain = versions.chain_in(session, request_id)
         latest = chain[-1]
-        if latest.state == versions.SENT:
+        if latest.state == versions.SENT or row.stripe_invoice_id != latest.stripe_invoice_id:
             return
         versions.move(session, latest, versions.SENT, invoice_number=row.invoice_number)
         for older in chain[:-1]:

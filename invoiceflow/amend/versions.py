@@ -26,6 +26,9 @@ REVISION_CREATED = "revision_created"  # the draft revision exists, holding the 
 COPIES_REMOVED = "copies_removed"  # the copied lines deleted; the invoice steps take over
 SENT = "sent"
 VOID = "void"  # superseded: Stripe voided it when the next version was finalized
+# Never made: the invoice it revised was paid (or voided by hand) while it was a
+# draft, so Stripe would not finalize it; the request stays the version before.
+DROPPED = "dropped"
 IN_PROGRESS = (PLANNED, REVISION_CREATED, COPIES_REMOVED)
 
 

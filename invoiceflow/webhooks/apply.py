@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from invoiceflow import invoice_facts, ledger
+from invoiceflow.amend import settled
 from invoiceflow.db.engine import insert_if_absent, transaction
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, utcnow
 from invoiceflow.settlement import settled_point
@@ -270,6 +271,13 @@ def _apply(
     reread: bool,
 ) -> Outcome:
     if row.stripe_invoice_id not in (None, invoice_id):
+        # Unless it is the invoice being revised, paid before its revision was final.
+        source = "read from Stripe" if reread else type_
+        moved = settled.event_of_revised(
+            session, row, invoice, settled_point(status), source, event_id
+        )
+        if moved is not None:
+            return Outcome(*moved)
         # Another invoice carrying our request id: never let it decide this
         # request's state, but leave a trace for a human.
         ledger.note(
