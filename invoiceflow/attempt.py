@@ -10,6 +10,11 @@ is the attempt's own doing moments ago (rocket-rides' atomic phases, with the
 - intents already recorded: a step records the next step's write intent in
   its own commit (`ledger.intend_in`), and the next step's `write_once` takes
   it from here instead of a transaction of its own;
+- the row as its last commit left it (`last_commit`): every commit of the
+  attempt goes through `ledger.locked`, which reads the row under its lock,
+  checks the lease and, once committed, leaves the row here; the next step
+  starts from it instead of reading the row again (see `last_commit` for why
+  that is as safe as a read against the webhook receiver);
 - drafts verified: lines checked from Stripe's answer to this attempt's own
   add_lines, so its finalize need not read the draft again;
 - ids made here: objects this *process* made moments ago (`invoiceflow.fresh`),
@@ -41,6 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from invoiceflow import fresh
+from invoiceflow.db.models import BillingRequestRow
 from invoiceflow.write_intents import Intent
 
 # Lines checked from the answer of the add_lines call this attempt made moments
@@ -57,6 +63,30 @@ class Attempt:
     quiet: bool = False
     _recorded: dict[str, Intent] = field(default_factory=dict, repr=False)
     _verified: dict[str, float] = field(default_factory=dict, repr=False)
+    _row: BillingRequestRow | None = field(default=None, repr=False)
+
+    def committed(self, row: BillingRequestRow) -> None:
+        """The row as a commit of this attempt left it (`ledger.locked`, the lease taken)."""
+        self._row = row
+
+    def last_commit(self) -> BillingRequestRow | None:
+        """The row as this attempt's last commit left it; None: read it (`ledger.require`).
+
+        Safe in place of a read. Between our commit and the next step the row
+        changes only (a) by this attempt, whose every commit replaces this row;
+        (b) by a run that took the lease over, and then our next Stripe write
+        (`lease.check`) and our next commit (`ledger.locked`, under the row lock)
+        stop this run; or (c) by writers without the lease: the webhook receiver
+        and a person's `resolve`/`approve`, which only move Stripe's facts and the
+        settlement forward, under the row lock. A read at the step's start would
+        not keep (c) out either: the receiver may write the moment after it. What
+        keeps it out is Stripe's own state at our write (a key replays, a
+        finalized invoice cannot be finalized again) and our commit, which reads
+        the row again under its lock and moves facts forward only
+        (`invoice_facts`, `ledger.advance`). The snapshot widens that same window
+        by the milliseconds between two steps, nothing more.
+        """
+        return self._row
 
     def recorded(self, intent: Intent) -> None:
         """Note an intent recorded (`ledger.intend_in`) in a transaction that has committed."""
@@ -106,6 +136,14 @@ def running(attempt: Attempt) -> Iterator[Attempt]:
         with _live_lock:
             if _live.get(key) is attempt:
                 del _live[key]
+
+
+def note_commit(owner: str, request_id: str, row: BillingRequestRow) -> None:
+    """A commit under `owner`'s lease: the live attempt (if any) keeps the row it left."""
+    with _live_lock:
+        found = _live.get((owner, request_id))
+    if found is not None:
+        found.committed(row)
 
 
 def attempt_of(owner: str, request_id: str) -> Attempt:

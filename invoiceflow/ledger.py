@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from invoiceflow import progress
+from invoiceflow.attempt import note_commit
 from invoiceflow.db.engine import reading, table_of, transaction, upsert_into
 from invoiceflow.db.models import (
     AuditEvent,
@@ -365,6 +366,9 @@ def locked(
                 f"request {request_id!r} was taken over by another run; this run stopped"
             )
         yield session, row
+    # Committed (an error above rolled back and never gets here): the attempt's
+    # next step starts from this row instead of reading it again.
+    note_commit(owner, request_id, row)
 
 
 def advance(

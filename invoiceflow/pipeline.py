@@ -116,6 +116,7 @@ def bill(
     ):
         try:
             row = started[-1]
+            attempt.committed(row)  # the lease's commit: the first step starts from it
             if row.attempts > 1 or row.point is not RecoveryPoint.PLANNED:
                 # Where a rerun picks up. A first attempt's next line ("Draft
                 # invoice … for request …") says as much, and a billing run of
@@ -141,7 +142,17 @@ def bill(
         except Exception as exc:
             _record_failure(rt, request_id, owner, exc, log)
             return Billed(ledger.require(rt.engine, request_id), exc)
-    return Billed(ledger.require(rt.engine, request_id))
+    return Billed(_as_released(attempt.last_commit()) or ledger.require(rt.engine, request_id))
+
+
+def _as_released(row: BillingRequestRow | None) -> BillingRequestRow | None:
+    """The row as our last commit left it, with the lease `lease.held` released since:
+    what a read right now would show, short of a webhook recorded in the milliseconds
+    since that commit (the story then tells the request as we left it, and the
+    receiver's own record of the payment follows)."""
+    if row is not None:
+        row.lease_owner = row.lease_expires_at = None
+    return row
 
 
 def draft_to_sent(request_id: str, owner: str, steps: Steps, hold: Step | None = None) -> None:
@@ -201,7 +212,8 @@ def prepare_in_sequence(rt: Runtime, request: BillingRequest, owner: str) -> Non
     commit of `catalog_ready` (which records `customer_ready` with it).
     """
     request_id = request.request_id
-    known = customers.known(rt, ledger.require(rt.engine, request_id))
+    row = attempt_of(owner, request_id).last_commit()  # the lease's commit, moments ago
+    known = customers.known(rt, row if row is not None else ledger.require(rt.engine, request_id))
     if known is None:
         customers.ensure_customer(rt, request_id, owner)
     if not catalog.prices_mapped(rt, request):

@@ -8,6 +8,7 @@ import logging
 import stripe
 
 from invoiceflow import ledger
+from invoiceflow.attempt import Attempt
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import call_with_retries
@@ -50,6 +51,14 @@ class DraftGone(RuntimeError):
 
 class SendUnverifiable(RuntimeError):
     """We cannot tell whether the invoice was emailed (its events are past retention)."""
+
+
+def current_row(rt: Runtime, attempt: Attempt) -> BillingRequestRow:
+    """Where the request stands at a step's start: the row as this attempt's last
+    commit left it (`Attempt.last_commit` says why that is as safe as a read), else
+    read — a step run on its own, or the first step after another process's work."""
+    row = attempt.last_commit()
+    return row if row is not None else ledger.require(rt.engine, attempt.request_id)
 
 
 def request_of(row: BillingRequestRow) -> BillingRequest:

@@ -9,7 +9,14 @@ from invoiceflow import catalog, customers, ledger, stripe_paging
 from invoiceflow.attempt import Attempt
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint
 from invoiceflow.invoice_facts import merge_invoice
-from invoiceflow.invoicing.common import batch_key, create_key, is_missing, log, request_of
+from invoiceflow.invoicing.common import (
+    batch_key,
+    create_key,
+    current_row,
+    is_missing,
+    log,
+    request_of,
+)
 from invoiceflow.retry import call_with_retries
 from invoiceflow.runtime import Runtime
 from invoiceflow.stripe_keys import META_REQUEST_ID, metadata_of
@@ -50,7 +57,7 @@ def mark_catalog_ready(
 
 def create_invoice(rt: Runtime, request_id: str, attempt: Attempt) -> str:
     owner = attempt.owner
-    row = ledger.require(rt.engine, request_id)
+    row = current_row(rt, attempt)
     if row.stripe_invoice_id is not None:
         return row.stripe_invoice_id
     assert row.stripe_customer_id is not None, "create_invoice ran before ensure_customer"

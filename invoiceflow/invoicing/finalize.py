@@ -11,6 +11,7 @@ from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, utcnow
 from invoiceflow.invoice_facts import merge_invoice
 from invoiceflow.invoicing.common import (
     InvoiceMismatch,
+    current_row,
     finalize_key,
     forget_deleted_draft,
     invoice_id_of,
@@ -26,7 +27,7 @@ from invoiceflow.stripe_write import write_once
 
 def finalize(rt: Runtime, request_id: str, attempt: Attempt) -> None:
     owner = attempt.owner
-    row = ledger.require(rt.engine, request_id)
+    row = current_row(rt, attempt)
     if row.progress.reached(RecoveryPoint.FINALIZED):
         return
     invoice_id = invoice_id_of(row)

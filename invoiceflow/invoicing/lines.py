@@ -15,6 +15,7 @@ from invoiceflow.fresh import replayed
 from invoiceflow.invoicing.common import (
     InvoiceMismatch,
     batch_key,
+    current_row,
     finalize_key,
     forget_deleted_draft,
     invoice_id_of,
@@ -33,7 +34,7 @@ LINES_PER_ADD_CALL = 50
 def add_items(rt: Runtime, request_id: str, attempt: Attempt) -> None:
     """Put exactly the request's lines on the draft, in as few calls as Stripe allows."""
     owner = attempt.owner
-    row = ledger.require(rt.engine, request_id)
+    row = current_row(rt, attempt)
     if row.progress.reached(RecoveryPoint.LINES_ADDED):
         return
     invoice_id = invoice_id_of(row)

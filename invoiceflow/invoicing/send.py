@@ -14,6 +14,7 @@ from invoiceflow.db.models import RecoveryPoint, utcnow
 from invoiceflow.invoice_facts import merge_invoice
 from invoiceflow.invoicing.common import (
     SendUnverifiable,
+    current_row,
     invoice_id_of,
     log,
     retrieve_invoice,
@@ -29,7 +30,7 @@ from invoiceflow.stripe_write import write_once
 
 def send(rt: Runtime, request_id: str, attempt: Attempt) -> None:
     """Email the invoice to the customer — once."""
-    row = ledger.require(rt.engine, request_id)
+    row = current_row(rt, attempt)
     if row.progress.reached(RecoveryPoint.SENT):
         return
     invoice_id, owner = invoice_id_of(row), attempt.owner
