@@ -80,11 +80,26 @@ def submit(engine: Engine, request: BillingRequest) -> BillingRequestRow:
         existing = session.get(BillingRequestRow, request.request_id)
     assert existing is not None  # the conflict was its primary key, and rows are never deleted
     if existing.fingerprint != fingerprint:
-        raise RequestConflict(
-            f"request_id {request.request_id!r} was already submitted with different content; "
-            "resubmit the original content, or use a new request_id for a new invoice"
-        )
+        raise RequestConflict(_conflict(existing))
     return existing
+
+
+def _conflict(existing: BillingRequestRow) -> str:
+    """What to do with changed content: a sent invoice is changed by a Stripe revision."""
+    rid = existing.request_id
+    if (
+        existing.progress.reached(RecoveryPoint.SENT)
+        and existing.point is not RecoveryPoint.REJECTED
+    ):
+        return (
+            f"request_id {rid!r} was already sent with different content; to change its "
+            "invoice run `invoiceflow amend FILE` (a Stripe revision), or use a new "
+            "request_id for a new invoice"
+        )
+    return (
+        f"request_id {rid!r} was already submitted with different content; "
+        "resubmit the original content, or use a new request_id for a new invoice"
+    )
 
 
 def _insert_row_if_absent(session: Session, row: BillingRequestRow) -> bool:

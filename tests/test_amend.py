@@ -312,3 +312,24 @@ def test_post_invoices_amend_runs_the_same_amendment_with_the_same_token(
     ledger.submit(get_runtime().engine, unsent)
     never = _post(app, "/invoices/amend", token, _changed(unsent).model_dump(mode="json"))
     assert never.status_code == 409 and "invoiceflow invoice" in never.json()["errors"][0]
+
+
+def test_invoice_with_other_content_than_the_latest_version_names_amend(
+    cli: Invoke, sandbox: Any, tmp_path: Path
+) -> None:
+    request = _sent(uuid.uuid4().hex[:8])
+    v2 = _changed(request)
+    assert cli("amend", _file(tmp_path, v2)).exit_code == 0
+    before = len(sandbox.requests())
+
+    latest = cli("invoice", _file(tmp_path, v2), "--no-wait")
+    assert latest.exit_code == 0, (latest.stdout, latest.stderr[-3000:])
+    other = cli("invoice", _file(tmp_path, _changed(request, description="Third")), "--no-wait")
+
+    assert other.exit_code == 3, (other.stdout, other.stderr[-3000:])
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"error: request_id {request.request_id!r} was already sent with different content; "
+        "to change its invoice run `invoiceflow amend FILE` (a Stripe revision), or use a new "
+        "request_id for a new invoice"
+    )
+    assert _stripe_writes(sandbox, before) == []
