@@ -121,11 +121,13 @@ def _tell_chunk(
             continue
         status = RequestStatus.from_row(row)
         ending, message = final_state_name(status), status.one_line()
+        # A sent invoice's message names why its last payment failed (one_line).
+        reason = row.last_error if row.point is RecoveryPoint.SENT else None
         for run in mine:
             state = run.state
             if state is None or not state.is_completed():
                 continue  # failed, cancelled, crashed: that run's own end stays
-            if (state.name, state.message) != (ending, message):
+            if _stale(state.name, state.message, ending, reason):
                 client.set_flow_run_state(
                     run.id, Completed(name=ending, message=message), force=True
                 )
@@ -144,6 +146,13 @@ def _tell_chunk(
             )
             told.stories_published += 1
         told.done.append(row.request_id)
+
+
+def _stale(name: str | None, message: str | None, ending: str | None, reason: str | None) -> bool:
+    """The run's state says something else than the ledger: another name, or not
+    the reason of the latest failed payment. Not a changed message alone: a sent
+    invoice's line counts days overdue, and a dunning run tells every candidate."""
+    return name != ending or (reason is not None and reason not in (message or ""))
 
 
 def _invoice_runs(client: SyncPrefectClient, request_ids: list[str]) -> dict[str, list[FlowRun]]:
