@@ -9,11 +9,13 @@ Two kinds of session:
   billing run's worker threads waiting most of their time for a lock that is
   held for a millisecond. On PostgreSQL, row locks (SELECT … FOR UPDATE) do
   the same per request.
-- `reading(engine)`: a read-only session. On SQLite it starts a plain deferred
-  BEGIN: under WAL it never takes the write lock, so a paused or slow reader
-  can never block another run's writes. On PostgreSQL it runs in autocommit:
-  under READ COMMITTED each statement takes its own snapshot inside a
-  transaction too, so BEGIN and ROLLBACK bought nothing but two round trips.
+- `reading(engine)`: a read-only session, in autocommit on both backends. On
+  SQLite no BEGIN at all: each statement is its own implicit read transaction,
+  which under WAL never takes the write lock, so a paused or slow reader can
+  never block another run's writes. On PostgreSQL under READ COMMITTED each
+  statement takes its own snapshot inside a transaction too, so BEGIN and
+  ROLLBACK bought nothing but two round trips; on SQLite, a BEGIN and a
+  ROLLBACK through SQLAlchemy per read.
 
 Waits are bounded on both backends: a stalled transaction (a paused process,
 a hung disk) makes the others fail after a bounded time with a clear error
@@ -34,7 +36,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlmodel import Session, create_engine
 
-from invoiceflow.db.writes import begin_writes_immediately, writer
+from invoiceflow.db.writes import begin_writes_immediately, reads_unbegun, writer
 
 # How long a SQLite connection waits for another process's write lock before
 # failing. Our transactions are milliseconds long; 30 s only matters when a
@@ -183,7 +185,9 @@ def _writer_turn(engine: Engine) -> Iterator[None]:
 
 @cache
 def reader(engine: Engine) -> Engine:
-    """The same engine, its sessions in autocommit on PostgreSQL (see `reading`)."""
+    """The same engine, its sessions in autocommit (see `reading`)."""
+    if engine.dialect.name == "sqlite":
+        return reads_unbegun(engine)
     if engine.dialect.name != "postgresql":
         return engine
     return engine.execution_options(isolation_level="AUTOCOMMIT")
