@@ -226,13 +226,13 @@ def _stories(request_id: str) -> list[Any]:
     from invoiceflow import story
 
     with get_client(sync_client=True) as client:
-        return list(
-            client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    key=ArtifactFilterKey(any_=[story.artifact_key(request_id)])
-                )
+        versions = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[story.artifact_key(request_id)])
             )
         )
+    # Oldest first: the server sorts by id (a UUID), not by time.
+    return sorted(versions, key=lambda version: version.created or datetime.min.replace(tzinfo=UTC))
 
 
 @pytest.mark.usefixtures("prefect_api")  # the ending told through Prefect's API
