@@ -32,10 +32,9 @@ from pydantic import Field
 
 from invoiceflow.approval import decide
 from invoiceflow.approval.summary import HeldSummary
+from invoiceflow.approval.waiting import HELD_RUN_KEY  # the CLI's decision finds it by this
 from invoiceflow.runtime import Runtime
 
-# The flow run input that remembers which billing run this flow run held.
-HELD_RUN_KEY = "invoiceflow-held-run"
 # The suspend's pause key: the same on the rerun, so Prefect returns the answer.
 PAUSE_KEY = "approval"
 UI_REJECT_REASON = "rejected in the Prefect UI; no reason given"

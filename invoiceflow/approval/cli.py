@@ -1,7 +1,8 @@
 """`invoiceflow approve RUN` and `invoiceflow reject RUN --reason TEXT`: decide a held run.
 
-stdout: one line per request decided, then a summary. Exit 0 when every held
-request is decided (now or by an earlier run of the command: a rerun is safe
+stdout: one line per request decided, then a summary, then a line per flow run that
+waited in the Prefect UI for this decision and is now cancelled (`approval.waiting`).
+Exit 0 when every held request is decided (now or by an earlier run of the command: a rerun is safe
 and makes no Stripe write), 7 when some failed (rerun to resume them), 2 for a
 run that does not exist or holds nothing, 3 for one decided the other way.
 """
@@ -35,7 +36,8 @@ def approve(
     """Finalize and send every draft a held billing run made, each exactly once."""
     from invoiceflow.approval import decide
 
-    _decide(lambda rt: decide.approve(rt, run_id, _who(by)), run_id, "approved", "sent")
+    who = _who(by)
+    _decide(lambda rt: decide.approve(rt, run_id, who), run_id, "approved", "sent", who)
 
 
 def reject(
@@ -49,11 +51,13 @@ def reject(
 
     if not reason.strip():
         raise fail(Exit.BAD_INPUT, "--reason must say why the run is rejected")
+    who = _who(by)
     _decide(
-        lambda rt: decide.reject(rt, run_id, _who(by), reason.strip()),
+        lambda rt: decide.reject(rt, run_id, who, reason.strip()),
         run_id,
         "rejected",
         "draft deleted",
+        who,
     )
 
 
@@ -61,7 +65,9 @@ def _who(by: str | None) -> str:
     return by.strip() if by and by.strip() else getpass.getuser()
 
 
-def _decide(decide: Callable[[Runtime], Decision], run_id: str, verb: str, what: str) -> None:
+def _decide(
+    decide: Callable[[Runtime], Decision], run_id: str, verb: str, what: str, by_whom: str
+) -> None:
     from invoiceflow import progress
     from invoiceflow.approval.decide import DecidedOtherwise, DecisionRefused
     from invoiceflow.cli_common import database_errors, fail
@@ -86,6 +92,11 @@ def _decide(decide: Callable[[Runtime], Decision], run_id: str, verb: str, what:
     if decision.already:
         summary += f", {len(decision.already)} {verb} before"
     typer.echo(summary)
+    if not decision.failures:  # decided in full: the form waiting in Prefect asks no more
+        from invoiceflow.approval.waiting import end_waiting_runs
+
+        for line in end_waiting_runs(run_id, verb, by_whom):
+            typer.echo(line)
     if decision.failures:
         for failure in decision.failures:
             typer.echo(f"failed {failure}")
