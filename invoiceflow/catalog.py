@@ -12,11 +12,13 @@ import logging
 from collections.abc import Iterable
 
 import stripe
+from sqlalchemy import select as core_select
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from invoiceflow import ledger
-from invoiceflow.db.engine import reading, transaction
+from invoiceflow.db.engine import reading, table_of, transaction
 from invoiceflow.db.models import PriceMap, ProductMap, RequestLine
 from invoiceflow.request import BillingRequest
 from invoiceflow.retry import call_with_retries
@@ -46,6 +48,36 @@ def prices_in(session: Session, keys: Iterable[str]) -> dict[str, str]:
         col(PriceMap.lookup_key).in_(list(keys))
     )
     return {key: price_id for key, price_id in session.exec(statement).all()}
+
+
+def pin_prices(session: Session, request_id: str) -> list[RequestLine]:
+    """Pin each line of the request to its mapped price, within the caller's
+    transaction; the lines as pinned, in order.
+
+    One UPDATE … RETURNING instead of a read of the lines, a read of their
+    prices and a write per line. The price comes from the map as this
+    transaction sees it, not from `prices_mapped`'s read before: the map may
+    have been healed since. A line without a mapped price raises, and the
+    caller's transaction rolls the whole statement back.
+    """
+    lines, prices = table_of(RequestLine), table_of(PriceMap)
+    mapped_price = (
+        core_select(prices.c.stripe_price_id)
+        .where(prices.c.lookup_key == lines.c.price_lookup_key)
+        .scalar_subquery()
+    )
+    statement = (
+        update(lines)
+        .where(lines.c.request_id == request_id)
+        .values(stripe_price_id=mapped_price)
+        .returning(*lines.c)
+    )
+    rows = session.connection().execute(statement).all()
+    pinned = sorted((RequestLine(**row._mapping) for row in rows), key=lambda x: x.position)
+    for line in pinned:
+        if line.stripe_price_id is None:
+            raise RuntimeError(f"price for line {line.position} ({line.sku}) is not ready")
+    return pinned
 
 
 def ensure_product(rt: Runtime, sku: str, name: str, request_id: str | None = None) -> str:

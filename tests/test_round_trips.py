@@ -48,10 +48,8 @@ READS = [
     # The customer map under its lock: the one truth for our customer id, which
     # a concurrent first request may have mapped (`customers.commit_known`).
     "stripe_customer",
-    # The lines and their prices, read in the commit that pins each line to its
-    # price: the map may have been healed since the read above.
-    "request_line",
-    "stripe_price",
+    # (The lines are pinned to their prices, as mapped in this commit, by one
+    # UPDATE … RETURNING that is no SELECT: `catalog.pin_prices`.)
     # draft_created's commit.
     "billing_request",
     # add_items: the lines to put on the draft (the request's, in order).
@@ -64,7 +62,9 @@ READS = [
     # sent's commit.
     "billing_request",
 ]
-STATEMENTS = 40  # the reads above, and: 3 inserts to submit; 6 commits' writes
+# The reads above, and: 3 inserts to submit; 6 commits' writes, catalog_ready's
+# pinning its lines with 1 UPDATE … RETURNING (was 40: 2 reads and an UPDATE).
+STATEMENTS = 37
 COMMITS = 8  # submit, lease taken, catalog_ready, draft, lines, finalized, sent, lease released
 CHECKOUTS = 11  # one per commit, and per read outside one (customer, prices, lines)
 

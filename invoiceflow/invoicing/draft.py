@@ -37,13 +37,8 @@ def mark_catalog_ready(
             return
         if customer is not None and row.stripe_customer_id is None:
             customers.commit_known(session, row, customer)
-        request_lines = ledger.lines_in(session, request_id)
-        prices = catalog.prices_in(session, {line.price_lookup_key for line in request_lines})
-        for line in request_lines:
-            if line.price_lookup_key not in prices:
-                raise RuntimeError(f"price for line {line.position} ({line.sku}) is not ready")
-            line.stripe_price_id = prices[line.price_lookup_key]
-            session.add(line)
+        # One statement: the lines pinned to the prices as mapped now (`pin_prices`).
+        catalog.pin_prices(session, request_id)
         ledger.advance(session, row, RecoveryPoint.CATALOG_READY, "catalog ready")
         customer_id = row.stripe_customer_id
         create = None
