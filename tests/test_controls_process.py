@@ -4,6 +4,7 @@ prints, and what Stripe and the ledger hold afterwards.
 
     batch FILE --hold → approve RUN → approve RUN again (0 Stripe writes)
     batch FILE --hold → reject RUN --reason
+    a served held run Suspended for its form → approve RUN ends it Cancelled
     resolve REQUEST --sent --note, for a request stopped by SendUnverifiable
 
 The in-process tests of the same rules are tests/test_approval.py and
@@ -12,6 +13,7 @@ tests/test_resolve.py; this is the CLI as an operator or a scheduler runs it.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +30,7 @@ from invoiceflow.runtime import get_runtime, reset_runtime
 from tests.conftest import run_cli
 from tests.helpers import assert_exactly_one_invoice, bill_plain, invoices_for, sent_events
 from tests.test_approval import _requests, _source, _stripe_writes
+from tests.test_approval_served import _deployment_run, _read, _suspended
 from tests.test_resolve import PAST_RETENTION, _stopped_for_a_check
 
 pytestmark = [pytest.mark.heavy, pytest.mark.usefixtures("prefect_api")]
@@ -102,6 +105,31 @@ def test_hold_then_reject_with_a_reason_in_real_processes(
     refused = run_cli("approve", run_id, env=configured, cwd=tmp_path)
     assert refused.returncode == 3 and "was rejected" in refused.stderr, refused.stderr[-3000:]
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_approve_in_a_real_process_cancels_the_run_waiting_for_the_form(
+    configured: dict[str, str], sandbox: Any, stripe_client: stripe.StripeClient, tmp_path: Path
+) -> None:
+    requests = _requests(f"c{uuid.uuid4().hex[:6]}")
+    source = _source(tmp_path, requests)
+    flow_run_id = asyncio.run(_deployment_run(source))
+    waiting = _suspended(flow_run_id)  # as `serve` leaves it: Suspended, no process
+    run_id = manifest.default_run_id(read_source(str(source)))
+
+    approved = run_cli("approve", run_id, "--by", "alice", env=configured, cwd=tmp_path)
+
+    assert approved.returncode == 0, (approved.stdout, approved.stderr[-3000:])
+    assert approved.stdout.splitlines() == [
+        *(f"{r.request_id}: approved, sent" for r in requests),
+        f"billing run {run_id}: 2 approved now",
+        f"flow run {waiting.name} waiting in Prefect for billing run {run_id}: "
+        "cancelled (approved from the CLI by alice)",
+    ]
+    ended = _read(flow_run_id)
+    assert ended.state is not None and ended.state.is_cancelled(), ended.state
+    assert ended.state.message == "approved from the CLI by alice"
+    for billing_request in requests:
+        assert assert_exactly_one_invoice(stripe_client, billing_request).status == "open"
 
 
 @pytest.fixture
