@@ -54,17 +54,18 @@ READS = [
     "billing_request",
     # add_items: the lines to put on the draft (the request's, in order).
     "request_line",
-    # lines_added's commit, and the lines it records Stripe's line ids on.
+    # lines_added's commit. (Stripe's line ids are written by one UPDATE whose
+    # row count proves the lines, not read back: `lines._record_line_ids`.)
     "billing_request",
-    "request_line",
     # finalized's commit.
     "billing_request",
     # sent's commit.
     "billing_request",
 ]
 # The reads above, and: 3 inserts to submit; 6 commits' writes, catalog_ready's
-# pinning its lines with 1 UPDATE … RETURNING (was 40: 2 reads and an UPDATE).
-STATEMENTS = 37
+# pinning its lines with 1 UPDATE … RETURNING (was 40: 2 reads and an UPDATE),
+# lines_added's line ids in 1 UPDATE (was a read and an UPDATE).
+STATEMENTS = 36
 COMMITS = 8  # submit, lease taken, catalog_ready, draft, lines, finalized, sent, lease released
 CHECKOUTS = 11  # one per commit, and per read outside one (customer, prices, lines)
 

@@ -7,9 +7,12 @@ from collections.abc import Iterable, Iterator
 from functools import partial
 
 import stripe
+from sqlalchemy import case, update
+from sqlmodel import Session
 
 from invoiceflow import catalog, ledger, stripe_paging
 from invoiceflow.attempt import Attempt
+from invoiceflow.db.engine import table_of
 from invoiceflow.db.models import BillingRequestRow, RecoveryPoint, RequestLine
 from invoiceflow.fresh import replayed
 from invoiceflow.invoicing.common import (
@@ -258,9 +261,8 @@ def _verify_and_record_lines(
         attempt.verified(invoice_id)
     request_id = attempt.request_id
     with ledger.locked(rt.engine, request_id, attempt.owner) as (session, row):
-        for line in ledger.lines_in(session, request_id):
-            line.stripe_line_id = present[line.position].id
-            session.add(line)
+        line_ids = {line.position: present[line.position].id for line in request_lines}
+        _record_line_ids(session, request_id, line_ids)
         for key in keys:
             ledger.fulfil(session, key, invoice_id)
         ledger.advance(session, row, RecoveryPoint.LINES_ADDED, "lines added", lines=len(present))
@@ -268,3 +270,24 @@ def _verify_and_record_lines(
             session, finalize_key(request_id, invoice_id), "invoice.finalize", request_id
         )
     attempt.recorded(finalizing)
+
+
+def _record_line_ids(session: Session, request_id: str, line_ids: dict[int, str]) -> None:
+    """Write Stripe's line id on each of the request's lines: one UPDATE, no read back.
+
+    It covers every line of the request (one not in `line_ids` would get none),
+    so the row count proves the ledger holds exactly the lines just checked on
+    the invoice, as the read it replaces did; otherwise the caller's transaction
+    rolls back. Each id stays UNIQUE (`RequestLine.stripe_line_id`).
+    """
+    table = table_of(RequestLine)
+    statement = (
+        update(table)
+        .where(table.c.request_id == request_id)
+        .values(stripe_line_id=case(line_ids, value=table.c.position, else_=None))
+    )
+    written = session.connection().execute(statement).rowcount
+    if written != len(line_ids):
+        raise RuntimeError(
+            f"request {request_id} has {written} lines in the ledger, the invoice {len(line_ids)}"
+        )
