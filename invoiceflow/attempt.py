@@ -15,6 +15,8 @@ is the attempt's own doing moments ago (rocket-rides' atomic phases, with the
   checks the lease and, once committed, leaves the row here; the next step
   starts from it instead of reading the row again (see `last_commit` for why
   that is as safe as a read against the webhook receiver);
+- the lines as its catalog_ready commit pinned them (`pinned`): add_items puts
+  exactly those on the draft instead of reading them again;
 - drafts verified: lines checked from Stripe's answer to this attempt's own
   add_lines, so its finalize need not read the draft again;
 - ids made here: objects this *process* made moments ago (`invoiceflow.fresh`),
@@ -46,7 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from invoiceflow import fresh
-from invoiceflow.db.models import BillingRequestRow
+from invoiceflow.db.models import BillingRequestRow, RequestLine
 from invoiceflow.write_intents import Intent
 
 # Lines checked from the answer of the add_lines call this attempt made moments
@@ -64,6 +66,7 @@ class Attempt:
     _recorded: dict[str, Intent] = field(default_factory=dict, repr=False)
     _verified: dict[str, float] = field(default_factory=dict, repr=False)
     _row: BillingRequestRow | None = field(default=None, repr=False)
+    _pinned: list[RequestLine] | None = field(default=None, repr=False)
 
     def committed(self, row: BillingRequestRow) -> None:
         """The row as a commit of this attempt left it (`ledger.locked`, the lease taken)."""
@@ -87,6 +90,22 @@ class Attempt:
         by the milliseconds between two steps, nothing more.
         """
         return self._row
+
+    def pinned(self, lines: list[RequestLine]) -> None:
+        """The request's lines as this attempt's committed catalog_ready left them."""
+        self._pinned = lines
+
+    def take_pinned(self) -> list[RequestLine] | None:
+        """The lines `pinned` noted, once; None: read them (`ledger.lines`).
+
+        Safe in place of a read for the reason `last_commit` is: only a lease
+        holder writes the lines (their prices, Stripe's line ids; an amendment
+        replaces them), so a change after our commit is a takeover, which our
+        next Stripe write and our next commit stop. Once: a retried step, a
+        rerun or another process reads them.
+        """
+        lines, self._pinned = self._pinned, None
+        return lines
 
     def recorded(self, intent: Intent) -> None:
         """Note an intent recorded (`ledger.intend_in`) in a transaction that has committed."""

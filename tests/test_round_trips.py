@@ -52,8 +52,8 @@ READS = [
     # UPDATE … RETURNING that is no SELECT: `catalog.pin_prices`.)
     # draft_created's commit.
     "billing_request",
-    # add_items: the lines to put on the draft (the request's, in order).
-    "request_line",
+    # (add_items puts on the draft the lines catalog_ready's commit returned
+    # moments ago in this attempt, `Attempt.take_pinned`: no read.)
     # lines_added's commit. (Stripe's line ids are written by one UPDATE whose
     # row count proves the lines, not read back: `lines._record_line_ids`.)
     "billing_request",
@@ -64,10 +64,11 @@ READS = [
 ]
 # The reads above, and: 3 inserts to submit; 6 commits' writes, catalog_ready's
 # pinning its lines with 1 UPDATE … RETURNING (was 40: 2 reads and an UPDATE),
-# lines_added's line ids in 1 UPDATE (was a read and an UPDATE).
-STATEMENTS = 36
+# lines_added's line ids in 1 UPDATE (was a read and an UPDATE); add_items's
+# lines carried over from catalog_ready (was a read).
+STATEMENTS = 35
 COMMITS = 8  # submit, lease taken, catalog_ready, draft, lines, finalized, sent, lease released
-CHECKOUTS = 11  # one per commit, and per read outside one (customer, prices, lines)
+CHECKOUTS = 10  # one per commit, and per read outside one (customer, prices)
 
 
 @contextmanager

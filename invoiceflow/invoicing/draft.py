@@ -38,7 +38,7 @@ def mark_catalog_ready(
         if customer is not None and row.stripe_customer_id is None:
             customers.commit_known(session, row, customer)
         # One statement: the lines pinned to the prices as mapped now (`pin_prices`).
-        catalog.pin_prices(session, request_id)
+        pinned = catalog.pin_prices(session, request_id)
         ledger.advance(session, row, RecoveryPoint.CATALOG_READY, "catalog ready")
         customer_id = row.stripe_customer_id
         create = None
@@ -46,6 +46,8 @@ def mark_catalog_ready(
             create = ledger.intend_in(
                 session, create_key(request_id, customer_id), "invoice.create", request_id
             )
+    # Committed: add_items starts from these lines instead of reading them (`Attempt.take_pinned`).
+    attempt.pinned(pinned)
     if create is not None:
         attempt.recorded(create)
 

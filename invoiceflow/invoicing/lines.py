@@ -41,7 +41,8 @@ def add_items(rt: Runtime, request_id: str, attempt: Attempt) -> None:
     if row.progress.reached(RecoveryPoint.LINES_ADDED):
         return
     invoice_id = invoice_id_of(row)
-    request_lines = ledger.lines(rt.engine, request_id)
+    pinned = attempt.take_pinned()  # as this attempt's catalog_ready committed them
+    request_lines = pinned if pinned is not None else ledger.lines(rt.engine, request_id)
     # A draft this process created a moment ago holds no lines; any other may
     # (another ledger's run, a crash before we recorded a batch): look once.
     present = {} if attempt.made_here(invoice_id) else _present_or_gone(rt, request_id, owner, row)
