@@ -153,9 +153,22 @@ def known(rt: Runtime, row: BillingRequestRow) -> Known | None:
 
 
 def commit_known(session: Session, row: BillingRequestRow, known: Known) -> None:
-    """`customer_ready` for a `Known` customer, in the caller's transaction (row locked)."""
-    details = (known.customer.email, known.customer.name)
-    _record(session, row, known.customer, known.stripe_id, details, [])
+    """`customer_ready` for a `Known` customer, in the caller's transaction (row locked).
+
+    The map is not read again under its lock: `known` read it moments ago, and
+    there is nothing to write to it. A mapped customer's id changes only when
+    its Stripe customer is gone (`forget`, then a new one mapped); a draft made
+    for the id we took then fails as a missing customer, and `create_invoice`
+    resolves the customer again (`_replace_customer`), as it does for a
+    customer deleted after any read. Its details changed by another request
+    meanwhile belong to that request's update, not to this invoice. A first
+    mapping never comes here (`known` needs one): that race stays with
+    `_record`, under the map row's lock and its UNIQUE key.
+    """
+    row.stripe_customer_id = known.stripe_id
+    ledger.advance(
+        session, row, RecoveryPoint.CUSTOMER_READY, "customer ready", customer=known.stripe_id
+    )
 
 
 def _commit(
