@@ -54,7 +54,8 @@ MAX_BODY_BYTES = 512 * 1024
 def create_trigger_app(settings: Settings) -> Starlette:
     token = settings.trigger_token
 
-    async def start_invoice(http: Request) -> JSONResponse:
+    async def authorized_request(http: Request) -> BillingRequest | JSONResponse:
+        """The billing request in the body of an authorized POST, or the refusal."""
         if token is None or not _authorized(http, token.get_secret_value()):
             _log_refusal(http, 401, _why_unauthorized(http, token is None))
             return _errors(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
@@ -64,11 +65,16 @@ def create_trigger_app(settings: Settings) -> Starlette:
             return _errors(413, f"body larger than {MAX_BODY_BYTES} bytes")
         try:
             # The file loader's own parser: same keys, numbers and limits.
-            request = parse_request(read_json(body))
+            return parse_request(read_json(body))
         except InvalidJson as exc:
             return _errors(400, f"body is not valid JSON: {exc}")
         except RequestError as exc:
             return JSONResponse({"errors": [str(p) for p in exc.problems]}, status_code=400)
+
+    async def start_invoice(http: Request) -> JSONResponse:
+        request = await authorized_request(http)
+        if isinstance(request, JSONResponse):
+            return request
         try:
             await run_in_threadpool(_submit, request)
         except ledger.RequestConflict as exc:
@@ -84,18 +90,9 @@ def create_trigger_app(settings: Settings) -> Starlette:
         return JSONResponse(payload, status_code=202)
 
     async def amend_invoice(http: Request) -> JSONResponse:
-        if token is None or not _authorized(http, token.get_secret_value()):
-            _log_refusal(http, 401, _why_unauthorized(http, token is None))
-            return _errors(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-        body = await read_capped(http, MAX_BODY_BYTES)
-        if body is None:
-            return _errors(413, f"body larger than {MAX_BODY_BYTES} bytes")
-        try:
-            request = parse_request(read_json(body))
-        except InvalidJson as exc:
-            return _errors(400, f"body is not valid JSON: {exc}")
-        except RequestError as exc:
-            return JSONResponse({"errors": [str(p) for p in exc.problems]}, status_code=400)
+        request = await authorized_request(http)
+        if isinstance(request, JSONResponse):
+            return request
         return await run_in_threadpool(_amend, request)
 
     return Starlette(
