@@ -314,6 +314,7 @@ def test_post_invoices_amend_runs_the_same_amendment_with_the_same_token(
     assert never.status_code == 409 and "invoiceflow invoice" in never.json()["errors"][0]
 
 
+@pytest.mark.usefixtures("prefect_api")  # `invoice` runs a flow: on the session's server
 def test_invoice_with_other_content_than_the_latest_version_names_amend(
     cli: Invoke, sandbox: Any, tmp_path: Path
 ) -> None:
