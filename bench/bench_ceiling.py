@@ -49,6 +49,7 @@ from pathlib import Path
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+import cpu_meter
 from cpu_meter import SERVER, Backends, Meter, Usage, postgres_database, standard_meter
 from stack import (
     KEY,
@@ -197,6 +198,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="20 requests, 5 customers: seconds")
     args = parser.parse_args()
     if args.smoke:
+        cpu_meter.quick()
         args.requests, args.customers = 20, 5
     wanted = args.databases.split(",")
 

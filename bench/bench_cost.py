@@ -48,6 +48,7 @@ from typing import Any
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+import cpu_meter
 from bench_script import quickstart
 from cpu_meter import OURS, SERVER, Meter, Usage, loadavg, standard_meter
 from stack import KEY, batch_requests, database, prefect_server, sandbox_process, say
@@ -153,6 +154,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="10 requests, 3 customers, SQLite")
     args = parser.parse_args()
     if args.smoke:
+        cpu_meter.quick()
         args.requests, args.customers, args.database = 10, 3, "sqlite"
     chunks = [int(c) for c in args.chunks.split(",")]
 

@@ -42,6 +42,7 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+import cpu_meter
 import stack
 from cpu_meter import SERVER, Meter, tree
 
@@ -264,6 +265,8 @@ def main() -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="50 and 200 requests")
     args = parser.parse_args()
+    if args.smoke:
+        cpu_meter.quick()
     sizes = [50, 200] if args.smoke else [int(n) for n in args.requests.split(",")]
 
     stack.say(f"billing-run memory: {sizes} requests; {stack.load()}")

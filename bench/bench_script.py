@@ -27,6 +27,7 @@ from pathlib import Path
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+import cpu_meter
 from cpu_meter import OURS, SERVER, Meter, standard_meter
 from stack import (
     KEY,
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="5 invoices, 10 requests, 0 ms")
     args = parser.parse_args()
     if args.smoke:
+        cpu_meter.quick()
         args.invoices, args.requests, args.latencies = 5, 10, "0"
 
     from invoiceflow.prefect_env import configure_prefect

@@ -33,6 +33,7 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+import cpu_meter
 from cpu_meter import Usage, machine_idle, standard_meter
 from stack import (
     KEY,
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="8 requests, 2 customers")
     args = parser.parse_args()
     if args.smoke:
+        cpu_meter.quick()
         args.requests, args.customers = 8, 2
 
     from invoiceflow_testing.local_workers import local_workers

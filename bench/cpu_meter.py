@@ -39,6 +39,18 @@ SERVER = "Prefect server"
 OURS = "ours"
 
 
+# How long the meter waits for the server: generous for figures, a few seconds in a
+# smoke (`quick()`), which proves the code runs and measures nothing. A busy CI
+# machine may never look idle, and five phases of 300 s each ate the heavy tier.
+_quick = False
+
+
+def quick() -> None:
+    """Smoke mode: wait at most a few seconds for the server at each phase."""
+    global _quick
+    _quick = True
+
+
 def say(text: str) -> None:
     print(text, flush=True)
 
@@ -167,10 +179,15 @@ class Meter:
             values[OURS] -= self._own_overhead
         return Reading(time.monotonic(), values, loadavg())
 
-    def baseline(self, seconds: float = 10.0, settle_bound: float = 60.0) -> dict[str, float]:
+    def baseline(
+        self, seconds: float | None = None, settle_bound: float | None = None
+    ) -> dict[str, float]:
         """Each group's CPU rate (CPU-s per s) while nothing runs, once the server has settled
         (two consecutive 2 s windows within 0.02 of each other, at most `settle_bound` s)."""
-        deadline = time.monotonic() + settle_bound
+        if _quick:
+            seconds, settle_bound = 1.0, 4.0
+        seconds = 10.0 if seconds is None else seconds
+        deadline = time.monotonic() + (60.0 if settle_bound is None else settle_bound)
         previous, last = None, self.read()
         while time.monotonic() < deadline:
             time.sleep(2.0)
@@ -215,12 +232,13 @@ class Meter:
         *,
         margin: float = 0.05,
         quiet_seconds: float = 3,
-        bound: float = 300.0,
+        bound: float | None = None,
         progress_every: float = 5.0,
     ) -> tuple[Reading, bool, Reading]:
         """Read every second until the server's rate over the last `quiet_seconds` is within
         `margin` CPU-s/s of its idle rate: (the last reading, whether it got there before
         `bound` seconds, the reading the quiet window began with: when the work ended)."""
+        bound = 5.0 if _quick else (300.0 if bound is None else bound)
         limit = self.idle_rate[self.server] + margin
         quiet = int(quiet_seconds)
         window = [first]
