@@ -39,7 +39,10 @@ from tests.test_ui import CHROMIUM, WINDOW, assert_rendered_image
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.heavy,  # a browser and the served stack
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Chromium at /usr/bin/chromium (Debian: apt-get install -y chromium)",
+    ),
 ]
 
 RUN_TIMEOUT = 240  # seconds; the machine is shared and busy
