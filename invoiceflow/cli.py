@@ -424,8 +424,8 @@ def _register_subcommands() -> None:
     from invoiceflow.approval.cli import register as register_approval
     from invoiceflow.batch.cli import register as register_batch
     from invoiceflow.dunning.cli import register as register_dunning
-    from invoiceflow.invoicing.cli import register as register_invoice_controls
     from invoiceflow.reconcile.cli import register as register_reconcile
+    from invoiceflow.resolve_cli import register as register_invoice_controls
     from invoiceflow.sandbox_command import register as register_sandbox
 
     register_sandbox(app)

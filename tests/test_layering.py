@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "invoiceflow.cli",
             "invoiceflow.cli_common",
             "invoiceflow.sandbox_command",
+            "invoiceflow.resolve_cli",
             "invoiceflow.*.cli",
             "invoiceflow.*.__main__",
             "invoiceflow.demo",

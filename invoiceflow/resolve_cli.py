@@ -1,5 +1,8 @@
-"""The operator's commands on one invoice: `invoiceflow resolve` (and, registered beside
-it, `invoiceflow amend`).
+"""`invoiceflow resolve`: a person's answer for a request that stopped for a check.
+
+Outside the `invoicing` package on purpose: importing any module of it loads the
+package and with it the ledger and the Stripe SDK (a second), and every command,
+`status` included, registers this one at start.
 
 `resolve REQUEST --sent | --not-sent --note TEXT` records a person's answer where a
 run stopped for one (`invoiceflow.invoicing.resolve`). Prints one line; exit 0, or
